@@ -1,0 +1,33 @@
+//! The type-erased job interface a worker runs. The typed `Job` trait lives in
+//! `coop`, which implements [`JobInstance`] for every job and builds the
+//! [`JobEntry`] list passed to [`crate::run_if_worker`].
+
+use ipc_channel::ipc::IpcSharedMemory;
+
+use crate::region::Region;
+
+/// A job opened in a worker: runs tasks and folds their results into one partial.
+pub trait JobInstance {
+    /// Runs one task, given as encoded bytes, folding its result into the partial.
+    /// An `Err` carries a message for the user; panics are caught by the caller.
+    fn run_task(&mut self, spec: &[u8]) -> Result<(), String>;
+
+    /// Encodes the partial folded so far and resets it to empty.
+    fn take_partial(&mut self) -> Result<Vec<u8>, String>;
+}
+
+/// Opens a job from its encoded parameters, mapped input and optional output region.
+pub type OpenJob = fn(
+    params: &[u8],
+    input: Vec<Region>,
+    output: Option<IpcSharedMemory>,
+) -> Result<Box<dyn JobInstance>, String>;
+
+/// A job a worker binary can run, found by name.
+#[derive(Debug, Clone, Copy)]
+pub struct JobEntry {
+    /// Unique name of the job (its `Job::NAME`).
+    pub name: &'static str,
+    /// Opens an instance of the job.
+    pub open: OpenJob,
+}

@@ -1,0 +1,23 @@
+//! The worker side of [coop](https://docs.rs/coop): what runs inside a worker process.
+//!
+//! Users do not depend on this crate directly: `coop` re-exports what they need
+//! and calls [`run_if_worker`] from `coop::init`.
+//!
+//! - [`protocol`]: the messages coordinator and workers exchange, defined once.
+//! - [`Region`]: an input segment mapped read-only (shared memory or a file).
+//! - [`JobInstance`], [`JobEntry`]: the type-erased job a worker runs.
+//! - [`run_if_worker`]: handshake, parent-death signal, the task loop, panic capture.
+#![deny(missing_docs)]
+
+mod job;
+mod panic;
+pub mod protocol;
+mod region;
+mod serve;
+
+pub use job::{JobEntry, JobInstance, OpenJob};
+pub use region::Region;
+pub use serve::run_if_worker;
+
+/// Re-exported so that `coop` and its workers agree on one version.
+pub use ipc_channel;

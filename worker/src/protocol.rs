@@ -1,0 +1,169 @@
+//! The messages a coordinator and its workers exchange, defined once for both sides.
+//!
+//! Everything here is small: ranges, names, ids. Bulk data never travels in these
+//! messages except as a shared-memory handle ([`Payload::Shared`]) or, below a
+//! size bound, inline bytes.
+
+use std::path::PathBuf;
+
+use ipc_channel::ipc::{IpcSender, IpcSharedMemory};
+use serde::{Deserialize, Serialize};
+
+/// Environment variable that names the rendezvous socket of a worker's coordinator.
+/// Its presence is what makes a process a worker.
+pub const ENV_SERVER: &str = "COOP_WORKER_SERVER";
+/// Environment variable holding the coordinator's pid, so that a worker can
+/// check it was not orphaned between `fork` and `prctl`.
+pub const ENV_PARENT: &str = "COOP_WORKER_PARENT";
+/// Environment variable holding the worker's slot number (for logs only).
+pub const ENV_SLOT: &str = "COOP_WORKER_SLOT";
+
+/// Partials at most this large travel inline in the message; larger ones go
+/// through a shared-memory region (one copy, no serialization by ipc-channel).
+pub const INLINE_PAYLOAD_MAX: usize = 64 * 1024;
+
+/// One input segment, as the coordinator describes it to a worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum SegmentDesc {
+    /// A memfd region; sending it passes the file descriptor, not the bytes.
+    Shared(IpcSharedMemory),
+    /// A regular file the worker maps itself (the page cache is the shared memory).
+    File {
+        /// Absolute path.
+        path: PathBuf,
+        /// Length the coordinator saw; a worker that sees another refuses the job.
+        len: u64,
+    },
+}
+
+/// Coordinator to worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Open a job: find its code by name, map its input and output.
+    StartJob {
+        /// Job id, unique within the pool.
+        job: u64,
+        /// [`crate::JobEntry::name`] of the job.
+        name: String,
+        /// The job value, encoded with postcard.
+        #[serde(with = "serde_bytes")]
+        params: Vec<u8>,
+        /// Input segments, in order.
+        input: Vec<SegmentDesc>,
+        /// Writable output region shared by all workers, if the job has one.
+        output: Option<IpcSharedMemory>,
+    },
+    /// Run one task of the open job and fold its result into the worker's partial.
+    Task {
+        /// Job id.
+        job: u64,
+        /// Task index within the job.
+        task: u32,
+        /// The task, encoded with postcard.
+        #[serde(with = "serde_bytes")]
+        spec: Vec<u8>,
+    },
+    /// Send the partial folded so far and start a new, empty one.
+    Flush {
+        /// Job id.
+        job: u64,
+    },
+    /// Close the job and release its mappings.
+    EndJob {
+        /// Job id.
+        job: u64,
+    },
+    /// Exit now.
+    Shutdown,
+}
+
+/// Worker to coordinator.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// First message: who the worker is and where to send it work.
+    Hello {
+        /// The worker's pid, checked against the spawned child.
+        pid: u32,
+        /// Channel on which the worker receives [`ToWorker`] messages.
+        to_worker: IpcSender<ToWorker>,
+    },
+    /// A task finished; its result is folded into the worker's partial.
+    TaskDone {
+        /// Job id.
+        job: u64,
+        /// Task index.
+        task: u32,
+    },
+    /// A task panicked or returned an error. Not retried: it would fail again.
+    TaskFailed {
+        /// Job id.
+        job: u64,
+        /// Task index.
+        task: u32,
+        /// What went wrong.
+        failure: Failure,
+    },
+    /// The worker's partial result, answering [`ToWorker::Flush`].
+    Partial {
+        /// Job id.
+        job: u64,
+        /// The partial, encoded with postcard.
+        data: Payload,
+    },
+    /// The worker could not open the job.
+    JobRejected {
+        /// Job id.
+        job: u64,
+        /// Why.
+        reason: Rejection,
+    },
+}
+
+/// How a task failed inside a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Failure {
+    /// User code panicked; the message and location of the panic.
+    Panic(String),
+    /// User code returned an error; its message (with sources, `: `-separated).
+    Error(String),
+}
+
+/// Why a worker refused to open a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Rejection {
+    /// No job of that name was registered with `coop::init` in the worker binary.
+    UnknownJob {
+        /// Names that are registered.
+        registered: Vec<String>,
+    },
+    /// The job's parameters could not be decoded, or its input could not be mapped.
+    Setup(String),
+}
+
+/// Bytes that travel inline or, when large, in a shared-memory region.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Payload {
+    /// Small payloads.
+    Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Large payloads: one copy into a memfd, passed as a file descriptor.
+    Shared(IpcSharedMemory),
+}
+
+impl Payload {
+    /// Wraps `bytes`, choosing inline or shared memory by size.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        if bytes.len() <= INLINE_PAYLOAD_MAX {
+            Payload::Inline(bytes)
+        } else {
+            Payload::Shared(IpcSharedMemory::from_bytes(&bytes))
+        }
+    }
+
+    /// The payload's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Inline(bytes) => bytes,
+            Payload::Shared(region) => region,
+        }
+    }
+}

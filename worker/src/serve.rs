@@ -1,0 +1,196 @@
+//! The life of a worker process: handshake, the task loop, and exit.
+
+use std::ffi::OsString;
+use std::panic::{self, AssertUnwindSafe};
+use std::{env, process};
+
+use ipc_channel::IpcError;
+use ipc_channel::ipc::{self, IpcReceiver, IpcSender, IpcSharedMemory};
+use nix::sys::signal::{self, SigHandler, Signal};
+use nix::unistd::{Pid, getppid};
+
+use crate::job::{JobEntry, JobInstance};
+use crate::panic::{capture_panics, panic_message};
+use crate::protocol::{
+    ENV_PARENT, ENV_SERVER, ENV_SLOT, Failure, FromWorker, Payload, Rejection, SegmentDesc,
+    ToWorker,
+};
+use crate::region::Region;
+
+/// Exit status of a worker whose coordinator went away or broke the protocol.
+const EXIT_PROTOCOL: i32 = 3;
+
+/// If this process was started as a worker, serves its coordinator and exits;
+/// otherwise returns at once. Call it first in `main`, before any thread starts.
+pub fn run_if_worker(jobs: &[JobEntry]) {
+    let Some(server) = env::var_os(ENV_SERVER) else {
+        return;
+    };
+    let parent = env::var(ENV_PARENT).ok().and_then(|p| p.parse::<i32>().ok());
+    // SAFETY: we are at the top of `main` (documented contract of `coop::init`),
+    // so no other thread reads the environment concurrently. The variables are
+    // removed so that programs the job itself starts are not taken for workers.
+    unsafe {
+        env::remove_var(ENV_SERVER);
+        env::remove_var(ENV_PARENT);
+        env::remove_var(ENV_SLOT);
+    }
+    let code = match serve(server, parent, jobs) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("coop worker {}: {err}", process::id());
+            EXIT_PROTOCOL
+        }
+    };
+    process::exit(code);
+}
+
+type WorkerError = Box<dyn std::error::Error>;
+
+fn serve(server: OsString, parent: Option<i32>, jobs: &[JobEntry]) -> Result<(), WorkerError> {
+    die_with_parent(parent)?;
+    // Ctrl-C reaches the whole foreground process group; the coordinator
+    // decides what happens to its workers (they die with it in any case).
+    // SAFETY: SIG_IGN installs no handler code, so no async-signal-safety concern.
+    unsafe { signal::signal(Signal::SIGINT, SigHandler::SigIgn) }?;
+    capture_panics();
+
+    let server = server
+        .into_string()
+        .map_err(|_| "rendezvous name is not UTF-8")?;
+    let to_coordinator = IpcSender::<FromWorker>::connect(server)?;
+    let (to_worker, from_coordinator) = ipc::channel::<ToWorker>()?;
+    to_coordinator.send(FromWorker::Hello {
+        pid: process::id(),
+        to_worker,
+    })?;
+    task_loop(jobs, &from_coordinator, &to_coordinator)
+}
+
+/// Makes the kernel kill this process when the thread that spawned it exits,
+/// and exits now if that already happened (the window between fork and prctl).
+fn die_with_parent(parent: Option<i32>) -> Result<(), WorkerError> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    if let Some(parent) = parent
+        && getppid() != Pid::from_raw(parent)
+    {
+        return Err(format!("coordinator (pid {parent}) exited before this worker started").into());
+    }
+    Ok(())
+}
+
+struct OpenJob {
+    id: u64,
+    instance: Box<dyn JobInstance>,
+    /// Set after a task failed: the partial may be half-updated, so the rest of
+    /// the job's tasks are ignored until the coordinator ends it.
+    failed: bool,
+}
+
+fn task_loop(
+    jobs: &[JobEntry],
+    rx: &IpcReceiver<ToWorker>,
+    tx: &IpcSender<FromWorker>,
+) -> Result<(), WorkerError> {
+    let mut current: Option<OpenJob> = None;
+    loop {
+        let message = match rx.recv() {
+            Ok(message) => message,
+            // The coordinator is gone: nothing left to do.
+            Err(IpcError::Disconnected) => return Ok(()),
+            Err(err) => return Err(err.into()),
+        };
+        match message {
+            ToWorker::StartJob {
+                job,
+                name,
+                params,
+                input,
+                output,
+            } => {
+                current = None; // release the previous job's mappings first
+                match open_job(jobs, &name, &params, input, output) {
+                    Ok(instance) => {
+                        current = Some(OpenJob {
+                            id: job,
+                            instance,
+                            failed: false,
+                        })
+                    }
+                    Err(reason) => tx.send(FromWorker::JobRejected { job, reason })?,
+                }
+            }
+            ToWorker::Task { job, task, spec } => {
+                // A task of a job that was ended or failed is stale: skip it.
+                let Some(open) = current.as_mut().filter(|o| o.id == job && !o.failed) else {
+                    continue;
+                };
+                let outcome = panic::catch_unwind(AssertUnwindSafe(|| open.instance.run_task(&spec)));
+                let reply = match outcome {
+                    Ok(Ok(())) => FromWorker::TaskDone { job, task },
+                    Ok(Err(message)) => failed(open, task, Failure::Error(message)),
+                    Err(payload) => failed(open, task, Failure::Panic(panic_message(&*payload))),
+                };
+                tx.send(reply)?;
+            }
+            ToWorker::Flush { job } => {
+                let Some(open) = current.as_mut().filter(|o| o.id == job && !o.failed) else {
+                    continue;
+                };
+                let outcome = panic::catch_unwind(AssertUnwindSafe(|| open.instance.take_partial()));
+                let reply = match outcome {
+                    Ok(Ok(bytes)) => FromWorker::Partial {
+                        job,
+                        data: Payload::new(bytes),
+                    },
+                    Ok(Err(message)) => failed(open, u32::MAX, Failure::Error(message)),
+                    Err(payload) => {
+                        failed(open, u32::MAX, Failure::Panic(panic_message(&*payload)))
+                    }
+                };
+                tx.send(reply)?;
+            }
+            ToWorker::EndJob { job } => {
+                if current.as_ref().is_some_and(|o| o.id == job) {
+                    current = None;
+                }
+            }
+            ToWorker::Shutdown => return Ok(()),
+        }
+    }
+}
+
+fn failed(open: &mut OpenJob, task: u32, failure: Failure) -> FromWorker {
+    open.failed = true;
+    FromWorker::TaskFailed {
+        job: open.id,
+        task,
+        failure,
+    }
+}
+
+fn open_job(
+    jobs: &[JobEntry],
+    name: &str,
+    params: &[u8],
+    input: Vec<SegmentDesc>,
+    output: Option<IpcSharedMemory>,
+) -> Result<Box<dyn JobInstance>, Rejection> {
+    let Some(entry) = jobs.iter().find(|entry| entry.name == name) else {
+        return Err(Rejection::UnknownJob {
+            registered: jobs.iter().map(|entry| entry.name.to_string()).collect(),
+        });
+    };
+    let regions = input
+        .into_iter()
+        .map(Region::open)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| Rejection::Setup(err.to_string()))?;
+    match panic::catch_unwind(AssertUnwindSafe(|| (entry.open)(params, regions, output))) {
+        Ok(result) => result.map_err(Rejection::Setup),
+        Err(payload) => Err(Rejection::Setup(format!(
+            "opening the job panicked: {}",
+            panic_message(&*payload)
+        ))),
+    }
+}
