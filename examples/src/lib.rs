@@ -1,1 +1,5 @@
 //! placeholder
+pub mod matmul;
+pub mod npy;
+pub mod wordcount;
+pub mod words;

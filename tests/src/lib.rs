@@ -1,1 +1,210 @@
-//! placeholder
+//! Jobs and helpers shared by coop's integration tests. Each test binary calls
+//! [`init`] first in `main`, so that it can serve as its own worker program.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use coop::prelude::*;
+use coop::JobEntry;
+use serde::{Deserialize, Serialize};
+
+/// Every job a test binary's workers may run (not [`Unregistered`]).
+pub fn jobs() -> Vec<JobEntry> {
+    vec![
+        coop::register::<Sum>(),
+        coop::register::<Squares>(),
+        coop::register::<Sleepy>(),
+        coop::register::<Misbehave>(),
+        coop_examples::wordcount::register(),
+        coop_examples::matmul::register(),
+    ]
+}
+
+/// Turns this process into a worker if it was started as one; otherwise
+/// returns. First call in every test binary's `main`.
+pub fn init() {
+    coop::init(&jobs());
+}
+
+fn ranges(len: usize, pieces: usize) -> Vec<Range<usize>> {
+    let pieces = pieces.clamp(1, len.max(1));
+    let step = len.div_ceil(pieces).max(1);
+    (0..len).step_by(step).map(|s| s..(s + step).min(len)).collect()
+}
+
+/// Sums the `u64`s of input segment 0.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Sum;
+
+impl Job for Sum {
+    const NAME: &'static str = "test-sum";
+    type Task = Range<usize>;
+    type Partial = u64;
+
+    fn split(&self, input: &Input, hint: usize) -> Vec<Range<usize>> {
+        ranges(input.slice::<u64>(0).len(), hint)
+    }
+
+    fn map(&self, task: &Range<usize>, input: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
+        *sum += input.slice::<u64>(0)[task.clone()].iter().sum::<u64>();
+        Ok(())
+    }
+
+    fn merge(&self, into: &mut u64, other: u64) {
+        *into += other;
+    }
+}
+
+/// Writes `x * x` for every `x` of input segment 0 (`u64`) into the output, at
+/// the same index; the partial counts the values written.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Squares;
+
+impl Job for Squares {
+    const NAME: &'static str = "test-squares";
+    type Task = Range<usize>;
+    type Partial = u64;
+
+    fn split(&self, input: &Input, hint: usize) -> Vec<Range<usize>> {
+        ranges(input.slice::<u64>(0).len(), hint)
+    }
+
+    fn output_range(&self, task: &Range<usize>) -> Range<usize> {
+        task.start * 8..task.end * 8
+    }
+
+    fn map(&self, task: &Range<usize>, input: &Input, out: &mut [u8], n: &mut u64) -> Result<(), TaskError> {
+        let out: &mut [u64] = bytemuck::cast_slice_mut(out);
+        for (o, x) in out.iter_mut().zip(&input.slice::<u64>(0)[task.clone()]) {
+            *o = x * x;
+            *n += 1;
+        }
+        Ok(())
+    }
+
+    fn merge(&self, into: &mut u64, other: u64) {
+        *into += other;
+    }
+}
+
+/// `tasks` tasks that each sleep `millis`; the partial lists the tasks run.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Sleepy {
+    /// Number of tasks.
+    pub tasks: usize,
+    /// Sleep per task.
+    pub millis: u64,
+}
+
+impl Job for Sleepy {
+    const NAME: &'static str = "test-sleepy";
+    type Task = usize;
+    type Partial = Vec<usize>;
+
+    fn split(&self, _: &Input, _: usize) -> Vec<usize> {
+        (0..self.tasks).collect()
+    }
+
+    fn map(&self, task: &usize, _: &Input, _: &mut [u8], done: &mut Vec<usize>) -> Result<(), TaskError> {
+        std::thread::sleep(Duration::from_millis(self.millis));
+        done.push(*task);
+        Ok(())
+    }
+
+    fn merge(&self, into: &mut Vec<usize>, other: Vec<usize>) {
+        into.extend(other);
+        into.sort_unstable();
+    }
+}
+
+/// How a [`Misbehave`] task misbehaves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Fault {
+    /// `panic!` with a message.
+    Panic,
+    /// Return an error.
+    Error,
+    /// `SIGKILL` itself.
+    Kill,
+    /// `exit(7)`.
+    Exit,
+    /// `abort()`.
+    Abort,
+    /// Sleep forever.
+    Hang,
+}
+
+/// Sums task indices `0..tasks`, but task `victim` misbehaves with `fault`:
+/// every time, or only the first time if `once` names a marker file (created
+/// by the first attempt).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Misbehave {
+    /// Number of tasks.
+    pub tasks: usize,
+    /// The task that misbehaves.
+    pub victim: usize,
+    /// How.
+    pub fault: Fault,
+    /// Misbehave only if this file does not exist yet, and create it.
+    pub once: Option<PathBuf>,
+}
+
+impl Job for Misbehave {
+    const NAME: &'static str = "test-misbehave";
+    type Task = usize;
+    type Partial = u64;
+
+    fn split(&self, _: &Input, _: usize) -> Vec<usize> {
+        (0..self.tasks).collect()
+    }
+
+    fn map(&self, task: &usize, _: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
+        if *task == self.victim {
+            let strike = match &self.once {
+                Some(marker) => std::fs::File::create_new(marker).is_ok(),
+                None => true,
+            };
+            if strike {
+                match self.fault {
+                    Fault::Panic => panic!("task {task} panics on purpose"),
+                    Fault::Error => return Err(format!("task {task} fails on purpose").into()),
+                    Fault::Kill => {
+                        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+                    }
+                    Fault::Exit => std::process::exit(7),
+                    Fault::Abort => std::process::abort(),
+                    Fault::Hang => loop {
+                        std::thread::sleep(Duration::from_secs(3600));
+                    },
+                }
+            }
+        }
+        *sum += *task as u64;
+        Ok(())
+    }
+
+    fn merge(&self, into: &mut u64, other: u64) {
+        *into += other;
+    }
+}
+
+/// A job no test binary registers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Unregistered;
+
+impl Job for Unregistered {
+    const NAME: &'static str = "test-unregistered";
+    type Task = ();
+    type Partial = ();
+
+    fn split(&self, _: &Input, _: usize) -> Vec<()> {
+        vec![()]
+    }
+
+    fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut ()) -> Result<(), TaskError> {
+        Ok(())
+    }
+
+    fn merge(&self, _: &mut (), _: ()) {}
+}

@@ -1,0 +1,292 @@
+//! Engines run jobs: [`Engine`], the [`Run`] request, and the in-process
+//! engines [`Sequential`] and [`Threads`]. The process engine is [`crate::Pool`].
+
+use std::ops::Range;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result, TaskIndex};
+use crate::input::{Input, SharedOutput};
+use crate::job::{Job, TaskError, error_chain};
+
+/// Tasks per worker when a run does not say: enough for idle workers to take
+/// over from slow ones, few enough that dispatch costs nothing.
+pub const DEFAULT_TASKS_PER_WORKER: usize = 8;
+
+/// Something that runs jobs. A job does not know which engine runs it, and
+/// every engine gives the same result for the same job and input.
+pub trait Engine {
+    /// Runs a job and returns its merged partial result.
+    fn execute<J: Job>(&self, run: Run<'_, J>) -> Result<J::Partial>;
+
+    /// Number of workers (processes or threads) tasks run on.
+    fn workers(&self) -> usize;
+}
+
+/// Progress of a job, reported after each task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Tasks whose results are in hand.
+    pub done: usize,
+    /// Tasks in the job.
+    pub total: usize,
+}
+
+/// A request to run one job: the job, its input, and options.
+///
+/// ```no_run
+/// # use coop::prelude::*;
+/// # fn demo<J: Job>(pool: &Pool, job: &J, input: &Input, out: &mut SharedOutput) -> coop::Result<()> {
+/// let report = |p: Progress| eprintln!("{}/{}", p.done, p.total);
+/// Run::new(job, input).output(out).progress(&report).on(pool)?;
+/// # Ok(()) }
+/// ```
+pub struct Run<'a, J: Job> {
+    pub(crate) job: &'a J,
+    pub(crate) input: &'a Input,
+    pub(crate) output: Option<&'a mut SharedOutput>,
+    pub(crate) progress: Option<&'a (dyn Fn(Progress) + Sync)>,
+    pub(crate) tasks_per_worker: usize,
+}
+
+impl<J: Job> std::fmt::Debug for Run<'_, J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("job", &J::NAME)
+            .field("segments", &self.input.len())
+            .field("output", &self.output.as_ref().map(|o| o.len()))
+            .field("tasks_per_worker", &self.tasks_per_worker)
+            .finish()
+    }
+}
+
+impl<'a, J: Job> Run<'a, J> {
+    /// A run of `job` over `input`, with no output region and default options.
+    pub fn new(job: &'a J, input: &'a Input) -> Self {
+        Run {
+            job,
+            input,
+            output: None,
+            progress: None,
+            tasks_per_worker: DEFAULT_TASKS_PER_WORKER,
+        }
+    }
+
+    /// The shared output region the tasks write their tiles into.
+    pub fn output(mut self, output: &'a mut SharedOutput) -> Self {
+        self.output = Some(output);
+        self
+    }
+
+    /// Called after each task with the number of tasks done and in all.
+    pub fn progress(mut self, report: &'a (dyn Fn(Progress) + Sync)) -> Self {
+        self.progress = Some(report);
+        self
+    }
+
+    /// How many tasks per worker to ask [`Job::split`] for (at least 1; default
+    /// [`DEFAULT_TASKS_PER_WORKER`]).
+    pub fn tasks_per_worker(mut self, count: usize) -> Self {
+        self.tasks_per_worker = count.max(1);
+        self
+    }
+
+    /// Runs the job on `engine`.
+    pub fn on<E: Engine + ?Sized>(self, engine: &E) -> Result<J::Partial> {
+        engine.execute(self)
+    }
+
+    /// Splits the job and checks the output ranges of its tasks.
+    pub(crate) fn plan(&self, workers: usize) -> Result<Plan<J>> {
+        let hint = workers.saturating_mul(self.tasks_per_worker);
+        let tasks = self.job.split(self.input, hint);
+        let ranges: Vec<Range<usize>> = tasks.iter().map(|t| self.job.output_range(t)).collect();
+        let len = self.output.as_ref().map_or(0, |o| o.len());
+        for (task, range) in ranges.iter().enumerate() {
+            if range.is_empty() {
+                continue;
+            }
+            if self.output.is_none() {
+                return Err(Error::MissingOutput { job: J::NAME, task });
+            }
+            if range.end > len || range.start > range.end {
+                return Err(Error::OutputOutOfBounds {
+                    job: J::NAME,
+                    task,
+                    range: range.clone(),
+                    len,
+                });
+            }
+        }
+        let mut order: Vec<usize> = (0..tasks.len()).filter(|&t| !ranges[t].is_empty()).collect();
+        order.sort_by_key(|&t| ranges[t].start);
+        for pair in order.windows(2) {
+            if ranges[pair[0]].end > ranges[pair[1]].start {
+                return Err(Error::OverlappingOutput {
+                    job: J::NAME,
+                    first: pair[0].min(pair[1]),
+                    second: pair[0].max(pair[1]),
+                });
+            }
+        }
+        Ok(Plan { tasks, ranges })
+    }
+
+    pub(crate) fn report(&self, done: usize, total: usize) {
+        report(self.progress, done, total);
+    }
+}
+
+fn report(progress: Option<&(dyn Fn(Progress) + Sync)>, done: usize, total: usize) {
+    if let Some(report) = progress {
+        report(Progress { done, total });
+    }
+}
+
+/// A job split into tasks whose output ranges were checked.
+pub(crate) struct Plan<J: Job> {
+    pub(crate) tasks: Vec<J::Task>,
+    pub(crate) ranges: Vec<Range<usize>>,
+}
+
+impl<J: Job> Plan<J> {
+    /// Cuts `output` into one tile per task (empty for tasks without output).
+    fn tiles<'o>(&self, output: &'o mut [u8]) -> Vec<&'o mut [u8]> {
+        let mut order: Vec<usize> = (0..self.tasks.len()).collect();
+        order.sort_by_key(|&t| self.ranges[t].start);
+        let mut tiles: Vec<&mut [u8]> = (0..self.tasks.len()).map(|_| &mut [][..]).collect();
+        let mut rest = output;
+        let mut offset = 0;
+        for t in order {
+            let range = &self.ranges[t];
+            if range.is_empty() {
+                continue;
+            }
+            // Ranges are checked disjoint and in bounds by `Run::plan`.
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(range.start - offset);
+            let (tile, tail) = tail.split_at_mut(range.len());
+            tiles[t] = tile;
+            rest = tail;
+            offset = range.end;
+        }
+        tiles
+    }
+}
+
+/// Runs one task in this process, turning a panic or error into [`Error`].
+fn map_in_process<J: Job>(
+    job: &J,
+    task: usize,
+    spec: &J::Task,
+    input: &Input,
+    tile: &mut [u8],
+    partial: &mut J::Partial,
+) -> Result<()> {
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| job.map(spec, input, tile, partial)));
+    let pid = std::process::id();
+    match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(task_failed::<J>(task, pid, &err)),
+        Err(payload) => Err(Error::TaskPanicked {
+            job: J::NAME,
+            task: TaskIndex(Some(task)),
+            pid,
+            message: payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic with a non-string payload".into()),
+        }),
+    }
+}
+
+fn task_failed<J: Job>(task: usize, pid: u32, err: &TaskError) -> Error {
+    Error::TaskFailed {
+        job: J::NAME,
+        task: TaskIndex(Some(task)),
+        pid,
+        message: error_chain(&**err),
+    }
+}
+
+/// The honest baseline: split, map and merge in the calling thread. No
+/// workers, no IPC, one partial.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sequential;
+
+impl Engine for Sequential {
+    fn execute<J: Job>(&self, run: Run<'_, J>) -> Result<J::Partial> {
+        let plan = run.plan(1)?;
+        let total = plan.tasks.len();
+        let Run { job, input, output, progress, .. } = run;
+        let mut empty = [];
+        let tiles = plan.tiles(output.map_or(&mut empty[..], SharedOutput::bytes_mut));
+        let mut partial = J::Partial::default();
+        for (index, (task, tile)) in plan.tasks.iter().zip(tiles).enumerate() {
+            map_in_process(job, index, task, input, tile, &mut partial)?;
+            report(progress, index + 1, total);
+        }
+        Ok(partial)
+    }
+
+    fn workers(&self) -> usize {
+        1
+    }
+}
+
+/// The same job on a pool of threads in this process, sharing the input by
+/// reference: what a rayon user would write. No isolation: a crash in one task
+/// takes the whole process down.
+#[derive(Debug)]
+pub struct Threads {
+    pool: rayon::ThreadPool,
+}
+
+impl Threads {
+    /// A pool of `threads` threads (1 to [`crate::MAX_WORKERS`]).
+    pub fn new(threads: usize) -> Result<Self> {
+        crate::pool::check_worker_count(threads)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("coop-thread-{i}"))
+            .build()
+            .map_err(|err| Error::Os {
+                context: "starting the thread pool",
+                source: std::io::Error::other(err),
+            })?;
+        Ok(Threads { pool })
+    }
+}
+
+impl Engine for Threads {
+    fn execute<J: Job>(&self, run: Run<'_, J>) -> Result<J::Partial> {
+        let plan = run.plan(self.workers())?;
+        let total = plan.tasks.len();
+        let Run { job, input, output, progress, .. } = run;
+        let mut empty = [];
+        let tiles = plan.tiles(output.map_or(&mut empty[..], SharedOutput::bytes_mut));
+        let done = AtomicUsize::new(0);
+        self.pool.install(|| {
+            plan.tasks
+                .par_iter()
+                .zip(tiles)
+                .enumerate()
+                .with_max_len(1)
+                .try_fold(J::Partial::default, |mut partial, (index, (task, tile))| {
+                    map_in_process(job, index, task, input, tile, &mut partial)?;
+                    report(progress, done.fetch_add(1, Ordering::Relaxed) + 1, total);
+                    Ok(partial)
+                })
+                .try_reduce(J::Partial::default, |mut a, b| {
+                    job.merge(&mut a, b);
+                    Ok(a)
+                })
+        })
+    }
+
+    fn workers(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}

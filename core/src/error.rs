@@ -1,0 +1,244 @@
+//! [`Error`]: everything that can go wrong in coop, with the worker, task and cause.
+
+use std::io;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+/// Result type of coop.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error from coop. Messages say what failed, on which worker (pid), which
+/// task, and with which signal or exit status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The worker count is outside 1..=1024.
+    #[error("worker count must be between 1 and {max}, got {requested}")]
+    InvalidWorkerCount {
+        /// What was asked for.
+        requested: usize,
+        /// The largest count allowed.
+        max: usize,
+    },
+
+    /// A pool was created in a program whose `main` does not call [`crate::init`].
+    #[error(
+        "coop::init was not called: call coop::init(&[...]) first in main, listing the jobs workers may run"
+    )]
+    NotInitialized,
+
+    /// A worker process could not be started.
+    #[error("could not start a worker process ({program}): {source}")]
+    Spawn {
+        /// The program that was executed.
+        program: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+
+    /// A worker exited or did not connect during the handshake.
+    #[error("worker (pid {pid}) failed to start: {cause}")]
+    Handshake {
+        /// The worker's pid.
+        pid: u32,
+        /// What happened, e.g. "exited with status 1 before connecting".
+        cause: String,
+    },
+
+    /// A task failed on every attempt because the worker running it died.
+    #[error(
+        "job `{job}`: task {task} failed {attempts} time(s); the last worker to run it (pid {pid}) {status}"
+    )]
+    TaskLost {
+        /// The job's name.
+        job: &'static str,
+        /// Index of the task.
+        task: usize,
+        /// Attempts made.
+        attempts: u32,
+        /// The worker that ran the last attempt.
+        pid: u32,
+        /// How that worker ended, e.g. "was killed by signal 9 (SIGKILL)".
+        status: String,
+    },
+
+    /// A task ran past the job's timeout on every attempt.
+    #[error("job `{job}`: task {task} timed out after {timeout:?} on {attempts} attempt(s); last on worker pid {pid}")]
+    TaskTimedOut {
+        /// The job's name.
+        job: &'static str,
+        /// Index of the task.
+        task: usize,
+        /// The per-task timeout.
+        timeout: Duration,
+        /// Attempts made.
+        attempts: u32,
+        /// The worker that ran the last attempt.
+        pid: u32,
+    },
+
+    /// User code panicked in a task. Panics are not retried: they would recur.
+    #[error("job `{job}`: task {task} panicked on worker pid {pid}: {message}")]
+    TaskPanicked {
+        /// The job's name.
+        job: &'static str,
+        /// Index of the task (`None` when the panic was in encoding the partial).
+        task: TaskIndex,
+        /// The worker's pid (this process's pid for in-process engines).
+        pid: u32,
+        /// The panic message and location.
+        message: String,
+    },
+
+    /// User code returned an error from a task.
+    #[error("job `{job}`: task {task} failed on worker pid {pid}: {message}")]
+    TaskFailed {
+        /// The job's name.
+        job: &'static str,
+        /// Index of the task.
+        task: TaskIndex,
+        /// The worker's pid (this process's pid for in-process engines).
+        pid: u32,
+        /// The error message.
+        message: String,
+    },
+
+    /// A worker binary does not register the job.
+    #[error(
+        "job `{job}` is not registered in the worker binary (pid {pid}); registered: [{}]; add it to coop::init",
+        registered.join(", ")
+    )]
+    UnknownJob {
+        /// The job's name.
+        job: &'static str,
+        /// The worker's pid.
+        pid: u32,
+        /// The jobs the worker binary registers.
+        registered: Vec<String>,
+    },
+
+    /// A worker could not decode the job or map its input.
+    #[error("job `{job}`: worker pid {pid} could not open the job: {message}")]
+    JobSetup {
+        /// The job's name.
+        job: &'static str,
+        /// The worker's pid.
+        pid: u32,
+        /// Why.
+        message: String,
+    },
+
+    /// `Job::output_range` of a task lies outside the output region.
+    #[error("job `{job}`: task {task} writes output bytes {range:?}, but the output holds {len} bytes")]
+    OutputOutOfBounds {
+        /// The job's name.
+        job: &'static str,
+        /// Index of the task.
+        task: usize,
+        /// The range it declared.
+        range: Range<usize>,
+        /// The output length in bytes.
+        len: usize,
+    },
+
+    /// Two tasks declare overlapping output ranges.
+    #[error("job `{job}`: tasks {first} and {second} write overlapping output ranges")]
+    OverlappingOutput {
+        /// The job's name.
+        job: &'static str,
+        /// One task.
+        first: usize,
+        /// The other.
+        second: usize,
+    },
+
+    /// A task declares an output range but the job was run without an output.
+    #[error("job `{job}`: task {task} writes output, but the job was run without one (Run::output)")]
+    MissingOutput {
+        /// The job's name.
+        job: &'static str,
+        /// Index of the task.
+        task: usize,
+    },
+
+    /// An input file could not be opened or mapped.
+    #[error("{}: {source}", path.display())]
+    Input {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+
+    /// Encoding or decoding a job, task or partial failed.
+    #[error("job `{job}`: could not {what}: {message}")]
+    Codec {
+        /// The job's name.
+        job: &'static str,
+        /// What was being encoded or decoded.
+        what: &'static str,
+        /// The codec's message.
+        message: String,
+    },
+
+    /// A worker sent something that breaks the protocol; it is treated as dead.
+    #[error("worker pid {pid} broke the protocol: {message}")]
+    Protocol {
+        /// The worker's pid.
+        pid: u32,
+        /// What was wrong.
+        message: String,
+    },
+
+    /// Every worker died and none could be restarted.
+    #[error("job `{job}`: no worker left to run it ({cause})")]
+    NoWorkers {
+        /// The job's name.
+        job: &'static str,
+        /// Why the last replacement failed.
+        cause: String,
+    },
+
+    /// An operating-system call failed in the coordinator.
+    #[error("{context}: {source}")]
+    Os {
+        /// What the coordinator was doing.
+        context: &'static str,
+        /// Why it failed.
+        source: io::Error,
+    },
+}
+
+/// Index of a task in an error, or "its partial" when the failure happened
+/// while a worker encoded its partial result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskIndex(pub Option<usize>);
+
+impl std::fmt::Display for TaskIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(task) => write!(f, "{task}"),
+            None => f.write_str("(partial)"),
+        }
+    }
+}
+
+/// "exited with status 1", "was killed by signal 9 (SIGKILL)".
+pub(crate) fn describe_status(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        return format!("exited with status {code}");
+    }
+    match status.signal() {
+        Some(signal) => {
+            let name = nix::sys::signal::Signal::try_from(signal)
+                .map(|s| s.as_str())
+                .unwrap_or("unknown signal");
+            let core = if status.core_dumped() { ", core dumped" } else { "" };
+            format!("was killed by signal {signal} ({name}{core})")
+        }
+        None => format!("ended with {status}"),
+    }
+}

@@ -1,0 +1,215 @@
+//! Shared data: [`Input`] (read-only segments every worker maps) and
+//! [`SharedOutput`] (a writable region tasks fill tile by tile).
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use bytemuck::Pod;
+use coop_worker::Region;
+use coop_worker::ipc_channel::ipc::IpcSharedMemory;
+use coop_worker::protocol::SegmentDesc;
+
+use crate::error::{Error, Result};
+
+/// The input of a job: an ordered list of read-only segments, each mapped once
+/// into shared memory that every worker maps too. Tasks carry only indices and
+/// ranges into it; the bytes are never copied per worker.
+///
+/// - [`push_bytes`](Input::push_bytes) / [`push_slice`](Input::push_slice):
+///   data already in memory is copied once into a memfd region.
+/// - [`push_file`](Input::push_file): a regular file is memory-mapped, here and
+///   by each worker (the page cache is the shared memory): no copy at all.
+/// - [`push_reader`](Input::push_reader): a stream (stdin, a pipe) is read into
+///   a memfd region.
+///
+/// Jobs read segments with [`bytes`](Input::bytes) and [`slice`](Input::slice).
+#[derive(Debug, Default)]
+pub struct Input {
+    regions: Vec<Region>,
+}
+
+impl Input {
+    /// An input with no segments.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An input of one segment holding a copy of `data`.
+    pub fn from_bytes(data: &[u8]) -> Self {
+        let mut input = Self::new();
+        input.push_bytes(data);
+        input
+    }
+
+    pub(crate) fn from_regions(regions: Vec<Region>) -> Self {
+        Input { regions }
+    }
+
+    /// Copies `data` into a new shared-memory segment; returns its index.
+    pub fn push_bytes(&mut self, data: &[u8]) -> usize {
+        self.push(Region::shared(IpcSharedMemory::from_bytes(data)))
+    }
+
+    /// Copies a plain-old-data slice (`f32`, `f64`, `u32`, `u64`, ...) into a new
+    /// shared-memory segment; returns its index. Read it back with [`slice`](Input::slice).
+    pub fn push_slice<T: Pod>(&mut self, data: &[T]) -> usize {
+        self.push_bytes(bytemuck::cast_slice(data))
+    }
+
+    /// Adds a file; returns its segment index. A regular file is memory-mapped
+    /// (the workers map it themselves, by absolute path); a pipe or other
+    /// stream is read into shared memory. A directory is an error.
+    ///
+    /// The file must not be truncated while a job reads it: touching pages past
+    /// its new end raises `SIGBUS` (in a worker, a lost task).
+    pub fn push_file(&mut self, path: impl AsRef<Path>) -> Result<usize> {
+        let path = path.as_ref();
+        let input_error = |source| Error::Input {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(input_error)?;
+        if meta.is_dir() {
+            return Err(input_error(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                "is a directory",
+            )));
+        }
+        if !meta.is_file() {
+            let file = File::open(path).map_err(input_error)?;
+            return self.push_reader(file).map_err(input_error);
+        }
+        let absolute = std::path::absolute(path).map_err(input_error)?;
+        let region = Region::map_file(&absolute).map_err(input_error)?;
+        Ok(self.push(region))
+    }
+
+    /// Reads `reader` to its end into a new shared-memory segment; returns its index.
+    pub fn push_reader(&mut self, mut reader: impl Read) -> io::Result<usize> {
+        let mut data = Vec::new();
+        reader.read_to_end(&mut data)?;
+        Ok(self.push_bytes(&data))
+    }
+
+    fn push(&mut self, region: Region) -> usize {
+        self.regions.push(region);
+        self.regions.len() - 1
+    }
+
+    /// Number of segments.
+    pub fn len(&self) -> usize {
+        self.regions.len()
+    }
+
+    /// Whether there are no segments.
+    pub fn is_empty(&self) -> bool {
+        self.regions.is_empty()
+    }
+
+    /// Total size of all segments in bytes.
+    pub fn total_bytes(&self) -> u64 {
+        self.regions.iter().map(|r| r.bytes().len() as u64).sum()
+    }
+
+    /// The bytes of segment `index`.
+    ///
+    /// # Panics
+    /// If there is no such segment.
+    pub fn bytes(&self, index: usize) -> &[u8] {
+        match self.regions.get(index) {
+            Some(region) => region.bytes(),
+            None => panic!(
+                "input has {} segment(s), no segment {index}",
+                self.regions.len()
+            ),
+        }
+    }
+
+    /// Segment `index` viewed as a slice of `T`.
+    ///
+    /// # Panics
+    /// If there is no such segment, or its length is not a multiple of
+    /// `size_of::<T>()`. (Segments are page-aligned, so alignment always holds.)
+    pub fn slice<T: Pod>(&self, index: usize) -> &[T] {
+        let bytes = self.bytes(index);
+        if bytes.is_empty() {
+            // An empty region's pointer is dangling and may be misaligned.
+            return &[];
+        }
+        match bytemuck::try_cast_slice(bytes) {
+            Ok(slice) => slice,
+            Err(err) => panic!(
+                "input segment {index} cannot be viewed as [{}]: {err}",
+                std::any::type_name::<T>()
+            ),
+        }
+    }
+
+    pub(crate) fn describe(&self) -> Vec<SegmentDesc> {
+        self.regions.iter().map(Region::describe).collect()
+    }
+}
+
+/// A writable shared-memory region, zeroed, that the tasks of a job fill: each
+/// task writes only its own disjoint tile ([`Job::output_range`](crate::Job::output_range)),
+/// straight into memory the caller reads afterwards. Nothing of it is serialized.
+#[derive(Debug)]
+pub struct SharedOutput {
+    region: IpcSharedMemory,
+}
+
+impl SharedOutput {
+    /// A zeroed region of `len` bytes.
+    pub fn new(len: usize) -> Self {
+        SharedOutput {
+            region: IpcSharedMemory::from_byte(0, len),
+        }
+    }
+
+    /// A zeroed region holding `count` values of `T`.
+    pub fn zeroed<T: Pod>(count: usize) -> Self {
+        let len = count
+            .checked_mul(size_of::<T>())
+            .expect("output size overflows usize");
+        Self::new(len)
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.region.len()
+    }
+
+    /// Whether the region is empty.
+    pub fn is_empty(&self) -> bool {
+        self.region.is_empty()
+    }
+
+    /// The region's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.region
+    }
+
+    /// The region viewed as a slice of `T`.
+    ///
+    /// # Panics
+    /// If the length is not a multiple of `size_of::<T>()`.
+    pub fn as_slice<T: Pod>(&self) -> &[T] {
+        if self.region.is_empty() {
+            return &[];
+        }
+        bytemuck::cast_slice(&self.region)
+    }
+
+    pub(crate) fn region(&self) -> &IpcSharedMemory {
+        &self.region
+    }
+
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `&mut self` excludes other references in this process, and no
+        // worker holds a mapping of the region outside a job: engines hand it to
+        // workers only while they run a job that borrows this output mutably,
+        // and workers drop their mapping when the job ends.
+        unsafe { self.region.deref_mut() }
+    }
+}

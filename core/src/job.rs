@@ -1,0 +1,168 @@
+//! The job model: [`Job`] (split, map, merge), and how workers find jobs ([`init`], [`register`]).
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use coop_worker::ipc_channel::ipc::IpcSharedMemory;
+use coop_worker::{JobEntry, JobInstance, Region};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::input::Input;
+
+/// The error a task may return: any error type converts with `?`.
+pub type TaskError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A map-reduce job: how to split the input into tasks, what one task does,
+/// and how partial results merge.
+///
+/// The job value itself is sent to every worker (encoded with postcard), so it
+/// holds parameters, never data: data comes through the [`Input`].
+///
+/// Each worker folds the results of all the tasks it runs into **one**
+/// [`Partial`](Job::Partial) (a combiner, as in Phoenix++) and sends it once per
+/// job. Because tasks are scheduled dynamically, which tasks meet in which
+/// partial varies from run to run: [`merge`](Job::merge) must be associative and
+/// commutative for the result not to depend on scheduling or worker count.
+///
+/// Workers find the job's code by [`NAME`](Job::NAME): list every job in
+/// [`init`] at the top of `main`.
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Unique name of the job; workers look its code up by it.
+    const NAME: &'static str;
+
+    /// One subtask: small (ranges, indices), sent to a worker as a message.
+    type Task: Serialize + DeserializeOwned + Send + Sync;
+
+    /// The per-worker result that tasks fold into; `Default` is the empty result.
+    type Partial: Serialize + DeserializeOwned + Send + Default;
+
+    /// Cuts the input into tasks. `hint` is how many tasks the engine would like
+    /// (a few per worker, so that idle workers can take over from slow ones);
+    /// any count, including zero, is fine.
+    fn split(&self, input: &Input, hint: usize) -> Vec<Self::Task>;
+
+    /// The byte range of the job's shared output that `task` writes. Ranges of
+    /// different tasks must be disjoint (checked before the job starts). The
+    /// default is no output.
+    fn output_range(&self, task: &Self::Task) -> Range<usize> {
+        let _ = task;
+        0..0
+    }
+
+    /// Runs one task: reads its part of `input`, writes its `output` tile
+    /// (exactly [`output_range`](Job::output_range), empty if none) and folds
+    /// its result into `partial`.
+    fn map(
+        &self,
+        task: &Self::Task,
+        input: &Input,
+        output: &mut [u8],
+        partial: &mut Self::Partial,
+    ) -> Result<(), TaskError>;
+
+    /// Folds `other` into `into`. Must be associative and commutative.
+    fn merge(&self, into: &mut Self::Partial, other: Self::Partial);
+}
+
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+
+/// Turns a process that was started as a worker into a worker, and returns at
+/// once in any other process. Call it first in `main`, before any thread
+/// starts, listing every job a worker may be asked to run.
+///
+/// In a worker, `init` never returns: it serves its coordinator, then exits.
+/// A job missing from the list fails with [`Error::UnknownJob`](crate::Error::UnknownJob).
+///
+/// ```no_run
+/// # use coop::prelude::*;
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Sum;
+/// # impl Job for Sum {
+/// #     const NAME: &'static str = "sum"; type Task = (); type Partial = u64;
+/// #     fn split(&self, _: &Input, _: usize) -> Vec<()> { vec![] }
+/// #     fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut u64) -> Result<(), TaskError> { Ok(()) }
+/// #     fn merge(&self, a: &mut u64, b: u64) { *a += b }
+/// # }
+/// fn main() {
+///     coop::init(&[coop::register::<Sum>()]);
+///     // ... the program, which creates a Pool
+/// }
+/// ```
+pub fn init(jobs: &[JobEntry]) {
+    coop_worker::run_if_worker(jobs);
+    INITIALIZED.store(true, Ordering::Release);
+}
+
+pub(crate) fn initialized() -> bool {
+    INITIALIZED.load(Ordering::Acquire)
+}
+
+/// The entry that lets workers run job `J`; pass it to [`init`].
+pub fn register<J: Job>() -> JobEntry {
+    JobEntry {
+        name: J::NAME,
+        open: open::<J>,
+    }
+}
+
+fn open<J: Job>(
+    params: &[u8],
+    input: Vec<Region>,
+    output: Option<IpcSharedMemory>,
+) -> Result<Box<dyn JobInstance>, String> {
+    let job: J = postcard::from_bytes(params).map_err(|err| format!("decoding the job: {err}"))?;
+    Ok(Box::new(Instance {
+        job,
+        input: Input::from_regions(input),
+        output,
+        partial: J::Partial::default(),
+    }))
+}
+
+/// A job opened in a worker.
+struct Instance<J: Job> {
+    job: J,
+    input: Input,
+    output: Option<IpcSharedMemory>,
+    partial: J::Partial,
+}
+
+impl<J: Job> JobInstance for Instance<J> {
+    fn run_task(&mut self, spec: &[u8]) -> Result<(), String> {
+        let task: J::Task =
+            postcard::from_bytes(spec).map_err(|err| format!("decoding the task: {err}"))?;
+        let range = self.job.output_range(&task);
+        let tile: &mut [u8] = match &mut self.output {
+            // SAFETY: the coordinator checked that the output ranges of all the
+            // job's tasks are disjoint and in bounds before sending any task, each
+            // task runs once at a time, and the coordinator reads the region only
+            // after the job ended. So no other process or thread touches `range`
+            // while this `&mut` lives.
+            Some(region) => unsafe { region.deref_mut() }
+                .get_mut(range.clone())
+                .ok_or_else(|| format!("output range {range:?} is out of bounds"))?,
+            None if range.is_empty() => &mut [],
+            None => return Err("the job writes output but was given none".into()),
+        };
+        self.job
+            .map(&task, &self.input, tile, &mut self.partial)
+            .map_err(|err| error_chain(&*err))
+    }
+
+    fn take_partial(&mut self) -> Result<Vec<u8>, String> {
+        let partial = std::mem::take(&mut self.partial);
+        postcard::to_allocvec(&partial).map_err(|err| format!("encoding the partial: {err}"))
+    }
+}
+
+/// "outer: inner: innermost".
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

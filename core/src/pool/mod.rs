@@ -1,0 +1,348 @@
+//! [`Pool`]: the coordinator of a set of worker processes.
+
+mod schedule;
+mod spawn;
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use coop_worker::ipc_channel::ipc::{IpcReceiverSet, IpcSelectionResult};
+use coop_worker::protocol::ToWorker;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::engine::{Engine, Run};
+use crate::error::{Error, Result};
+use crate::job::{Job, initialized};
+use spawn::{SpawnConfig, Spawner, Started, Worker};
+
+/// The largest worker count a pool or thread engine accepts.
+pub const MAX_WORKERS: usize = 1024;
+
+/// Default number of times a task is run again after the worker running it died.
+pub const DEFAULT_RETRIES: u32 = 2;
+
+/// How long a worker may take to start and connect.
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a worker asked to exit gets before it is killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+pub(crate) fn check_worker_count(requested: usize) -> Result<()> {
+    if (1..=MAX_WORKERS).contains(&requested) {
+        Ok(())
+    } else {
+        Err(Error::InvalidWorkerCount {
+            requested,
+            max: MAX_WORKERS,
+        })
+    }
+}
+
+/// A pool of worker processes, one per core by default, that runs [`Job`]s.
+///
+/// Workers are this same program, re-executed; [`crate::init`] at the top of
+/// `main` turns them into workers. They start once and serve many jobs, one
+/// job at a time (concurrent [`run`](Pool::run) calls queue). Dropping the pool
+/// stops and reaps every worker.
+///
+/// Failures: a worker that dies mid-job is replaced and its lost tasks run
+/// again (up to [`PoolBuilder::retries`] times per task); a panic or error in a
+/// task ends the job with an [`Error`] naming the task and worker, and the pool
+/// stays usable. Workers die with the coordinator: they are killed by the
+/// kernel when it exits, however it exits.
+#[derive(Debug)]
+pub struct Pool {
+    state: Mutex<State>,
+    config: Config,
+    // Declared last: dropped after `state`, whose drop reaps the workers.
+    spawner: Spawner,
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    workers: usize,
+    retries: u32,
+    task_timeout: Option<Duration>,
+}
+
+/// Builds a [`Pool`] with options other than the defaults.
+#[derive(Debug, Clone)]
+pub struct PoolBuilder {
+    workers: Option<usize>,
+    retries: u32,
+    task_timeout: Option<Duration>,
+    handshake_timeout: Duration,
+    program: Option<PathBuf>,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder {
+            workers: None,
+            retries: DEFAULT_RETRIES,
+            task_timeout: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            program: None,
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// Number of worker processes, 1 to [`MAX_WORKERS`] (default: one per core).
+    pub fn workers(mut self, count: usize) -> Self {
+        self.workers = Some(count);
+        self
+    }
+
+    /// Times a task is run again after the worker running it died (default
+    /// [`DEFAULT_RETRIES`]). Panics and errors in user code are never retried.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Kills a worker whose task runs longer than `timeout`, and runs the task
+    /// again elsewhere (counted as a retry). Off by default.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a starting worker may take to connect (default 30 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Starts the workers.
+    pub fn build(self) -> Result<Pool> {
+        let workers = self
+            .workers
+            .unwrap_or_else(|| num_cpus::get().clamp(1, MAX_WORKERS));
+        check_worker_count(workers)?;
+        if !initialized() {
+            return Err(Error::NotInitialized);
+        }
+        let program = match self.program {
+            Some(program) => program,
+            None => spawn::current_program()?,
+        };
+        let started = Instant::now();
+        let spawner = Spawner::new(SpawnConfig {
+            program,
+            handshake_timeout: self.handshake_timeout,
+        })?;
+        let mut state = State::new()?;
+        for worker in spawner.spawn((0..workers).collect()) {
+            // On error, `state` drops and reaps the workers already started.
+            state.add(worker?)?;
+        }
+        tracing::info!(workers, elapsed = ?started.elapsed(), "pool started");
+        Ok(Pool {
+            state: Mutex::new(state),
+            config: Config {
+                workers,
+                retries: self.retries,
+                task_timeout: self.task_timeout,
+            },
+            spawner,
+        })
+    }
+}
+
+impl Pool {
+    /// A pool of one worker process per core.
+    pub fn new() -> Result<Pool> {
+        Pool::builder().build()
+    }
+
+    /// A builder for a pool with other options.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// Runs `job` over `input` with default options; see [`Run`] for more.
+    pub fn run<J: Job>(&self, job: &J, input: &crate::Input) -> Result<J::Partial> {
+        self.execute(Run::new(job, input))
+    }
+
+    /// The pids of the live workers.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.lock().slots.iter().map(|slot| slot.worker.pid).collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while the lock was held (in user merge code) leaves the
+        // workers in a consistent state: each job starts by re-syncing them.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Engine for Pool {
+    fn execute<J: Job>(&self, run: Run<'_, J>) -> Result<J::Partial> {
+        let mut state = self.lock();
+        schedule::run_job(&mut state, &self.spawner, &self.config, run)
+    }
+
+    fn workers(&self) -> usize {
+        self.config.workers
+    }
+}
+
+/// The coordinator's view of its workers.
+struct State {
+    slots: Vec<Slot>,
+    /// Every worker's result channel, polled together.
+    set: IpcReceiverSet,
+    next_job: u64,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("workers", &self.slots.iter().map(|s| s.worker.pid).collect::<Vec<_>>())
+            .field("next_job", &self.next_job)
+            .finish()
+    }
+}
+
+/// One worker and what it holds of the current job.
+struct Slot {
+    worker: Worker,
+    /// Id of the worker's channel in `State::set`.
+    receiver: u64,
+    /// Whether the worker has opened the current job.
+    open: bool,
+    /// Tasks sent and not yet done, in the order the worker runs them.
+    assigned: std::collections::VecDeque<usize>,
+    /// When the first of `assigned` started running.
+    running_since: Option<Instant>,
+    /// Tasks done whose results sit in the worker's unsent partial.
+    folded: Vec<usize>,
+    /// A flush was sent and its partial has not arrived.
+    flushing: bool,
+    /// Why the worker was killed on purpose, if it was.
+    killed: Option<Kill>,
+}
+
+impl State {
+    fn new() -> Result<Self> {
+        Ok(State {
+            slots: Vec::new(),
+            set: IpcReceiverSet::new().map_err(|source| Error::Os {
+                context: "creating the receiver set",
+                source,
+            })?,
+            next_job: 0,
+        })
+    }
+
+    fn add(&mut self, (worker, rx): Started) -> Result<()> {
+        let receiver = self.set.add(rx).map_err(|source| Error::Os {
+            context: "polling a worker's channel",
+            source,
+        })?;
+        self.slots.push(Slot {
+            worker,
+            receiver,
+            open: false,
+            assigned: Default::default(),
+            running_since: None,
+            folded: Vec::new(),
+            flushing: false,
+            killed: None,
+        });
+        Ok(())
+    }
+
+    fn slot_of(&self, receiver: u64) -> Option<usize> {
+        self.slots.iter().position(|slot| slot.receiver == receiver)
+    }
+
+    /// Handles worker deaths that happened between jobs: reaps them and starts
+    /// replacements, so every job starts with a full pool.
+    fn resync(&mut self, spawner: &Spawner, target: usize) -> Result<()> {
+        loop {
+            match self.set.try_select() {
+                Ok(events) => {
+                    for event in events {
+                        // Messages of earlier jobs are stale; deaths matter.
+                        if let IpcSelectionResult::ChannelClosed(receiver) = event
+                            && let Some(index) = self.slot_of(receiver)
+                        {
+                            let slot = self.slots.swap_remove(index);
+                            let status = reap(slot.worker, Duration::from_millis(100));
+                            tracing::warn!(status = %describe(status), "worker died between jobs");
+                        }
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let missing = target.saturating_sub(self.slots.len());
+        if missing > 0 {
+            for worker in spawner.spawn((0..missing).collect()) {
+                match worker {
+                    Ok(worker) => self.add(worker)?,
+                    Err(err) if self.slots.is_empty() => return Err(err),
+                    Err(err) => tracing::warn!(%err, "could not replace a worker"),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            let _ = slot.worker.tx.send(ToWorker::Shutdown);
+        }
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        for slot in self.slots.drain(..) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            reap(slot.worker, left);
+        }
+    }
+}
+
+/// Waits up to `grace` for a worker to exit, then kills it; always reaps it.
+fn reap(mut worker: Worker, grace: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + grace;
+    loop {
+        match worker.child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            Ok(None) => {
+                let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGKILL);
+                return worker.child.wait().ok();
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+fn describe(status: Option<ExitStatus>) -> String {
+    status.map_or_else(|| "ended (status unknown)".to_string(), crate::error::describe_status)
+}
+
+/// Why the coordinator killed a worker.
+#[derive(Debug, Clone)]
+enum Kill {
+    Timeout,
+    Breach(String),
+    Abandoned,
+}
+
+impl std::fmt::Display for Kill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kill::Timeout => f.write_str("was killed after its task timed out"),
+            Kill::Breach(what) => write!(f, "was killed for breaking the protocol ({what})"),
+            Kill::Abandoned => f.write_str("was killed because its job failed"),
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! One job on the pool: dynamic scheduling, partial collection, and recovery
+//! from dead workers. The coordinator never blocks on a worker: it waits only
+//! in `try_select_timeout` on all workers' channels at once, with a deadline.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use coop_worker::ipc_channel::ipc::{IpcSelectionResult, IpcSharedMemory};
+use coop_worker::ipc_channel::TrySelectError;
+use coop_worker::protocol::{Failure, FromWorker, Rejection, ToWorker};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::spawn::{Spawner, message_kind};
+use super::{Config, Kill, Slot, State, describe, reap};
+use crate::engine::Run;
+use crate::error::{Error, Result, TaskIndex};
+use crate::job::Job;
+
+/// Tasks sent ahead to each worker: one running, one waiting, so that a worker
+/// never idles for a round trip between tasks.
+const DEPTH: usize = 2;
+
+/// How often the coordinator wakes when nothing arrives, to check timeouts.
+const POLL: Duration = Duration::from_millis(50);
+
+/// How long a worker whose channel closed gets to finish exiting before it is killed.
+const EXIT_GRACE: Duration = Duration::from_millis(200);
+
+pub(super) fn run_job<J: Job>(
+    state: &mut State,
+    spawner: &Spawner,
+    config: &Config,
+    run: Run<'_, J>,
+) -> Result<J::Partial> {
+    state.resync(spawner, config.workers)?;
+    let plan = run.plan(config.workers)?;
+    let total = plan.tasks.len();
+    if total == 0 {
+        return Ok(J::Partial::default());
+    }
+    let id = state.next_job;
+    state.next_job += 1;
+    let span = tracing::info_span!("job", name = J::NAME, id, tasks = total);
+    let _entered = span.enter();
+
+    let codec = |what| move |err: postcard::Error| Error::Codec {
+        job: J::NAME,
+        what,
+        message: err.to_string(),
+    };
+    let params = postcard::to_allocvec(run.job).map_err(codec("encode the job"))?;
+    let specs = plan
+        .tasks
+        .iter()
+        .map(postcard::to_allocvec)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(codec("encode a task"))?;
+    let mut job = JobState::<J> {
+        id,
+        run: &run,
+        params,
+        specs,
+        output: run.output.as_deref().map(|out| out.region()),
+        queue: (0..total).collect(),
+        attempts: vec![0; total],
+        done: vec![false; total],
+        done_count: 0,
+        result: J::Partial::default(),
+    };
+    let started = Instant::now();
+    let outcome = job.drive(state, spawner, config);
+    end_job(state, id, outcome.is_err());
+    match &outcome {
+        Ok(_) => tracing::debug!(elapsed = ?started.elapsed(), "job done"),
+        Err(err) => tracing::warn!(%err, "job failed"),
+    }
+    outcome
+}
+
+/// Closes the job in every worker. After a failure, workers still running
+/// tasks of the job are killed (they are replaced before the next job): their
+/// work is wasted, and they might still be writing the output the caller is
+/// about to own again.
+fn end_job(state: &mut State, id: u64, failed: bool) {
+    for slot in &mut state.slots {
+        if failed && !slot.assigned.is_empty() && slot.killed.is_none() {
+            slot.kill(Kill::Abandoned);
+        }
+        if slot.open {
+            let _ = slot.worker.tx.send(ToWorker::EndJob { job: id });
+        }
+        slot.open = false;
+        slot.assigned.clear();
+        slot.running_since = None;
+        slot.folded.clear();
+        slot.flushing = false;
+    }
+}
+
+struct JobState<'r, 'a, J: Job> {
+    id: u64,
+    run: &'r Run<'a, J>,
+    params: Vec<u8>,
+    specs: Vec<Vec<u8>>,
+    output: Option<&'r IpcSharedMemory>,
+    /// Tasks waiting for a worker; lost tasks go back to the front.
+    queue: VecDeque<usize>,
+    /// Times each task was lost with its worker.
+    attempts: Vec<u32>,
+    /// Whether each task's result is merged or folded in a live worker.
+    done: Vec<bool>,
+    done_count: usize,
+    result: J::Partial,
+}
+
+impl<J: Job> JobState<'_, '_, J> {
+    fn drive(&mut self, state: &mut State, spawner: &Spawner, config: &Config) -> Result<J::Partial> {
+        loop {
+            self.dispatch(state);
+            if self.finished(state) {
+                return Ok(std::mem::take(&mut self.result));
+            }
+            if let Some(timeout) = config.task_timeout {
+                for slot in &mut state.slots {
+                    if slot.killed.is_none()
+                        && slot.running_since.is_some_and(|since| since.elapsed() > timeout)
+                    {
+                        tracing::warn!(pid = slot.worker.pid, ?timeout, "task timed out; killing its worker");
+                        slot.kill(Kill::Timeout);
+                    }
+                }
+            }
+            let events = match state.set.try_select_timeout(POLL) {
+                Ok(events) => events,
+                Err(TrySelectError::Empty) => continue,
+                Err(TrySelectError::IoError(err)) => {
+                    return Err(Error::Os {
+                        context: "waiting for workers",
+                        source: err.into(),
+                    });
+                }
+            };
+            for event in events {
+                match event {
+                    IpcSelectionResult::MessageReceived(receiver, message) => {
+                        let Some(index) = state.slot_of(receiver) else {
+                            continue;
+                        };
+                        match message.to::<FromWorker>() {
+                            Ok(message) => self.on_message(&mut state.slots[index], message)?,
+                            Err(err) => state.slots[index]
+                                .kill(Kill::Breach(format!("undecodable message: {err}"))),
+                        }
+                    }
+                    IpcSelectionResult::ChannelClosed(receiver) => {
+                        if let Some(index) = state.slot_of(receiver) {
+                            self.on_death(state, spawner, config, index)?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn finished(&self, state: &State) -> bool {
+        self.done_count == self.specs.len()
+            && state.slots.iter().all(|slot| slot.folded.is_empty() && !slot.flushing)
+    }
+
+    /// Hands queued tasks to workers with room, and asks idle workers that hold
+    /// results for their partial. A failed send means the worker is dead; its
+    /// death is handled when its channel reports closed.
+    fn dispatch(&mut self, state: &mut State) {
+        for slot in &mut state.slots {
+            if slot.killed.is_some() {
+                continue;
+            }
+            while slot.assigned.len() < DEPTH {
+                let Some(task) = self.queue.pop_front() else {
+                    break;
+                };
+                if !slot.open {
+                    let _ = slot.worker.tx.send(ToWorker::StartJob {
+                        job: self.id,
+                        name: J::NAME.to_string(),
+                        params: self.params.clone(),
+                        input: self.run.input.describe(),
+                        output: self.output.cloned(),
+                    });
+                    slot.open = true;
+                }
+                tracing::trace!(task, pid = slot.worker.pid, "dispatch");
+                let _ = slot.worker.tx.send(ToWorker::Task {
+                    job: self.id,
+                    task: task as u32,
+                    spec: self.specs[task].clone(),
+                });
+                if slot.assigned.is_empty() {
+                    slot.running_since = Some(Instant::now());
+                }
+                slot.assigned.push_back(task);
+            }
+            if self.queue.is_empty() && slot.assigned.is_empty() && !slot.folded.is_empty() && !slot.flushing {
+                let _ = slot.worker.tx.send(ToWorker::Flush { job: self.id });
+                slot.flushing = true;
+            }
+        }
+    }
+
+    fn on_message(&mut self, slot: &mut Slot, message: FromWorker) -> Result<()> {
+        let pid = slot.worker.pid;
+        match message {
+            FromWorker::TaskDone { job, task } if job == self.id => {
+                let task = task as usize;
+                if slot.assigned.front() != Some(&task) {
+                    slot.kill(Kill::Breach(format!("reported task {task}, which it was not running")));
+                    return Ok(());
+                }
+                slot.assigned.pop_front();
+                slot.running_since = (!slot.assigned.is_empty()).then(Instant::now);
+                slot.folded.push(task);
+                if !self.done[task] {
+                    self.done[task] = true;
+                    self.done_count += 1;
+                }
+                self.run.report(self.done_count, self.specs.len());
+            }
+            FromWorker::TaskFailed { job, task, failure } if job == self.id => {
+                let task = TaskIndex((task != u32::MAX).then_some(task as usize));
+                return Err(match failure {
+                    Failure::Panic(message) => Error::TaskPanicked { job: J::NAME, task, pid, message },
+                    Failure::Error(message) => Error::TaskFailed { job: J::NAME, task, pid, message },
+                });
+            }
+            FromWorker::Partial { job, data } if job == self.id => {
+                if !slot.flushing {
+                    slot.kill(Kill::Breach("sent a partial it was not asked for".into()));
+                    return Ok(());
+                }
+                let partial: J::Partial = postcard::from_bytes(data.bytes()).map_err(|err| Error::Codec {
+                    job: J::NAME,
+                    what: "decode a worker's partial",
+                    message: err.to_string(),
+                })?;
+                self.run.job.merge(&mut self.result, partial);
+                slot.folded.clear();
+                slot.flushing = false;
+            }
+            FromWorker::JobRejected { job, reason } if job == self.id => {
+                return Err(match reason {
+                    Rejection::UnknownJob { registered } => Error::UnknownJob { job: J::NAME, pid, registered },
+                    Rejection::Setup(message) => Error::JobSetup { job: J::NAME, pid, message },
+                });
+            }
+            FromWorker::Hello { .. } => {
+                slot.kill(Kill::Breach(format!("sent {} after its handshake", message_kind(&message))));
+            }
+            // A message about an earlier job, which ended or failed: stale.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A worker's channel closed: it died (or was killed). Its running task and
+    /// the results folded in its partial are lost: queue them again, charge the
+    /// attempt, and start a replacement.
+    fn on_death(&mut self, state: &mut State, spawner: &Spawner, config: &Config, index: usize) -> Result<()> {
+        let slot = state.slots.remove(index);
+        let pid = slot.worker.pid;
+        let status = reap(slot.worker, EXIT_GRACE);
+        let cause = match &slot.killed {
+            Some(kill) => kill.to_string(),
+            None => describe(status),
+        };
+        for &task in &slot.folded {
+            if std::mem::replace(&mut self.done[task], false) {
+                self.done_count -= 1;
+            }
+        }
+        // Charge the task that was running; a worker that died holding only
+        // folded results (while flushing) charges those, so that a partial that
+        // always kills its worker cannot loop forever.
+        let charged: Vec<usize> = match slot.assigned.front() {
+            Some(&running) => vec![running],
+            None => slot.folded.clone(),
+        };
+        for &task in slot.folded.iter().chain(&slot.assigned).rev() {
+            self.queue.push_front(task);
+        }
+        tracing::warn!(pid, %cause, requeued = slot.folded.len() + slot.assigned.len(), "worker lost");
+        for task in charged {
+            self.attempts[task] += 1;
+            let attempts = self.attempts[task];
+            if attempts > config.retries {
+                return Err(match (&slot.killed, config.task_timeout) {
+                    (Some(Kill::Timeout), Some(timeout)) => Error::TaskTimedOut { job: J::NAME, task, timeout, attempts, pid },
+                    _ => Error::TaskLost { job: J::NAME, task, attempts, pid, status: cause },
+                });
+            }
+        }
+        if !slot.folded.is_empty() || !slot.assigned.is_empty() {
+            self.run.report(self.done_count, self.specs.len());
+        }
+        match spawner.spawn(vec![index]).pop() {
+            Some(Ok(started)) => state.add(started)?,
+            Some(Err(err)) if state.slots.is_empty() => {
+                return Err(Error::NoWorkers { job: J::NAME, cause: err.to_string() });
+            }
+            Some(Err(err)) => tracing::warn!(%err, "could not replace a lost worker"),
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+impl Slot {
+    /// Kills the worker; its death is handled when its channel reports closed.
+    pub(super) fn kill(&mut self, why: Kill) {
+        tracing::warn!(pid = self.worker.pid, reason = %why, "killing worker");
+        let _ = kill(Pid::from_raw(self.worker.pid as i32), Signal::SIGKILL);
+        self.killed = Some(why);
+    }
+}

@@ -1,0 +1,253 @@
+//! Starting workers: re-executing this program with a rendezvous name, and a
+//! handshake that can never hang (the watchdog of `../shared/notes/ipc-channel.md`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use coop_worker::ipc_channel::ipc::{IpcOneShotServer, IpcReceiver, IpcSender};
+use coop_worker::protocol::{ENV_PARENT, ENV_SERVER, ENV_SLOT, FromWorker, ToWorker};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result, describe_status};
+
+/// A started worker whose handshake succeeded.
+pub(crate) struct Worker {
+    pub(crate) pid: u32,
+    pub(crate) child: Child,
+    pub(crate) tx: IpcSender<ToWorker>,
+}
+
+/// A worker and the channel its messages arrive on.
+pub(crate) type Started = (Worker, IpcReceiver<FromWorker>);
+
+/// What a spawn needs to know.
+#[derive(Debug, Clone)]
+pub(crate) struct SpawnConfig {
+    pub(crate) program: PathBuf,
+    pub(crate) handshake_timeout: Duration,
+}
+
+type Reply = mpsc::Sender<Vec<Result<Started>>>;
+
+/// A long-lived thread that starts every worker of a pool.
+///
+/// Linux delivers a worker's parent-death signal when the *thread* that forked
+/// it exits, so workers must not be spawned from whatever short-lived thread
+/// happens to call into the pool.
+pub(crate) struct Spawner {
+    requests: Option<mpsc::Sender<(Vec<usize>, Reply)>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Spawner {
+    pub(crate) fn new(config: SpawnConfig) -> Result<Self> {
+        let (requests, incoming) = mpsc::channel::<(Vec<usize>, Reply)>();
+        let thread = thread::Builder::new()
+            .name("coop-spawner".into())
+            .spawn(move || {
+                for (slots, reply) in incoming {
+                    let _ = reply.send(spawn_batch(&config, &slots));
+                }
+            })
+            .map_err(|source| Error::Os {
+                context: "starting the spawner thread",
+                source,
+            })?;
+        Ok(Spawner {
+            requests: Some(requests),
+            thread: Some(thread),
+        })
+    }
+
+    /// Starts one worker per slot number, in parallel; one result each.
+    pub(crate) fn spawn(&self, slots: Vec<usize>) -> Vec<Result<Started>> {
+        let count = slots.len();
+        let (reply, answer) = mpsc::channel();
+        let sent = self
+            .requests
+            .as_ref()
+            .is_some_and(|requests| requests.send((slots, reply)).is_ok());
+        match sent.then(|| answer.recv().ok()).flatten() {
+            Some(workers) => workers,
+            None => (0..count)
+                .map(|_| {
+                    Err(Error::Os {
+                        context: "starting a worker",
+                        source: std::io::Error::other("the spawner thread is gone"),
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Spawner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spawner").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        drop(self.requests.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts all children first, then completes their handshakes, so that start-up
+/// costs about one process start, not one per worker.
+fn spawn_batch(config: &SpawnConfig, slots: &[usize]) -> Vec<Result<Started>> {
+    let started: Vec<_> = slots.iter().map(|&slot| start_child(config, slot)).collect();
+    started
+        .into_iter()
+        .map(|started| {
+            let (server, name, child) = started?;
+            handshake(server, name, child, config.handshake_timeout)
+        })
+        .collect()
+}
+
+fn start_child(
+    config: &SpawnConfig,
+    slot: usize,
+) -> Result<(IpcOneShotServer<FromWorker>, String, Child)> {
+    let (server, name) = IpcOneShotServer::<FromWorker>::new().map_err(|source| Error::Os {
+        context: "creating a rendezvous socket",
+        source,
+    })?;
+    let child = Command::new(&config.program)
+        .env(ENV_SERVER, &name)
+        .env(ENV_PARENT, std::process::id().to_string())
+        .env(ENV_SLOT, slot.to_string())
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            program: config.program.clone(),
+            source,
+        })?;
+    tracing::debug!(pid = child.id(), slot, "worker process started");
+    Ok((server, name, child))
+}
+
+/// Why the watchdog broke a handshake.
+enum Verdict {
+    Exited,
+    TimedOut,
+}
+
+fn handshake(
+    server: IpcOneShotServer<FromWorker>,
+    name: String,
+    mut child: Child,
+    timeout: Duration,
+) -> Result<Started> {
+    let pid = child.id();
+    let finished = Arc::new(AtomicBool::new(false));
+    // `accept` has no timeout and blocks forever if the child dies before it
+    // connects. The watchdog unblocks it by connecting itself and hanging up.
+    let watchdog = {
+        let finished = Arc::clone(&finished);
+        thread::spawn(move || watch(pid, &name, timeout, &finished))
+    };
+    let accepted = server.accept();
+    finished.store(true, Ordering::Release);
+    let verdict = watchdog.join().unwrap_or(None);
+
+    let failure = |child: &mut Child, cause: String| {
+        let _ = child.kill();
+        let _ = child.wait();
+        Error::Handshake { pid, cause }
+    };
+    match accepted {
+        Ok((rx, FromWorker::Hello { pid: hello_pid, to_worker })) if hello_pid == pid => Ok((
+            Worker {
+                pid,
+                child,
+                tx: to_worker,
+            },
+            rx,
+        )),
+        Ok((_, other)) => Err(failure(
+            &mut child,
+            format!("sent {} instead of its hello", message_kind(&other)),
+        )),
+        Err(err) => {
+            let cause = match verdict {
+                Some(Verdict::TimedOut) => format!("did not connect within {timeout:?}"),
+                _ => match child.try_wait() {
+                    Ok(Some(status)) => format!(
+                        "{} before connecting (does main call coop::init first?)",
+                        describe_status(status)
+                    ),
+                    _ => format!("handshake failed: {err}"),
+                },
+            };
+            Err(failure(&mut child, cause))
+        }
+    }
+}
+
+fn watch(pid: u32, name: &str, timeout: Duration, finished: &AtomicBool) -> Option<Verdict> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(200);
+    while !finished.load(Ordering::Acquire) {
+        let verdict = if has_exited(pid) {
+            Some(Verdict::Exited)
+        } else if Instant::now() >= deadline {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            Some(Verdict::TimedOut)
+        } else {
+            None
+        };
+        if let Some(verdict) = verdict {
+            // Only the first connection counts; if the child got there first,
+            // this one is dropped and harmless.
+            drop(IpcSender::<FromWorker>::connect(name.to_string()));
+            return Some(verdict);
+        }
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+    None
+}
+
+/// Whether `pid` has exited, without reaping it (the `Child` reaps it later).
+fn has_exited(pid: u32) -> bool {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    !matches!(
+        waitid(Id::Pid(Pid::from_raw(pid as i32)), flags),
+        Ok(WaitStatus::StillAlive)
+    )
+}
+
+pub(crate) fn message_kind(message: &FromWorker) -> &'static str {
+    match message {
+        FromWorker::Hello { .. } => "a hello",
+        FromWorker::TaskDone { .. } => "a task result",
+        FromWorker::TaskFailed { .. } => "a task failure",
+        FromWorker::Partial { .. } => "a partial",
+        FromWorker::JobRejected { .. } => "a job rejection",
+    }
+}
+
+/// The program workers are started from: this very executable.
+pub(crate) fn current_program() -> Result<PathBuf> {
+    // /proc/self/exe still works if the file was replaced or deleted since start.
+    let proc_exe = Path::new("/proc/self/exe");
+    if proc_exe.exists() {
+        return Ok(proc_exe.to_path_buf());
+    }
+    std::env::current_exe().map_err(|source| Error::Os {
+        context: "finding the current executable",
+        source,
+    })
+}
