@@ -1,4 +1,5 @@
 //! placeholder
+pub mod cli;
 pub mod matmul;
 pub mod npy;
 pub mod wordcount;

@@ -332,6 +332,11 @@ pub fn check_len(header: &Header, file_len: u64) -> Result<(), NpyError> {
 ///
 /// Any number of dimensions is encoded, although [`parse_header`] only
 /// accepts two.
+///
+/// # Panics
+///
+/// If the header would be longer than 4 GiB, which takes a shape of hundreds
+/// of millions of dimensions.
 pub fn encode_header(dtype: Dtype, fortran_order: bool, shape: &[usize]) -> Vec<u8> {
     let mut dict = format!(
         "{{'descr': '{}', 'fortran_order': {}, 'shape': {}, }}",

@@ -1,0 +1,228 @@
+//! What the example binaries share: exit codes and one-line errors, engine
+//! choice, the progress bar, and logging.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use coop::prelude::*;
+use coop::{Sequential, Threads};
+
+/// Exit code for bad input: usage errors, missing or malformed files.
+pub const EXIT_BAD_INPUT: u8 = 2;
+/// Exit code for a job that failed while running.
+pub const EXIT_FAILED: u8 = 1;
+
+/// An error and the exit code it ends the program with.
+#[derive(Debug)]
+pub struct Failure {
+    /// The process exit code.
+    pub code: u8,
+    /// What went wrong.
+    pub error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure {
+            code: EXIT_FAILED,
+            error: error.into(),
+        }
+    }
+}
+
+/// Marks an error as the user's bad input (exit code 2).
+pub trait BadInput<T> {
+    /// Converts the error into a [`Failure`] with [`EXIT_BAD_INPUT`].
+    fn bad_input(self) -> Result<T, Failure>;
+}
+
+impl<T, E: Into<anyhow::Error>> BadInput<T> for Result<T, E> {
+    fn bad_input(self) -> Result<T, Failure> {
+        self.map_err(|error| Failure {
+            code: EXIT_BAD_INPUT,
+            error: error.into(),
+        })
+    }
+}
+
+/// Parses the arguments and runs `body`, turning every way out into an exit
+/// code and at most one line `error: ...` on stderr: no usage dump, no panic
+/// message, no backtrace.
+pub fn main<A: Parser>(body: impl FnOnce(A) -> Result<(), Failure>) -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info.payload_as_str().unwrap_or("unknown panic");
+        eprintln!("error: internal error: {}", one_line(message));
+    }));
+    init_logging();
+    let args = match A::try_parse() {
+        Ok(args) => args,
+        Err(err) if !err.use_stderr() => {
+            // --help and --version
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            let text = err.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("error: {} (see --help)", one_line(first));
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    match body(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) if is_broken_pipe(&failure.error) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", one_line(&describe(&failure.error)));
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// The error and its causes, `: `-separated, leaving out a cause whose text
+/// the message already carries (coop's errors include their source's text).
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// A reader that stopped reading (`| head`) is not an error.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `RUST_LOG=coop=debug` shows the pool's events on stderr; silent otherwise.
+fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
+/// Which engine runs the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineKind {
+    /// Worker processes, one per core (coop's pool).
+    Processes,
+    /// Threads in this process (rayon).
+    Threads,
+    /// One thread, no workers: the baseline.
+    Sequential,
+}
+
+/// One of coop's engines, chosen at run time.
+#[derive(Debug)]
+pub enum AnyEngine {
+    /// Worker processes.
+    Processes(Pool),
+    /// Threads.
+    Threads(Threads),
+    /// The calling thread.
+    Sequential(Sequential),
+}
+
+impl AnyEngine {
+    /// Starts the engine `kind` with `workers` workers (default one per core;
+    /// ignored by the sequential engine).
+    pub fn start(kind: EngineKind, workers: Option<usize>) -> coop::Result<Self> {
+        let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Ok(match kind {
+            EngineKind::Processes => AnyEngine::Processes(Pool::builder().workers(workers).build()?),
+            EngineKind::Threads => AnyEngine::Threads(Threads::new(workers)?),
+            EngineKind::Sequential => AnyEngine::Sequential(Sequential),
+        })
+    }
+
+    /// The engine's name, as on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AnyEngine::Processes(_) => "processes",
+            AnyEngine::Threads(_) => "threads",
+            AnyEngine::Sequential(_) => "sequential",
+        }
+    }
+}
+
+impl Engine for AnyEngine {
+    fn execute<J: Job>(&self, run: Run<'_, J>) -> coop::Result<J::Partial> {
+        match self {
+            AnyEngine::Processes(pool) => pool.execute(run),
+            AnyEngine::Threads(threads) => threads.execute(run),
+            AnyEngine::Sequential(sequential) => sequential.execute(run),
+        }
+    }
+
+    fn workers(&self) -> usize {
+        match self {
+            AnyEngine::Processes(pool) => pool.workers(),
+            AnyEngine::Threads(threads) => threads.workers(),
+            AnyEngine::Sequential(sequential) => sequential.workers(),
+        }
+    }
+}
+
+/// A progress bar on stderr that appears only when stderr is a terminal and
+/// the job has run for more than a second.
+#[derive(Debug)]
+pub struct ProgressBar {
+    started: Instant,
+    enabled: bool,
+    bar: OnceLock<indicatif::ProgressBar>,
+}
+
+impl Default for ProgressBar {
+    fn default() -> Self {
+        ProgressBar {
+            started: Instant::now(),
+            enabled: std::io::stderr().is_terminal(),
+            bar: OnceLock::new(),
+        }
+    }
+}
+
+impl ProgressBar {
+    /// Records progress; pass `&|p| bar.report(p)` to [`Run::progress`].
+    pub fn report(&self, progress: Progress) {
+        if !self.enabled || self.started.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        let bar = self.bar.get_or_init(|| {
+            let bar = indicatif::ProgressBar::new(progress.total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} tasks")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar
+        });
+        bar.set_position(progress.done as u64);
+    }
+
+    /// Removes the bar, if it was shown.
+    pub fn finish(&self) {
+        if let Some(bar) = self.bar.get() {
+            bar.finish_and_clear();
+        }
+    }
+}
