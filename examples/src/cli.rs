@@ -65,8 +65,9 @@ pub fn main<A: Parser>(body: impl FnOnce(A) -> Result<(), Failure>) -> ExitCode 
             return ExitCode::SUCCESS;
         }
         Err(err) => {
+            // clap's message is its first paragraph; the usage dump follows.
             let text = err.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = text.split("\n\n").next().unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
             eprintln!("error: {} (see --help)", one_line(first));
             return ExitCode::from(EXIT_BAD_INPUT);

@@ -15,7 +15,7 @@ use coop_examples::words::{SplitMode, WordCounts};
 /// Count word frequencies across FILEs (standard input if none, or "-").
 /// Each file counts separately: a word never spans two files.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Files to count; "-" or nothing reads standard input.
     files: Vec<PathBuf>,

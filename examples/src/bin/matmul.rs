@@ -1,0 +1,206 @@
+//! `matmul`: multiplies two matrices with cooperating worker processes. A and
+//! B are shared read-only, C is shared writable, each task writes its own tile.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::anyhow;
+use clap::Parser;
+use coop::prelude::*;
+use coop::Sequential;
+use coop_examples::cli::{self, AnyEngine, BadInput, EngineKind, Failure, ProgressBar};
+use coop_examples::matmul::{MatMul, Operand};
+use coop_examples::npy::{self, Dtype, ShapeDisplay};
+use rand::{RngExt, SeedableRng};
+
+/// Multiply two matrices: `matmul A.npy B.npy -o C.npy`, or time random ones
+/// with `matmul --size N`.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The two factors, 2-D `.npy` files of the same dtype (little-endian f4 or f8, C or Fortran order).
+    #[arg(value_names = ["A.npy", "B.npy"], num_args = 2, conflicts_with_all = ["size", "dtype", "seed", "check"], requires = "output")]
+    inputs: Vec<PathBuf>,
+
+    /// Where to write the product (`.npy`, C order).
+    #[arg(short, long, value_name = "C.npy")]
+    output: Option<PathBuf>,
+
+    /// Multiply two random N x N matrices instead, and report the time.
+    #[arg(long, value_name = "N", conflicts_with = "output")]
+    size: Option<usize>,
+
+    /// Element type of the random matrices.
+    #[arg(long, value_enum, requires = "size")]
+    dtype: Option<DtypeArg>,
+
+    /// Seed of the random matrices.
+    #[arg(long, value_name = "S", requires = "size")]
+    seed: Option<u64>,
+
+    /// Also multiply in a single process with the same kernel and print the largest relative error.
+    #[arg(long, requires = "size")]
+    check: bool,
+
+    /// Number of workers (default: one per core).
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=coop::MAX_WORKERS as u64))]
+    workers: Option<u64>,
+
+    /// What runs the job.
+    #[arg(long, value_enum, default_value_t = EngineKind::Processes)]
+    engine: EngineKind,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DtypeArg {
+    F32,
+    F64,
+}
+
+fn main() -> ExitCode {
+    coop::init(&[coop_examples::matmul::register()]);
+    cli::main(run)
+}
+
+fn run(args: Args) -> Result<(), Failure> {
+    match (&args.inputs[..], args.size) {
+        ([a, b], None) => multiply_files(&args, a, b),
+        ([], Some(n)) => multiply_random(&args, n),
+        _ => Err(anyhow!("give A.npy B.npy -o C.npy, or --size N")).bad_input(),
+    }
+}
+
+/// Maps a `.npy` file as input segment and checks its header.
+fn add_matrix(input: &mut Input, path: &Path) -> Result<(npy::Header, Operand), Failure> {
+    let segment = input.push_file(path).bad_input()?;
+    let bytes = input.bytes(segment);
+    let name = path.display();
+    let header = npy::parse_header(bytes).map_err(|e| anyhow!("{name}: {e}")).bad_input()?;
+    npy::check_len(&header, bytes.len() as u64).map_err(|e| anyhow!("{name}: {e}")).bad_input()?;
+    let mut operand = Operand { segment, offset: header.data_offset, fortran: header.fortran_order };
+    if header.data_offset % header.dtype.size() != 0 {
+        // A conforming file aligns its data; copy a non-conforming one's data
+        // into an aligned shared region rather than refuse it.
+        let data = bytes[header.data_offset..].to_vec();
+        operand = Operand { segment: input.push_bytes(&data), offset: 0, ..operand };
+    }
+    Ok((header, operand))
+}
+
+fn multiply_files(args: &Args, a_path: &Path, b_path: &Path) -> Result<(), Failure> {
+    let out_path = args.output.as_deref().expect("clap requires --output with inputs");
+    let mut input = Input::new();
+    let (a, a_op) = add_matrix(&mut input, a_path)?;
+    let (b, b_op) = add_matrix(&mut input, b_path)?;
+    if a.dtype != b.dtype {
+        return Err(anyhow!(
+            "{} is {} but {} is {}: both inputs must have the same dtype",
+            a_path.display(), a.dtype, b_path.display(), b.dtype
+        ))
+        .bad_input();
+    }
+    let ((m, k), (k2, n)) = ((a.shape[0], a.shape[1]), (b.shape[0], b.shape[1]));
+    if k != k2 {
+        return Err(anyhow!(
+            "inner dimensions differ: {} is {} and {} is {} ({k} != {k2})",
+            a_path.display(), ShapeDisplay(&a.shape), b_path.display(), ShapeDisplay(&b.shape)
+        ))
+        .bad_input();
+    }
+    let job = MatMul { dtype: a.dtype, m, k, n, a: a_op, b: b_op };
+    let dir = match out_path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    // Written beside the target and renamed into place: a failed run leaves no file.
+    let mut temp = tempfile::Builder::new()
+        .prefix(".matmul-")
+        .tempfile_in(dir)
+        .map_err(|e| anyhow!("{}: {e}", out_path.display()))
+        .bad_input()?;
+
+    let engine = AnyEngine::start(args.engine, args.workers.map(|w| w as usize))?;
+    let started = Instant::now();
+    let c = multiply(&engine, &job, &input)?;
+    let seconds = started.elapsed().as_secs_f64();
+
+    temp.write_all(&npy::encode_header(job.dtype, false, &[m, n]))?;
+    temp.write_all(c.bytes())?;
+    temp.as_file().sync_data().ok();
+    temp.persist(out_path).map_err(|e| anyhow!("{}: {}", out_path.display(), e.error))?;
+    eprintln!(
+        "{}: {m} x {n} {}, {seconds:.3} s, {:.1} GFLOP/s, {} worker(s) ({})",
+        out_path.display(), job.dtype, gflops(&job, seconds), engine.workers(), engine.name()
+    );
+    Ok(())
+}
+
+fn multiply(engine: &AnyEngine, job: &MatMul, input: &Input) -> coop::Result<SharedOutput> {
+    let mut c = SharedOutput::new(job.output_len());
+    let bar = ProgressBar::default();
+    let report = |p| bar.report(p);
+    Run::new(job, input).output(&mut c).progress(&report).on(engine)?;
+    bar.finish();
+    Ok(c)
+}
+
+fn gflops(job: &MatMul, seconds: f64) -> f64 {
+    2.0 * job.m as f64 * job.k as f64 * job.n as f64 / seconds.max(1e-9) / 1e9
+}
+
+fn multiply_random(args: &Args, n: usize) -> Result<(), Failure> {
+    let dtype = match args.dtype.unwrap_or(DtypeArg::F64) {
+        DtypeArg::F32 => Dtype::F32,
+        DtypeArg::F64 => Dtype::F64,
+    };
+    let bytes = n.checked_mul(n).and_then(|e| e.checked_mul(dtype.size()));
+    let Some(bytes) = bytes.filter(|&b| b <= isize::MAX as usize) else {
+        return Err(anyhow!("--size {n} is too large")).bad_input();
+    };
+    let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(args.seed.unwrap_or(0));
+    let mut input = Input::new();
+    for _ in 0..2 {
+        match dtype {
+            Dtype::F32 => input.push_slice(&(0..bytes / 4).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>()),
+            Dtype::F64 => input.push_slice(&(0..bytes / 8).map(|_| rng.random_range(-1.0f64..1.0)).collect::<Vec<_>>()),
+        };
+    }
+    let c_order = |segment| Operand { segment, offset: 0, fortran: false };
+    let job = MatMul { dtype, m: n, k: n, n, a: c_order(0), b: c_order(1) };
+
+    let engine = AnyEngine::start(args.engine, args.workers.map(|w| w as usize))?;
+    let started = Instant::now();
+    let c = multiply(&engine, &job, &input)?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{n} x {n} {dtype}: {seconds:.3} s, {:.1} GFLOP/s, {} worker(s) ({})",
+        gflops(&job, seconds), engine.workers(), engine.name()
+    );
+    if args.check {
+        let mut reference = SharedOutput::new(job.output_len());
+        Run::new(&job, &input).output(&mut reference).on(&Sequential)?;
+        let error = match dtype {
+            Dtype::F32 => max_relative_error(c.as_slice::<f32>(), reference.as_slice::<f32>()),
+            Dtype::F64 => max_relative_error(c.as_slice::<f64>(), reference.as_slice::<f64>()),
+        };
+        println!("check: largest relative error {error:e} against a single-process multiply");
+        let tolerance = match dtype {
+            Dtype::F32 => 1e-4,
+            Dtype::F64 => 1e-10,
+        };
+        if !(error <= tolerance) {
+            return Err(anyhow!("check failed: relative error {error:e} exceeds {tolerance:e}").into());
+        }
+    }
+    Ok(())
+}
+
+/// max |c - r| / max |r| (0 for an empty or all-zero reference that matches).
+fn max_relative_error<T: Copy + Into<f64>>(c: &[T], reference: &[T]) -> f64 {
+    let scale = reference.iter().map(|&r| r.into().abs()).fold(0.0, f64::max);
+    let diff = c.iter().zip(reference).map(|(&c, &r)| (c.into() - r.into()).abs()).fold(0.0, f64::max);
+    if diff == 0.0 { 0.0 } else { diff / scale }
+}
+
