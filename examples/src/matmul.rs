@@ -46,7 +46,12 @@ impl MatMul {
     fn run<T: Element>(&self, rows: &Range<usize>, input: &Input, out: &mut [u8]) -> Result<(), TaskError> {
         let a = operand::<T>(input, self.a, self.m * self.k)?;
         let b = operand::<T>(input, self.b, self.k * self.n)?;
-        let c: &mut [T] = bytemuck::try_cast_slice_mut(out).map_err(|e| format!("output tile: {e}"))?;
+        // An empty slice's pointer may be misaligned: no cast needed for it.
+        let c: &mut [T] = if out.is_empty() {
+            &mut []
+        } else {
+            bytemuck::try_cast_slice_mut(out).map_err(|e| format!("output tile: {e}"))?
+        };
         multiply_rows(
             Matrix { data: a, rows: self.m, cols: self.k, fortran: self.a.fortran },
             Matrix { data: b, rows: self.k, cols: self.n, fortran: self.b.fortran },
@@ -63,6 +68,9 @@ fn operand<T: Pod>(input: &Input, op: Operand, count: usize) -> Result<&[T], Tas
     let data = bytes
         .get(op.offset..op.offset + len)
         .ok_or_else(|| format!("segment {} holds {} bytes, the matrix needs {len} from offset {}", op.segment, bytes.len(), op.offset))?;
+    if data.is_empty() {
+        return Ok(&[]);
+    }
     Ok(bytemuck::try_cast_slice(data).map_err(|e| format!("segment {}: {e}", op.segment))?)
 }
 
