@@ -1,18 +1,148 @@
-//! placeholder
+//! Map-reduce on cooperating worker processes.
+//!
+//! coop splits a job into tasks, runs them in worker processes (one per core
+//! by default), hands them the input through shared memory, collects one
+//! partial result per worker over `ipc-channel`, and merges the partials.
+//! Processes, not threads: a crash, a leak or an abort in one task cannot take
+//! the others down, and a lost task simply runs again.
+//!
+//! # Hello, world
+//!
+//! ```rust,standalone_crate
+//! use coop::prelude::*;
+//! use serde::{Deserialize, Serialize};
+//! use std::ops::Range;
+//!
+//! /// Sums a slice of numbers.
+//! #[derive(Serialize, Deserialize)]
+//! struct Sum;
+//!
+//! impl Job for Sum {
+//!     const NAME: &'static str = "sum";
+//!     type Task = Range<usize>; // a task is a range of the input
+//!     type Partial = u64;       // each worker folds its tasks into one u64
+//!
+//!     fn split(&self, input: &Input, hint: usize) -> Vec<Range<usize>> {
+//!         let len = input.slice::<u64>(0).len();
+//!         let step = len.div_ceil(hint).max(1);
+//!         (0..len).step_by(step).map(|s| s..(s + step).min(len)).collect()
+//!     }
+//!
+//!     fn map(&self, task: &Range<usize>, input: &Input, _out: &mut [u8], sum: &mut u64)
+//!         -> Result<(), TaskError> {
+//!         *sum += input.slice::<u64>(0)[task.clone()].iter().sum::<u64>();
+//!         Ok(())
+//!     }
+//!
+//!     fn merge(&self, into: &mut u64, other: u64) {
+//!         *into += other;
+//!     }
+//! }
+//!
+//! fn main() -> coop::Result<()> {
+//!     // First line of main: a process started as a worker serves and exits here.
+//!     coop::init(&[coop::register::<Sum>()]);
+//!
+//!     let pool = Pool::builder().workers(2).build()?;
+//!     let numbers: Vec<u64> = (1..=1_000_000).collect();
+//!     let mut input = Input::new();
+//!     input.push_slice(&numbers); // copied once into shared memory
+//!     assert_eq!(pool.run(&Sum, &input)?, 500_000_500_000);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # How to use
+//!
+//! 1. Write a [`Job`]: `split` cuts the [`Input`] into small tasks (ranges),
+//!    `map` runs one task and folds its result into the worker's partial,
+//!    `merge` combines partials (associative and commutative).
+//! 2. Call [`init`] first in `main`, listing your jobs ([`register`]). Workers
+//!    are your own program re-executed; `init` is where they turn into workers.
+//! 3. Build an [`Input`] from bytes, plain-old-data slices, files (mapped, not
+//!    read) or a reader; for positional results, a [`SharedOutput`] that tasks
+//!    write in disjoint tiles ([`Job::output_range`]).
+//! 4. Run on an [`Engine`]: [`Pool`] (processes), [`Threads`] or
+//!    [`Sequential`]. The job does not know which. Options (output, progress
+//!    callback, tasks per worker) go through [`Run`].
+//!
+//! # Failures
+//!
+//! - A worker that dies (crash, `kill -9`, out of memory) is detected at once,
+//!   replaced, and its tasks run again, up to [`PoolBuilder::retries`] times;
+//!   the result is the same as without the fault. After that, the job fails with
+//!   [`Error::TaskLost`], naming the task, the worker's pid and its signal or status.
+//! - A panic or an error in a task ends the job with [`Error::TaskPanicked`] or
+//!   [`Error::TaskFailed`] (message, task, pid). It is not retried, and the pool
+//!   stays usable.
+//! - [`PoolBuilder::task_timeout`] kills a worker stuck in a task.
+//! - Workers die with the coordinator however it ends (`PR_SET_PDEATHSIG`), and
+//!   dropping a [`Pool`] stops and reaps them. Nothing waits without a deadline.
+//!
+//! # Crate layout
+//!
+//! - [`Job`], [`init`], [`register`]: the job model and how workers find jobs.
+//! - [`Input`], [`SharedOutput`]: data shared with workers, never copied per worker.
+//! - [`Engine`], [`Run`], [`Pool`], [`Threads`], [`Sequential`]: what runs jobs.
+//! - [`Error`]: what can go wrong, with worker, task and cause.
+//! - [`prelude`]: the names most programs need.
+//!
+//! Set `RUST_LOG=coop=debug` with a `tracing` subscriber installed to see pool
+//! start, dispatch, worker deaths and retries.
+//!
+//! # Misuse that does not compile
+//!
+//! A job's partial must be serializable, since it travels between processes:
+//!
+//! ```compile_fail
+//! use coop::prelude::*;
+//! struct NotSerializable;
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Bad;
+//! impl Job for Bad {
+//!     const NAME: &'static str = "bad";
+//!     type Task = ();
+//!     type Partial = std::rc::Rc<NotSerializable>;
+//!     fn split(&self, _: &Input, _: usize) -> Vec<()> { vec![] }
+//!     fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut Self::Partial) -> Result<(), TaskError> { Ok(()) }
+//!     fn merge(&self, _: &mut Self::Partial, _: Self::Partial) {}
+//! }
+//! ```
+//!
+//! A task's output tile is only lent for the duration of `map`:
+//!
+//! ```compile_fail
+//! use coop::prelude::*;
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Leak;
+//! impl Job for Leak {
+//!     const NAME: &'static str = "leak";
+//!     type Task = ();
+//!     type Partial = ();
+//!     fn split(&self, _: &Input, _: usize) -> Vec<()> { vec![] }
+//!     fn map(&self, _: &(), _: &Input, out: &mut [u8], _: &mut ()) -> Result<(), TaskError> {
+//!         let kept: &'static mut [u8] = out;
+//!         Ok(())
+//!     }
+//!     fn merge(&self, _: &mut (), _: ()) {}
+//! }
+//! ```
+#![deny(missing_docs)]
+
 mod engine;
 mod error;
 mod input;
 mod job;
 mod pool;
 
+pub use coop_worker::JobEntry;
 pub use engine::{DEFAULT_TASKS_PER_WORKER, Engine, Progress, Run, Sequential, Threads};
 pub use error::{Error, Result, TaskIndex};
 pub use input::{Input, SharedOutput};
 pub use job::{Job, TaskError, init, register};
 pub use pool::{DEFAULT_RETRIES, MAX_WORKERS, Pool, PoolBuilder};
-pub use coop_worker::JobEntry;
 
-/// The names most programs need.
+/// The names most programs need: `use coop::prelude::*;`.
 pub mod prelude {
     pub use crate::{Engine, Input, Job, Pool, Progress, Run, SharedOutput, TaskError};
 }

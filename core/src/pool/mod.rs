@@ -265,21 +265,16 @@ impl State {
     /// Handles worker deaths that happened between jobs: reaps them and starts
     /// replacements, so every job starts with a full pool.
     fn resync(&mut self, spawner: &Spawner, target: usize) -> Result<()> {
-        loop {
-            match self.set.try_select() {
-                Ok(events) => {
-                    for event in events {
-                        // Messages of earlier jobs are stale; deaths matter.
-                        if let IpcSelectionResult::ChannelClosed(receiver) = event
-                            && let Some(index) = self.slot_of(receiver)
-                        {
-                            let slot = self.slots.swap_remove(index);
-                            let status = reap(slot.worker, Duration::from_millis(100));
-                            tracing::warn!(status = %describe(status), "worker died between jobs");
-                        }
-                    }
+        while let Ok(events) = self.set.try_select() {
+            for event in events {
+                // Messages of earlier jobs are stale; deaths matter.
+                if let IpcSelectionResult::ChannelClosed(receiver) = event
+                    && let Some(index) = self.slot_of(receiver)
+                {
+                    let slot = self.slots.swap_remove(index);
+                    let status = reap(slot.worker, Duration::from_millis(100));
+                    tracing::warn!(status = %describe(status), "worker died between jobs");
                 }
-                Err(_) => break,
             }
         }
         let missing = target.saturating_sub(self.slots.len());

@@ -137,7 +137,7 @@ impl<J: Job> JobState<'_, '_, J> {
                 Err(TrySelectError::IoError(err)) => {
                     return Err(Error::Os {
                         context: "waiting for workers",
-                        source: err.into(),
+                        source: err,
                     });
                 }
             };

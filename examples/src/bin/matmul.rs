@@ -190,7 +190,7 @@ fn multiply_random(args: &Args, n: usize) -> Result<(), Failure> {
             Dtype::F32 => 1e-4,
             Dtype::F64 => 1e-10,
         };
-        if !(error <= tolerance) {
+        if error.is_nan() || error > tolerance {
             return Err(anyhow!("check failed: relative error {error:e} exceeds {tolerance:e}").into());
         }
     }
