@@ -1,4 +1,12 @@
-//! placeholder
+//! The example programs of coop, `wordcount` and `matmul`, written only against
+//! coop's public API, as a user would. The binaries are thin: the jobs and their
+//! kernels live here so that tests and benches can use them too.
+//!
+//! - [`wordcount`]: the word-count job; [`words`]: its tokenizer and table.
+//! - [`matmul`]: the matrix-multiply job; [`npy`]: NumPy `.npy` headers.
+//! - [`cli`]: what both binaries share (exit codes, engine choice, progress bar).
+#![deny(missing_docs)]
+
 pub mod cli;
 pub mod matmul;
 pub mod npy;
