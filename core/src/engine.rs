@@ -220,7 +220,13 @@ impl Engine for Sequential {
     fn execute<J: Job>(&self, run: Run<'_, J>) -> Result<J::Partial> {
         let plan = run.plan(1)?;
         let total = plan.tasks.len();
-        let Run { job, input, output, progress, .. } = run;
+        let Run {
+            job,
+            input,
+            output,
+            progress,
+            ..
+        } = run;
         let mut empty = [];
         let tiles = plan.tiles(output.map_or(&mut empty[..], SharedOutput::bytes_mut));
         let mut partial = J::Partial::default();
@@ -264,7 +270,13 @@ impl Engine for Threads {
     fn execute<J: Job>(&self, run: Run<'_, J>) -> Result<J::Partial> {
         let plan = run.plan(self.workers())?;
         let total = plan.tasks.len();
-        let Run { job, input, output, progress, .. } = run;
+        let Run {
+            job,
+            input,
+            output,
+            progress,
+            ..
+        } = run;
         let mut empty = [];
         let tiles = plan.tiles(output.map_or(&mut empty[..], SharedOutput::bytes_mut));
         let done = AtomicUsize::new(0);

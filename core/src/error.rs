@@ -65,7 +65,9 @@ pub enum Error {
     },
 
     /// A task ran past the job's timeout on every attempt.
-    #[error("job `{job}`: task {task} timed out after {timeout:?} on {attempts} attempt(s); last on worker pid {pid}")]
+    #[error(
+        "job `{job}`: task {task} timed out after {timeout:?} on {attempts} attempt(s); last on worker pid {pid}"
+    )]
     TaskTimedOut {
         /// The job's name.
         job: &'static str,

@@ -119,10 +119,7 @@ impl Input {
     pub fn bytes(&self, index: usize) -> &[u8] {
         match self.regions.get(index) {
             Some(region) => region.bytes(),
-            None => panic!(
-                "input has {} segment(s), no segment {index}",
-                self.regions.len()
-            ),
+            None => panic!("input has {} segment(s), no segment {index}", self.regions.len()),
         }
     }
 

@@ -129,8 +129,7 @@ struct Instance<J: Job> {
 
 impl<J: Job> JobInstance for Instance<J> {
     fn run_task(&mut self, spec: &[u8]) -> Result<(), String> {
-        let task: J::Task =
-            postcard::from_bytes(spec).map_err(|err| format!("decoding the task: {err}"))?;
+        let task: J::Task = postcard::from_bytes(spec).map_err(|err| format!("decoding the task: {err}"))?;
         let range = self.job.output_range(&task);
         let tile: &mut [u8] = match &mut self.output {
             // SAFETY: the coordinator checked that the output ranges of all the

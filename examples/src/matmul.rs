@@ -53,8 +53,18 @@ impl MatMul {
             bytemuck::try_cast_slice_mut(out).map_err(|e| format!("output tile: {e}"))?
         };
         multiply_rows(
-            Matrix { data: a, rows: self.m, cols: self.k, fortran: self.a.fortran },
-            Matrix { data: b, rows: self.k, cols: self.n, fortran: self.b.fortran },
+            Matrix {
+                data: a,
+                rows: self.m,
+                cols: self.k,
+                fortran: self.a.fortran,
+            },
+            Matrix {
+                data: b,
+                rows: self.k,
+                cols: self.n,
+                fortran: self.b.fortran,
+            },
             rows.clone(),
             c,
         );
@@ -65,9 +75,14 @@ impl MatMul {
 fn operand<T: Pod>(input: &Input, op: Operand, count: usize) -> Result<&[T], TaskError> {
     let bytes = input.bytes(op.segment);
     let len = count * size_of::<T>();
-    let data = bytes
-        .get(op.offset..op.offset + len)
-        .ok_or_else(|| format!("segment {} holds {} bytes, the matrix needs {len} from offset {}", op.segment, bytes.len(), op.offset))?;
+    let data = bytes.get(op.offset..op.offset + len).ok_or_else(|| {
+        format!(
+            "segment {} holds {} bytes, the matrix needs {len} from offset {}",
+            op.segment,
+            bytes.len(),
+            op.offset
+        )
+    })?;
     if data.is_empty() {
         return Ok(&[]);
     }
@@ -81,7 +96,10 @@ impl Job for MatMul {
 
     fn split(&self, _: &Input, hint: usize) -> Vec<Range<usize>> {
         let step = self.m.div_ceil(hint.max(1)).max(1);
-        (0..self.m).step_by(step).map(|r| r..(r + step).min(self.m)).collect()
+        (0..self.m)
+            .step_by(step)
+            .map(|r| r..(r + step).min(self.m))
+            .collect()
     }
 
     fn output_range(&self, rows: &Range<usize>) -> Range<usize> {
@@ -112,18 +130,57 @@ pub trait Element: Pod + Default + Send + Sync {
     /// The pointers and strides must address valid `m x k`, `k x n` and `m x n`
     /// matrices, `c` writable and not overlapping `a` or `b`.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm(m: usize, k: usize, n: usize, a: *const Self, rsa: isize, csa: isize, b: *const Self, rsb: isize, csb: isize, c: *mut Self, rsc: isize, csc: isize);
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
 }
 
 impl Element for f32 {
-    unsafe fn gemm(m: usize, k: usize, n: usize, a: *const f32, rsa: isize, csa: isize, b: *const f32, rsb: isize, csb: isize, c: *mut f32, rsc: isize, csc: isize) {
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const f32,
+        rsa: isize,
+        csa: isize,
+        b: *const f32,
+        rsb: isize,
+        csb: isize,
+        c: *mut f32,
+        rsc: isize,
+        csc: isize,
+    ) {
         // SAFETY: forwarded from the caller's contract.
         unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, rsc, csc) }
     }
 }
 
 impl Element for f64 {
-    unsafe fn gemm(m: usize, k: usize, n: usize, a: *const f64, rsa: isize, csa: isize, b: *const f64, rsb: isize, csb: isize, c: *mut f64, rsc: isize, csc: isize) {
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const f64,
+        rsa: isize,
+        csa: isize,
+        b: *const f64,
+        rsb: isize,
+        csb: isize,
+        c: *mut f64,
+        rsc: isize,
+        csc: isize,
+    ) {
         // SAFETY: forwarded from the caller's contract.
         unsafe { matrixmultiply::dgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, rsc, csc) }
     }
@@ -158,8 +215,16 @@ impl<T> Matrix<'_, T> {
 /// If the shapes or lengths do not agree.
 pub fn multiply_rows<T: Element>(a: Matrix<'_, T>, b: Matrix<'_, T>, rows: Range<usize>, c: &mut [T]) {
     assert_eq!(a.cols, b.rows, "inner dimensions differ");
-    assert_eq!(a.data.len(), a.rows * a.cols, "A's length does not match its shape");
-    assert_eq!(b.data.len(), b.rows * b.cols, "B's length does not match its shape");
+    assert_eq!(
+        a.data.len(),
+        a.rows * a.cols,
+        "A's length does not match its shape"
+    );
+    assert_eq!(
+        b.data.len(),
+        b.rows * b.cols,
+        "B's length does not match its shape"
+    );
     assert!(rows.start <= rows.end && rows.end <= a.rows, "rows out of range");
     assert_eq!(c.len(), rows.len() * b.cols, "C tile's length does not match");
     if rows.is_empty() || b.cols == 0 {
@@ -167,7 +232,11 @@ pub fn multiply_rows<T: Element>(a: Matrix<'_, T>, b: Matrix<'_, T>, rows: Range
     }
     let (rsa, csa) = a.strides();
     let (rsb, csb) = b.strides();
-    let a_start = if rows.start < a.rows { rows.start as isize * rsa } else { 0 };
+    let a_start = if rows.start < a.rows {
+        rows.start as isize * rsa
+    } else {
+        0
+    };
     // SAFETY: the asserts above guarantee that A (from row `rows.start`, with
     // strides rsa/csa), B and C address exactly the elements of the checked
     // slices; `c` is a distinct `&mut` so it overlaps neither input. With

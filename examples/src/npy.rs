@@ -98,9 +98,7 @@ impl Header {
 
     /// Number of elements the shape implies; None on overflow.
     pub fn num_elements(&self) -> Option<usize> {
-        self.shape
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        self.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
     }
 }
 
@@ -155,10 +153,7 @@ pub enum NpyError {
     #[error("dimension {0} in shape is too large")]
     DimTooLarge(String),
     /// More than [`MAX_DIMS`] dimensions.
-    #[error(
-        "expected a 2-D array, found a shape with more than {} dimensions",
-        MAX_DIMS
-    )]
+    #[error("expected a 2-D array, found a shape with more than {} dimensions", MAX_DIMS)]
     TooManyDims,
     /// The shape is not 2-D.
     #[error("expected a 2-D array, found shape {}", ShapeDisplay(.0))]
@@ -167,9 +162,7 @@ pub enum NpyError {
     #[error("shape {} is too large", ShapeDisplay(.0))]
     TooLarge(Vec<usize>),
     /// The file holds less data than the header promises.
-    #[error(
-        "file is truncated: the header promises {expected} bytes of data, the file holds {found}"
-    )]
+    #[error("file is truncated: the header promises {expected} bytes of data, the file holds {found}")]
     FileTruncated {
         /// Data bytes the header promises.
         expected: u64,
@@ -239,9 +232,7 @@ pub fn parse_header(file: &[u8]) -> Result<Header, NpyError> {
         .ok()
         .and_then(|h| h.checked_add(prefix_len))
         .ok_or(NpyError::Truncated)?;
-    let text = file
-        .get(prefix_len..data_offset)
-        .ok_or(NpyError::Truncated)?;
+    let text = file.get(prefix_len..data_offset).ok_or(NpyError::Truncated)?;
 
     // Versions 1.0 and 2.0 are latin-1, 3.0 is UTF-8; every valid header is
     // ASCII, so anything else is rejected up front.
@@ -464,10 +455,7 @@ impl<'a> Cursor<'a> {
             self.pos += 1;
             Ok(())
         } else {
-            Err(malformed(format!(
-                "expected {what}, found {}",
-                self.found()
-            )))
+            Err(malformed(format!("expected {what}, found {}", self.found())))
         }
     }
 
@@ -513,10 +501,7 @@ impl<'a> Cursor<'a> {
                 }
                 Ok(Value::Word(&self.text[start..self.pos]))
             }
-            _ => Err(malformed(format!(
-                "expected a value, found {}",
-                self.found()
-            ))),
+            _ => Err(malformed(format!("expected a value, found {}", self.found()))),
         }
     }
 
@@ -789,10 +774,7 @@ mod tests {
     #[test]
     fn encode_matches_numpy_bytes() {
         assert_eq!(encode_header(Dtype::F64, false, &[3, 4]), NUMPY_F8_3X4_C);
-        assert_eq!(
-            encode_header(Dtype::F32, true, &[1000, 7]),
-            NUMPY_F4_1000X7_F
-        );
+        assert_eq!(encode_header(Dtype::F32, true, &[1000, 7]), NUMPY_F4_1000X7_F);
         assert_eq!(encode_header(Dtype::F64, false, &[0, 0]), NUMPY_F8_0X0_C);
         assert_eq!(encode_header(Dtype::F64, true, &[5, 0]), NUMPY_F8_5X0_F);
         #[cfg(target_pointer_width = "64")]
@@ -802,11 +784,7 @@ mod tests {
                 NUMPY_F4_BIG_C
             );
             assert_eq!(
-                encode_header(
-                    Dtype::F32,
-                    true,
-                    &[12345678901234567890, 18446744073709551615]
-                ),
+                encode_header(Dtype::F32, true, &[12345678901234567890, 18446744073709551615]),
                 NUMPY_F4_BIG_F
             );
         }
@@ -861,15 +839,7 @@ mod tests {
     fn round_trips() {
         for dtype in [Dtype::F32, Dtype::F64] {
             for fortran_order in [false, true] {
-                for shape in [
-                    [3, 4],
-                    [0, 0],
-                    [0, 5],
-                    [5, 0],
-                    [1, 1],
-                    [65536, 3],
-                    [7, 123456],
-                ] {
+                for shape in [[3, 4], [0, 0], [0, 5], [5, 0], [1, 1], [65536, 3], [7, 123456]] {
                     let bytes = encode_header(dtype, fortran_order, &shape);
                     assert_eq!(bytes.len() % 64, 0);
                     let h = parse_header(&bytes).unwrap();
@@ -933,12 +903,7 @@ mod tests {
             [2, 3],
         );
         // Explicit plus sign, -0.
-        expect(
-            &dict("'<f8'", "False", "(+2, -0)"),
-            Dtype::F64,
-            false,
-            [2, 0],
-        );
+        expect(&dict("'<f8'", "False", "(+2, -0)"), Dtype::F64, false, [2, 0]);
     }
 
     #[test]
@@ -968,10 +933,7 @@ mod tests {
         let mut file = with_text(3, &dict("'<f8'", "False", "(3, 4)"));
         file[20] = 0xff;
         assert_eq!(parse_header(&file), Err(NpyError::NotText));
-        assert_eq!(
-            NpyError::NotText.to_string(),
-            "header is not valid ASCII/UTF-8"
-        );
+        assert_eq!(NpyError::NotText.to_string(), "header is not valid ASCII/UTF-8");
     }
 
     #[test]
@@ -1088,10 +1050,7 @@ mod tests {
         for (text, key) in cases {
             let e = parse_dict_text(text).unwrap_err();
             assert_eq!(e, NpyError::MissingKey(key), "{text:?}");
-            assert_eq!(
-                e.to_string(),
-                format!("header dictionary has no '{key}' key")
-            );
+            assert_eq!(e.to_string(), format!("header dictionary has no '{key}' key"));
         }
     }
 
@@ -1112,10 +1071,7 @@ mod tests {
             err_msg(parse_dict_text(text)),
             "duplicate key 'descr' in header dictionary"
         );
-        assert!(matches!(
-            parse_dict_text("{1: 2}"),
-            Err(NpyError::Malformed(_))
-        ));
+        assert!(matches!(parse_dict_text("{1: 2}"), Err(NpyError::Malformed(_))));
     }
 
     #[test]
@@ -1151,10 +1107,7 @@ mod tests {
                 "'<f2'",
                 "unsupported dtype '<f2' (only '<f4' and '<f8' are supported)",
             ),
-            (
-                "''",
-                "unsupported dtype '' (only '<f4' and '<f8' are supported)",
-            ),
+            ("''", "unsupported dtype '' (only '<f4' and '<f8' are supported)"),
             (
                 "[('a', '<f4')]",
                 "unsupported dtype [('a', '<f4')] (only '<f4' and '<f8' are supported)",
@@ -1165,10 +1118,7 @@ mod tests {
             ),
         ];
         for (descr, msg) in cases {
-            assert_eq!(
-                err_msg(parse_dict_text(&dict(descr, "False", "(3, 4)"))),
-                msg
-            );
+            assert_eq!(err_msg(parse_dict_text(&dict(descr, "False", "(3, 4)"))), msg);
         }
         // Long descriptors are shortened in the message.
         let long = format!("'{}'", "x".repeat(1000));
@@ -1280,10 +1230,7 @@ mod tests {
             ("(2, 3, 4,)", "expected a 2-D array, found shape (2, 3, 4)"),
         ];
         for (shape, msg) in cases {
-            assert_eq!(
-                err_msg(parse_dict_text(&dict("'<f8'", "False", shape))),
-                msg
-            );
+            assert_eq!(err_msg(parse_dict_text(&dict("'<f8'", "False", shape))), msg);
         }
         let many = format!("({})", vec!["1"; 1000].join(", "));
         assert_eq!(
@@ -1369,16 +1316,12 @@ mod tests {
 
     /// A valid header with random dtype, order and shape.
     fn valid_header() -> impl Strategy<Value = Vec<u8>> {
-        (
-            any::<bool>(),
-            any::<bool>(),
-            0usize..100_000,
-            0usize..100_000,
-        )
-            .prop_map(|(f64, fortran, rows, cols)| {
+        (any::<bool>(), any::<bool>(), 0usize..100_000, 0usize..100_000).prop_map(
+            |(f64, fortran, rows, cols)| {
                 let dtype = if f64 { Dtype::F64 } else { Dtype::F32 };
                 encode_header(dtype, fortran, &[rows, cols])
-            })
+            },
+        )
     }
 
     /// Invariants of any successful parse.

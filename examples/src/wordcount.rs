@@ -50,7 +50,13 @@ impl Job for WordCount {
         pieces
     }
 
-    fn map(&self, piece: &Piece, input: &Input, _: &mut [u8], counts: &mut WordCounts) -> Result<(), TaskError> {
+    fn map(
+        &self,
+        piece: &Piece,
+        input: &Input,
+        _: &mut [u8],
+        counts: &mut WordCounts,
+    ) -> Result<(), TaskError> {
         counts.count(self.mode, &input.bytes(piece.segment)[piece.range.clone()]);
         Ok(())
     }

@@ -427,9 +427,7 @@ pub fn split_ranges(mode: SplitMode, text: &[u8], pieces: usize) -> Vec<Range<us
             break;
         }
         let found = match mode {
-            SplitMode::Words => text[from..]
-                .iter()
-                .position(|&b| WORD_CLASS[b as usize] == SEP),
+            SplitMode::Words => text[from..].iter().position(|&b| WORD_CLASS[b as usize] == SEP),
             SplitMode::Whitespace => text[from..].iter().position(|&b| IS_SPACE[b as usize]),
         };
         match found {
@@ -458,8 +456,7 @@ pub fn reference_counts(mode: SplitMode, text: &[u8]) -> BTreeMap<Vec<u8>, u64> 
                 if c.is_alphanumeric() {
                     word.extend(c.to_lowercase());
                 } else if !word.is_empty() {
-                    *out.entry(std::mem::take(&mut word).into_bytes())
-                        .or_insert(0) += 1;
+                    *out.entry(std::mem::take(&mut word).into_bytes()).or_insert(0) += 1;
                 }
             }
             if !word.is_empty() {
@@ -489,10 +486,7 @@ mod tests {
     }
 
     fn map(pairs: &[(&str, u64)]) -> BTreeMap<Vec<u8>, u64> {
-        pairs
-            .iter()
-            .map(|&(w, n)| (w.as_bytes().to_vec(), n))
-            .collect()
+        pairs.iter().map(|&(w, n)| (w.as_bytes().to_vec(), n)).collect()
     }
 
     fn check(mode: SplitMode, text: &[u8], expected: &[(&str, u64)]) {
@@ -502,8 +496,7 @@ mod tests {
     }
 
     fn check_raw(mode: SplitMode, text: &[u8], expected: &[(&[u8], u64)]) {
-        let expected: BTreeMap<Vec<u8>, u64> =
-            expected.iter().map(|&(w, n)| (w.to_vec(), n)).collect();
+        let expected: BTreeMap<Vec<u8>, u64> = expected.iter().map(|&(w, n)| (w.to_vec(), n)).collect();
         assert_eq!(counts(mode, text).to_btree(), expected, "count {text:?}");
         assert_eq!(reference_counts(mode, text), expected, "reference {text:?}");
     }
@@ -596,17 +589,9 @@ mod tests {
         check(Words, b"a\xe4\xb8b\xe4\xb8\xad", &[("a", 1), ("b中", 1)]);
         check(Words, b"\xf0\x9f", &[]);
         // Surrogates and overlong encodings are invalid.
-        check(
-            Words,
-            b"a\xed\xa0\x80b\xc0\xafc",
-            &[("a", 1), ("b", 1), ("c", 1)],
-        );
+        check(Words, b"a\xed\xa0\x80b\xc0\xafc", &[("a", 1), ("b", 1), ("c", 1)]);
         // Whitespace mode keeps raw bytes.
-        check_raw(
-            Whitespace,
-            b"ab\xffcd \xc3",
-            &[(b"ab\xffcd", 1), (b"\xc3", 1)],
-        );
+        check_raw(Whitespace, b"ab\xffcd \xc3", &[(b"ab\xffcd", 1), (b"\xc3", 1)]);
     }
 
     #[test]
@@ -683,14 +668,8 @@ mod tests {
         for (w, n) in [("d", 2), ("b", 3), ("a", 2), ("c", 3), ("e", 1), ("f", 2)] {
             wc.add(w.as_bytes(), n);
         }
-        let expected: Vec<(&[u8], u64)> = vec![
-            (b"b", 3),
-            (b"c", 3),
-            (b"a", 2),
-            (b"d", 2),
-            (b"f", 2),
-            (b"e", 1),
-        ];
+        let expected: Vec<(&[u8], u64)> =
+            vec![(b"b", 3), (b"c", 3), (b"a", 2), (b"d", 2), (b"f", 2), (b"e", 1)];
         assert_eq!(wc.sorted(), expected);
         for k in 0..10 {
             assert_eq!(wc.top(k), expected[..k.min(expected.len())], "k = {k}");
@@ -736,10 +715,7 @@ mod tests {
         // '.' separates in Words mode but not in Whitespace mode.
         let text = b"aaaa.bbbb.cccc dddd";
         assert_eq!(split_ranges(Whitespace, text, 4), vec![0..14, 14..19]);
-        assert_eq!(
-            split_ranges(Words, text, 4),
-            vec![0..4, 4..9, 9..14, 14..19]
-        );
+        assert_eq!(split_ranges(Words, text, 4), vec![0..4, 4..9, 9..14, 14..19]);
     }
 
     /// Pieces of the mixed alphabet.

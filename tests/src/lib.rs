@@ -5,8 +5,8 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use coop::prelude::*;
 use coop::JobEntry;
+use coop::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Every job a test binary's workers may run (not [`Unregistered`]).

@@ -5,8 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use coop::prelude::*;
 use coop::Error;
+use coop::prelude::*;
 use coop_tests::{Fault, Misbehave, Sleepy, Sum};
 use libtest_mimic::{Arguments, Failed, Trial};
 use nix::sys::signal::{Signal, kill};
@@ -22,34 +22,78 @@ fn main() {
         play_coordinator();
     }
     let tests = vec![
-        Trial::test("panic_is_reported_and_pool_survives", panic_is_reported_and_pool_survives),
-        Trial::test("error_is_reported_with_task_and_pid", error_is_reported_with_task_and_pid),
-        Trial::test("worker_killing_itself_once_is_retried", || fault_once_is_retried(Fault::Kill)),
-        Trial::test("worker_exiting_once_is_retried", || fault_once_is_retried(Fault::Exit)),
-        Trial::test("worker_aborting_once_is_retried", || fault_once_is_retried(Fault::Abort)),
-        Trial::test("task_that_always_kills_names_the_signal", task_that_always_kills_names_the_signal),
-        Trial::test("sigkill_from_outside_mid_job_loses_nothing", sigkill_from_outside_mid_job_loses_nothing),
-        Trial::test("worker_killed_between_jobs_is_replaced", worker_killed_between_jobs_is_replaced),
+        Trial::test(
+            "panic_is_reported_and_pool_survives",
+            panic_is_reported_and_pool_survives,
+        ),
+        Trial::test(
+            "error_is_reported_with_task_and_pid",
+            error_is_reported_with_task_and_pid,
+        ),
+        Trial::test("worker_killing_itself_once_is_retried", || {
+            fault_once_is_retried(Fault::Kill)
+        }),
+        Trial::test("worker_exiting_once_is_retried", || {
+            fault_once_is_retried(Fault::Exit)
+        }),
+        Trial::test("worker_aborting_once_is_retried", || {
+            fault_once_is_retried(Fault::Abort)
+        }),
+        Trial::test(
+            "task_that_always_kills_names_the_signal",
+            task_that_always_kills_names_the_signal,
+        ),
+        Trial::test(
+            "sigkill_from_outside_mid_job_loses_nothing",
+            sigkill_from_outside_mid_job_loses_nothing,
+        ),
+        Trial::test(
+            "worker_killed_between_jobs_is_replaced",
+            worker_killed_between_jobs_is_replaced,
+        ),
         Trial::test("hung_task_times_out", hung_task_times_out),
-        Trial::test("coordinator_killed_leaves_no_worker", || coordinator_dies_leaving_no_worker(Signal::SIGKILL, false)),
-        Trial::test("ctrl_c_leaves_no_worker", || coordinator_dies_leaving_no_worker(Signal::SIGINT, true)),
+        Trial::test("coordinator_killed_leaves_no_worker", || {
+            coordinator_dies_leaving_no_worker(Signal::SIGKILL, false)
+        }),
+        Trial::test("ctrl_c_leaves_no_worker", || {
+            coordinator_dies_leaving_no_worker(Signal::SIGINT, true)
+        }),
     ];
     libtest_mimic::run(&Arguments::from_args(), tests).exit();
 }
 
 fn misbehave(fault: Fault, once: Option<std::path::PathBuf>) -> Misbehave {
-    Misbehave { tasks: 20, victim: 7, fault, once }
+    Misbehave {
+        tasks: 20,
+        victim: 7,
+        fault,
+        once,
+    }
 }
 
 const SUM_0_TO_19: u64 = 190;
 
 fn panic_is_reported_and_pool_survives() -> Result<(), Failed> {
     let pool = Pool::builder().workers(2).build()?;
-    let err = pool.run(&misbehave(Fault::Panic, None), &Input::new()).unwrap_err();
+    let err = pool
+        .run(&misbehave(Fault::Panic, None), &Input::new())
+        .unwrap_err();
     let message = err.to_string();
-    assert!(matches!(err, Error::TaskPanicked { task: coop::TaskIndex(Some(7)), .. }), "{message}");
+    assert!(
+        matches!(
+            err,
+            Error::TaskPanicked {
+                task: coop::TaskIndex(Some(7)),
+                ..
+            }
+        ),
+        "{message}"
+    );
     assert!(message.contains("task 7 panics on purpose"), "{message}");
-    assert!(message.contains("lib.rs"), "the message carries the location: {message}");
+    assert!(
+        message.contains("lib.rs"),
+        "the message carries the location: {message}"
+    );
     let mut input = Input::new();
     input.push_slice(&[5u64, 6]);
     assert_eq!(pool.run(&Sum, &input)?, 11, "the pool runs the next job");
@@ -59,8 +103,13 @@ fn panic_is_reported_and_pool_survives() -> Result<(), Failed> {
 fn error_is_reported_with_task_and_pid() -> Result<(), Failed> {
     let pool = Pool::builder().workers(2).build()?;
     let pids = pool.worker_pids();
-    let err = pool.run(&misbehave(Fault::Error, None), &Input::new()).unwrap_err();
-    let Error::TaskFailed { task, pid, message, .. } = &err else {
+    let err = pool
+        .run(&misbehave(Fault::Error, None), &Input::new())
+        .unwrap_err();
+    let Error::TaskFailed {
+        task, pid, message, ..
+    } = &err
+    else {
         return Err(format!("unexpected error: {err}").into());
     };
     assert_eq!(task.0, Some(7));
@@ -69,7 +118,10 @@ fn error_is_reported_with_task_and_pid() -> Result<(), Failed> {
     // Errors are not retried: an error on the first attempt ends the job.
     let (_dir, path) = marker()?;
     let once = misbehave(Fault::Error, Some(path));
-    assert!(matches!(pool.run(&once, &Input::new()), Err(Error::TaskFailed { .. })));
+    assert!(matches!(
+        pool.run(&once, &Input::new()),
+        Err(Error::TaskFailed { .. })
+    ));
     assert_eq!(pool.run(&misbehave(Fault::Error, None), &Input::new()).ok(), None);
     Ok(())
 }
@@ -97,10 +149,14 @@ fn fault_once_is_retried(fault: Fault) -> Result<(), Failed> {
 
 fn task_that_always_kills_names_the_signal() -> Result<(), Failed> {
     let pool = Pool::builder().workers(2).retries(2).build()?;
-    let err = pool.run(&misbehave(Fault::Kill, None), &Input::new()).unwrap_err();
+    let err = pool
+        .run(&misbehave(Fault::Kill, None), &Input::new())
+        .unwrap_err();
     let message = err.to_string();
     match &err {
-        Error::TaskLost { task: 7, attempts: 3, .. } => {}
+        Error::TaskLost {
+            task: 7, attempts: 3, ..
+        } => {}
         other => return Err(format!("unexpected error: {other}").into()),
     }
     assert!(message.contains("SIGKILL"), "{message}");
@@ -118,9 +174,19 @@ fn sigkill_from_outside_mid_job_loses_nothing() -> Result<(), Failed> {
         std::thread::sleep(Duration::from_millis(150));
         kill(Pid::from_raw(victim as i32), Signal::SIGKILL)
     });
-    let done = pool.run(&Sleepy { tasks: 40, millis: 20 }, &Input::new())?;
+    let done = pool.run(
+        &Sleepy {
+            tasks: 40,
+            millis: 20,
+        },
+        &Input::new(),
+    )?;
     killer.join().unwrap()?;
-    assert_eq!(done, (0..40).collect::<Vec<_>>(), "every task ran, none twice in the result");
+    assert_eq!(
+        done,
+        (0..40).collect::<Vec<_>>(),
+        "every task ran, none twice in the result"
+    );
     assert!(!pool.worker_pids().contains(&victim));
     Ok(())
 }
@@ -146,8 +212,20 @@ fn hung_task_times_out() -> Result<(), Failed> {
         .task_timeout(Duration::from_millis(300))
         .build()?;
     let started = Instant::now();
-    let err = pool.run(&misbehave(Fault::Hang, None), &Input::new()).unwrap_err();
-    assert!(matches!(err, Error::TaskTimedOut { task: 7, attempts: 2, .. }), "{err}");
+    let err = pool
+        .run(&misbehave(Fault::Hang, None), &Input::new())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::TaskTimedOut {
+                task: 7,
+                attempts: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(20), "no hang");
     // A task that hangs only once succeeds on retry.
     let (_dir, path) = marker()?;
@@ -161,7 +239,13 @@ fn play_coordinator() -> ! {
     let pool = Pool::builder().workers(2).build().expect("pool");
     let pids: Vec<String> = pool.worker_pids().iter().map(u32::to_string).collect();
     println!("{}", pids.join(" "));
-    let _ = pool.run(&Sleepy { tasks: 10_000, millis: 50 }, &Input::new());
+    let _ = pool.run(
+        &Sleepy {
+            tasks: 10_000,
+            millis: 50,
+        },
+        &Input::new(),
+    );
     std::process::exit(0);
 }
 
@@ -179,10 +263,17 @@ fn coordinator_dies_leaving_no_worker(signal: Signal, to_group: bool) -> Result<
     let mut coordinator = command.spawn()?;
     let mut line = String::new();
     BufReader::new(coordinator.stdout.take().unwrap()).read_line(&mut line)?;
-    let workers: Vec<i32> = line.split_whitespace().map(str::parse).collect::<Result<_, _>>()?;
+    let workers: Vec<i32> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
     assert_eq!(workers.len(), 2, "coordinator printed {line:?}");
     std::thread::sleep(Duration::from_millis(200)); // let the job start
-    let target = if to_group { -(coordinator.id() as i32) } else { coordinator.id() as i32 };
+    let target = if to_group {
+        -(coordinator.id() as i32)
+    } else {
+        coordinator.id() as i32
+    };
     kill(Pid::from_raw(target), signal)?;
     coordinator.wait()?;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -200,7 +291,10 @@ fn coordinator_dies_leaving_no_worker(signal: Signal, to_group: bool) -> Result<
                 _ => break,
             }
         }
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "worker {pid} left behind");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} left behind"
+        );
     }
     Ok(())
 }

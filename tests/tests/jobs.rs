@@ -14,28 +14,65 @@ use proptest::test_runner::{Config, TestRunner};
 fn main() {
     coop_tests::init();
     let mut tests = vec![
-        Trial::test("wordcount_matches_reference_for_1_2_3_7_workers", wordcount_matches_reference),
+        Trial::test(
+            "wordcount_matches_reference_for_1_2_3_7_workers",
+            wordcount_matches_reference,
+        ),
         Trial::test("words_never_span_segments", words_never_span_segments),
         Trial::test("wordcount_over_mapped_files", wordcount_over_mapped_files),
         Trial::test("matmul_odd_shapes_match_single_process", matmul_odd_shapes),
         Trial::test("matmul_fortran_order_operands", matmul_fortran_order),
-        Trial::test("splitting_never_changes_the_count", splitting_never_changes_the_count),
+        Trial::test(
+            "splitting_never_changes_the_count",
+            splitting_never_changes_the_count,
+        ),
     ];
-    tests.push(Trial::test("pool_count_equals_sequential_on_random_text", pool_count_equals_sequential));
+    tests.push(Trial::test(
+        "pool_count_equals_sequential_on_random_text",
+        pool_count_equals_sequential,
+    ));
     libtest_mimic::run(&Arguments::from_args(), tests).exit();
 }
 
 /// Deterministic text with ASCII, Unicode, mixed case, invalid UTF-8 and NULs.
 fn corpus(words: usize, seed: u64) -> Vec<u8> {
     const VOCAB: &[&[u8]] = &[
-        b"the", b"The", b"THE", b"of", b"and", b"Stra\xc3\x9fe", b"\xc4\xb0stanbul", b"\xce\xa3\xce\xb9",
-        b"\xe4\xb8\xad\xe6\x96\x87", b"caf\xc3\xa9", b"bad\xffbyte", b"nul\0word", b"x1", b"don't", b"a-b",
-        b"\xc3", b"end.",
+        b"the",
+        b"The",
+        b"THE",
+        b"of",
+        b"and",
+        b"Stra\xc3\x9fe",
+        b"\xc4\xb0stanbul",
+        b"\xce\xa3\xce\xb9",
+        b"\xe4\xb8\xad\xe6\x96\x87",
+        b"caf\xc3\xa9",
+        b"bad\xffbyte",
+        b"nul\0word",
+        b"x1",
+        b"don't",
+        b"a-b",
+        b"\xc3",
+        b"end.",
     ];
-    const SEPARATORS: &[&[u8]] = &[b" ", b"\n", b"\t", b"\r\n", b"  ", b"\x0b", b"\x0c", b", ", b"\xc2\xa0"];
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    const SEPARATORS: &[&[u8]] = &[
+        b" ",
+        b"\n",
+        b"\t",
+        b"\r\n",
+        b"  ",
+        b"\x0b",
+        b"\x0c",
+        b", ",
+        b"\xc2\xa0",
+    ];
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 33) as usize
     };
     let mut text = Vec::new();
@@ -49,7 +86,11 @@ fn corpus(words: usize, seed: u64) -> Vec<u8> {
 }
 
 fn counts_of(counts: &WordCounts) -> std::collections::BTreeMap<Vec<u8>, u64> {
-    counts.sorted().into_iter().map(|(w, c)| (w.to_vec(), c)).collect()
+    counts
+        .sorted()
+        .into_iter()
+        .map(|(w, c)| (w.to_vec(), c))
+        .collect()
 }
 
 fn wordcount_matches_reference() -> Result<(), Failed> {
@@ -72,7 +113,12 @@ fn words_never_span_segments() -> Result<(), Failed> {
     input.push_bytes(b"ta gamma");
     input.push_bytes(b"");
     let pool = Pool::builder().workers(2).build()?;
-    let counts = pool.run(&WordCount { mode: SplitMode::Words }, &input)?;
+    let counts = pool.run(
+        &WordCount {
+            mode: SplitMode::Words,
+        },
+        &input,
+    )?;
     let words: Vec<&[u8]> = counts.sorted().into_iter().map(|(w, _)| w).collect();
     assert_eq!(words, vec![&b"alpha"[..], b"be", b"gamma", b"ta"]);
     Ok(())
@@ -97,7 +143,11 @@ fn wordcount_over_mapped_files() -> Result<(), Failed> {
                 *expected.entry(word).or_insert(0) += count;
             }
         }
-        assert_eq!(counts_of(&pool.run(&WordCount { mode }, &input)?), expected, "{mode:?}");
+        assert_eq!(
+            counts_of(&pool.run(&WordCount { mode }, &input)?),
+            expected,
+            "{mode:?}"
+        );
     }
     Ok(())
 }
@@ -113,19 +163,42 @@ fn naive(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
 }
 
 fn values(count: usize, seed: u64) -> Vec<f64> {
-    (0..count).map(|i| ((i as u64 * 2654435761 + seed) % 1000) as f64 / 500.0 - 1.0).collect()
+    (0..count)
+        .map(|i| ((i as u64 * 2654435761 + seed) % 1000) as f64 / 500.0 - 1.0)
+        .collect()
 }
 
 fn matmul_odd_shapes() -> Result<(), Failed> {
     let pool = Pool::builder().workers(3).build()?;
     let threads = Threads::new(2)?;
-    for (m, k, n) in [(1, 1, 1), (1, 7, 1), (1, 9, 13), (13, 9, 1), (127, 131, 3), (64, 64, 64), (0, 3, 4), (3, 0, 4), (5, 5, 0)] {
+    for (m, k, n) in [
+        (1, 1, 1),
+        (1, 7, 1),
+        (1, 9, 13),
+        (13, 9, 1),
+        (127, 131, 3),
+        (64, 64, 64),
+        (0, 3, 4),
+        (3, 0, 4),
+        (5, 5, 0),
+    ] {
         let (a, b) = (values(m * k, 1), values(k * n, 2));
         let mut input = Input::new();
         input.push_slice(&a);
         input.push_slice(&b);
-        let op = |segment| Operand { segment, offset: 0, fortran: false };
-        let job = MatMul { dtype: Dtype::F64, m, k, n, a: op(0), b: op(1) };
+        let op = |segment| Operand {
+            segment,
+            offset: 0,
+            fortran: false,
+        };
+        let job = MatMul {
+            dtype: Dtype::F64,
+            m,
+            k,
+            n,
+            a: op(0),
+            b: op(1),
+        };
         let mut products = Vec::new();
         for engine in 0..3 {
             let mut c = SharedOutput::new(job.output_len());
@@ -137,10 +210,16 @@ fn matmul_odd_shapes() -> Result<(), Failed> {
             }
             products.push(c.as_slice::<f64>().to_vec());
         }
-        assert!(products.windows(2).all(|w| w[0] == w[1]), "{m}x{k}x{n}: engines disagree");
+        assert!(
+            products.windows(2).all(|w| w[0] == w[1]),
+            "{m}x{k}x{n}: engines disagree"
+        );
         let expected = naive(&a, &b, m, k, n);
         for (got, want) in products[0].iter().zip(&expected) {
-            assert!((got - want).abs() <= 1e-12 * (1.0 + want.abs()), "{m}x{k}x{n}: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1e-12 * (1.0 + want.abs()),
+                "{m}x{k}x{n}: {got} vs {want}"
+            );
         }
         assert_eq!(products[0].len(), expected.len());
     }
@@ -151,19 +230,44 @@ fn matmul_fortran_order() -> Result<(), Failed> {
     let (m, k, n) = (31, 17, 23);
     let (a, b) = (values(m * k, 3), values(k * n, 4));
     let transpose = |x: &[f64], rows: usize, cols: usize| {
-        (0..rows * cols).map(|i| x[(i % rows) * cols + i / rows]).collect::<Vec<f64>>()
+        (0..rows * cols)
+            .map(|i| x[(i % rows) * cols + i / rows])
+            .collect::<Vec<f64>>()
     };
     let mut input = Input::new();
     input.push_slice(&transpose(&a, m, k));
     input.push_slice(&transpose(&b, k, n));
-    let op = |segment| Operand { segment, offset: 0, fortran: true };
-    let job = MatMul { dtype: Dtype::F64, m, k, n, a: op(0), b: op(1) };
+    let op = |segment| Operand {
+        segment,
+        offset: 0,
+        fortran: true,
+    };
+    let job = MatMul {
+        dtype: Dtype::F64,
+        m,
+        k,
+        n,
+        a: op(0),
+        b: op(1),
+    };
     let mut c = SharedOutput::new(job.output_len());
-    Run::new(&job, &input).output(&mut c).on(&Pool::builder().workers(2).build()?)?;
+    Run::new(&job, &input)
+        .output(&mut c)
+        .on(&Pool::builder().workers(2).build()?)?;
     let mut single = vec![0.0; m * n];
     coop_examples::matmul::multiply_rows(
-        Matrix { data: &a, rows: m, cols: k, fortran: false },
-        Matrix { data: &b, rows: k, cols: n, fortran: false },
+        Matrix {
+            data: &a,
+            rows: m,
+            cols: k,
+            fortran: false,
+        },
+        Matrix {
+            data: &b,
+            rows: k,
+            cols: n,
+            fortran: false,
+        },
         0..m,
         &mut single,
     );
@@ -175,9 +279,17 @@ fn matmul_fortran_order() -> Result<(), Failed> {
 
 fn text_strategy() -> impl Strategy<Value = Vec<u8>> {
     let pieces = prop_oneof![
-        Just(b"a".to_vec()), Just(b"B".to_vec()), Just(b" ".to_vec()), Just(b"\n".to_vec()),
-        Just("é".as_bytes().to_vec()), Just("İ".as_bytes().to_vec()), Just("中".as_bytes().to_vec()),
-        Just(vec![0xff]), Just(vec![0xc3]), Just("\u{a0}".as_bytes().to_vec()), Just(b"\0".to_vec()),
+        Just(b"a".to_vec()),
+        Just(b"B".to_vec()),
+        Just(b" ".to_vec()),
+        Just(b"\n".to_vec()),
+        Just("é".as_bytes().to_vec()),
+        Just("İ".as_bytes().to_vec()),
+        Just("中".as_bytes().to_vec()),
+        Just(vec![0xff]),
+        Just(vec![0xc3]),
+        Just("\u{a0}".as_bytes().to_vec()),
+        Just(b"\0".to_vec()),
         any::<u8>().prop_map(|b| vec![b]),
     ];
     prop::collection::vec(pieces, 0..400).prop_map(|v| v.concat())
@@ -186,26 +298,46 @@ fn text_strategy() -> impl Strategy<Value = Vec<u8>> {
 /// Property: however the engine asks the job to split (any task count), the
 /// merged count equals the count of the whole text.
 fn splitting_never_changes_the_count() -> Result<(), Failed> {
-    let mut runner = TestRunner::new(Config { cases: 256, failure_persistence: None, ..Config::default() });
+    let mut runner = TestRunner::new(Config {
+        cases: 256,
+        failure_persistence: None,
+        ..Config::default()
+    });
     runner
-        .run(&(text_strategy(), 1usize..40, any::<bool>()), |(text, tasks, words)| {
-            let mode = if words { SplitMode::Words } else { SplitMode::Whitespace };
-            let input = Input::from_bytes(&text);
-            let counts = Run::new(&WordCount { mode }, &input).tasks_per_worker(tasks).on(&Sequential).unwrap();
-            prop_assert_eq!(counts_of(&counts), reference_counts(mode, &text));
-            Ok(())
-        })
+        .run(
+            &(text_strategy(), 1usize..40, any::<bool>()),
+            |(text, tasks, words)| {
+                let mode = if words {
+                    SplitMode::Words
+                } else {
+                    SplitMode::Whitespace
+                };
+                let input = Input::from_bytes(&text);
+                let counts = Run::new(&WordCount { mode }, &input)
+                    .tasks_per_worker(tasks)
+                    .on(&Sequential)
+                    .unwrap();
+                prop_assert_eq!(counts_of(&counts), reference_counts(mode, &text));
+                Ok(())
+            },
+        )
         .map_err(|e| Failed::from(e.to_string()))
 }
 
 /// Property: the pool (processes) gives what the sequential engine gives.
 fn pool_count_equals_sequential() -> Result<(), Failed> {
     let pool = Pool::builder().workers(3).build()?;
-    let mut runner = TestRunner::new(Config { cases: 32, failure_persistence: None, ..Config::default() });
+    let mut runner = TestRunner::new(Config {
+        cases: 32,
+        failure_persistence: None,
+        ..Config::default()
+    });
     runner
         .run(&(text_strategy(), 1usize..20), |(text, tasks)| {
             let input = Input::from_bytes(&text);
-            let job = WordCount { mode: SplitMode::Words };
+            let job = WordCount {
+                mode: SplitMode::Words,
+            };
             let on_pool = Run::new(&job, &input).tasks_per_worker(tasks).on(&pool).unwrap();
             let alone = Run::new(&job, &input).on(&Sequential).unwrap();
             prop_assert_eq!(on_pool, alone);

@@ -9,7 +9,10 @@ fn main() {
     coop_tests::init();
     let tests = vec![
         Trial::test("sum_over_shared_slice", sum_over_shared_slice),
-        Trial::test("output_tiles_are_written_in_place", output_tiles_are_written_in_place),
+        Trial::test(
+            "output_tiles_are_written_in_place",
+            output_tiles_are_written_in_place,
+        ),
         Trial::test("many_jobs_on_one_pool", many_jobs_on_one_pool),
         Trial::test("empty_input_runs_no_task", empty_input_runs_no_task),
         Trial::test("worker_count_is_validated", worker_count_is_validated),
@@ -57,7 +60,11 @@ fn many_jobs_on_one_pool() -> Result<(), Failed> {
         input.push_slice(&data);
         assert_eq!(pool.run(&Sum, &input)?, n * (n + 1) / 2, "n = {n}");
     }
-    assert_eq!(pool.worker_pids(), pids, "workers serve many jobs without restarting");
+    assert_eq!(
+        pool.worker_pids(),
+        pids,
+        "workers serve many jobs without restarting"
+    );
     Ok(())
 }
 
@@ -85,7 +92,10 @@ fn unregistered_job_is_named() -> Result<(), Failed> {
     let err = pool.run(&Unregistered, &Input::new()).unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, Error::UnknownJob { .. }), "{message}");
-    assert!(message.contains("test-unregistered") && message.contains("test-sum"), "{message}");
+    assert!(
+        message.contains("test-unregistered") && message.contains("test-sum"),
+        "{message}"
+    );
     // The pool stays usable.
     let mut input = Input::new();
     input.push_slice(&[1u64, 2, 3]);
@@ -95,7 +105,13 @@ fn unregistered_job_is_named() -> Result<(), Failed> {
 
 fn slow_tasks_are_shared_out() -> Result<(), Failed> {
     let pool = Pool::builder().workers(2).build()?;
-    let done = pool.run(&Sleepy { tasks: 12, millis: 20 }, &Input::new())?;
+    let done = pool.run(
+        &Sleepy {
+            tasks: 12,
+            millis: 20,
+        },
+        &Input::new(),
+    )?;
     assert_eq!(done, (0..12).collect::<Vec<_>>());
     Ok(())
 }

@@ -21,7 +21,10 @@ pub struct Region {
 enum Backing {
     Shared(IpcSharedMemory),
     /// `map` is `None` for an empty file, which cannot be mapped.
-    File { path: PathBuf, map: Option<Mmap> },
+    File {
+        path: PathBuf,
+        map: Option<Mmap>,
+    },
 }
 
 impl Region {
@@ -41,10 +44,7 @@ impl Region {
         let file = File::open(path)?;
         let meta = file.metadata()?;
         if !meta.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
         }
         let map = if meta.len() == 0 {
             None
@@ -89,9 +89,8 @@ impl Region {
         match desc {
             SegmentDesc::Shared(region) => Ok(Region::shared(region)),
             SegmentDesc::File { path, len } => {
-                let region = Region::map_file(&path).map_err(|err| {
-                    io::Error::new(err.kind(), format!("{}: {err}", path.display()))
-                })?;
+                let region = Region::map_file(&path)
+                    .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", path.display())))?;
                 let found = region.bytes().len() as u64;
                 if found != len {
                     return Err(io::Error::other(format!(

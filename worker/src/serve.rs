@@ -12,8 +12,7 @@ use nix::unistd::{Pid, getppid};
 use crate::job::{JobEntry, JobInstance};
 use crate::panic::{capture_panics, panic_message};
 use crate::protocol::{
-    ENV_PARENT, ENV_SERVER, ENV_SLOT, Failure, FromWorker, Payload, Rejection, SegmentDesc,
-    ToWorker,
+    ENV_PARENT, ENV_SERVER, ENV_SLOT, Failure, FromWorker, Payload, Rejection, SegmentDesc, ToWorker,
 };
 use crate::region::Region;
 
@@ -55,9 +54,7 @@ fn serve(server: OsString, parent: Option<i32>, jobs: &[JobEntry]) -> Result<(),
     unsafe { signal::signal(Signal::SIGINT, SigHandler::SigIgn) }?;
     capture_panics();
 
-    let server = server
-        .into_string()
-        .map_err(|_| "rendezvous name is not UTF-8")?;
+    let server = server.into_string().map_err(|_| "rendezvous name is not UTF-8")?;
     let to_coordinator = IpcSender::<FromWorker>::connect(server)?;
     let (to_worker, from_coordinator) = ipc::channel::<ToWorker>()?;
     to_coordinator.send(FromWorker::Hello {
@@ -144,9 +141,7 @@ fn task_loop(
                         data: Payload::new(bytes),
                     },
                     Ok(Err(message)) => failed(open, u32::MAX, Failure::Error(message)),
-                    Err(payload) => {
-                        failed(open, u32::MAX, Failure::Panic(panic_message(&*payload)))
-                    }
+                    Err(payload) => failed(open, u32::MAX, Failure::Panic(panic_message(&*payload))),
                 };
                 tx.send(reply)?;
             }

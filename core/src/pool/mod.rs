@@ -203,7 +203,10 @@ struct State {
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
-            .field("workers", &self.slots.iter().map(|s| s.worker.pid).collect::<Vec<_>>())
+            .field(
+                "workers",
+                &self.slots.iter().map(|s| s.worker.pid).collect::<Vec<_>>(),
+            )
             .field("next_job", &self.next_job)
             .finish()
     }
@@ -321,7 +324,10 @@ fn reap(mut worker: Worker, grace: Duration) -> Option<ExitStatus> {
 }
 
 fn describe(status: Option<ExitStatus>) -> String {
-    status.map_or_else(|| "ended (status unknown)".to_string(), crate::error::describe_status)
+    status.map_or_else(
+        || "ended (status unknown)".to_string(),
+        crate::error::describe_status,
+    )
 }
 
 /// Why the coordinator killed a worker.

@@ -5,8 +5,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use coop_worker::ipc_channel::ipc::{IpcSelectionResult, IpcSharedMemory};
 use coop_worker::ipc_channel::TrySelectError;
+use coop_worker::ipc_channel::ipc::{IpcSelectionResult, IpcSharedMemory};
 use coop_worker::protocol::{Failure, FromWorker, Rejection, ToWorker};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -44,10 +44,12 @@ pub(super) fn run_job<J: Job>(
     let span = tracing::info_span!("job", name = J::NAME, id, tasks = total);
     let _entered = span.enter();
 
-    let codec = |what| move |err: postcard::Error| Error::Codec {
-        job: J::NAME,
-        what,
-        message: err.to_string(),
+    let codec = |what| {
+        move |err: postcard::Error| Error::Codec {
+            job: J::NAME,
+            what,
+            message: err.to_string(),
+        }
     };
     let params = postcard::to_allocvec(run.job).map_err(codec("encode the job"))?;
     let specs = plan
@@ -126,7 +128,11 @@ impl<J: Job> JobState<'_, '_, J> {
                     if slot.killed.is_none()
                         && slot.running_since.is_some_and(|since| since.elapsed() > timeout)
                     {
-                        tracing::warn!(pid = slot.worker.pid, ?timeout, "task timed out; killing its worker");
+                        tracing::warn!(
+                            pid = slot.worker.pid,
+                            ?timeout,
+                            "task timed out; killing its worker"
+                        );
                         slot.kill(Kill::Timeout);
                     }
                 }
@@ -149,8 +155,9 @@ impl<J: Job> JobState<'_, '_, J> {
                         };
                         match message.to::<FromWorker>() {
                             Ok(message) => self.on_message(&mut state.slots[index], message)?,
-                            Err(err) => state.slots[index]
-                                .kill(Kill::Breach(format!("undecodable message: {err}"))),
+                            Err(err) => {
+                                state.slots[index].kill(Kill::Breach(format!("undecodable message: {err}")))
+                            }
                         }
                     }
                     IpcSelectionResult::ChannelClosed(receiver) => {
@@ -165,7 +172,10 @@ impl<J: Job> JobState<'_, '_, J> {
 
     fn finished(&self, state: &State) -> bool {
         self.done_count == self.specs.len()
-            && state.slots.iter().all(|slot| slot.folded.is_empty() && !slot.flushing)
+            && state
+                .slots
+                .iter()
+                .all(|slot| slot.folded.is_empty() && !slot.flushing)
     }
 
     /// Hands queued tasks to workers with room, and asks idle workers that hold
@@ -201,7 +211,8 @@ impl<J: Job> JobState<'_, '_, J> {
                 }
                 slot.assigned.push_back(task);
             }
-            if self.queue.is_empty() && slot.assigned.is_empty() && !slot.folded.is_empty() && !slot.flushing {
+            if self.queue.is_empty() && slot.assigned.is_empty() && !slot.folded.is_empty() && !slot.flushing
+            {
                 let _ = slot.worker.tx.send(ToWorker::Flush { job: self.id });
                 slot.flushing = true;
             }
@@ -214,7 +225,9 @@ impl<J: Job> JobState<'_, '_, J> {
             FromWorker::TaskDone { job, task } if job == self.id => {
                 let task = task as usize;
                 if slot.assigned.front() != Some(&task) {
-                    slot.kill(Kill::Breach(format!("reported task {task}, which it was not running")));
+                    slot.kill(Kill::Breach(format!(
+                        "reported task {task}, which it was not running"
+                    )));
                     return Ok(());
                 }
                 slot.assigned.pop_front();
@@ -229,8 +242,18 @@ impl<J: Job> JobState<'_, '_, J> {
             FromWorker::TaskFailed { job, task, failure } if job == self.id => {
                 let task = TaskIndex((task != u32::MAX).then_some(task as usize));
                 return Err(match failure {
-                    Failure::Panic(message) => Error::TaskPanicked { job: J::NAME, task, pid, message },
-                    Failure::Error(message) => Error::TaskFailed { job: J::NAME, task, pid, message },
+                    Failure::Panic(message) => Error::TaskPanicked {
+                        job: J::NAME,
+                        task,
+                        pid,
+                        message,
+                    },
+                    Failure::Error(message) => Error::TaskFailed {
+                        job: J::NAME,
+                        task,
+                        pid,
+                        message,
+                    },
                 });
             }
             FromWorker::Partial { job, data } if job == self.id => {
@@ -249,12 +272,23 @@ impl<J: Job> JobState<'_, '_, J> {
             }
             FromWorker::JobRejected { job, reason } if job == self.id => {
                 return Err(match reason {
-                    Rejection::UnknownJob { registered } => Error::UnknownJob { job: J::NAME, pid, registered },
-                    Rejection::Setup(message) => Error::JobSetup { job: J::NAME, pid, message },
+                    Rejection::UnknownJob { registered } => Error::UnknownJob {
+                        job: J::NAME,
+                        pid,
+                        registered,
+                    },
+                    Rejection::Setup(message) => Error::JobSetup {
+                        job: J::NAME,
+                        pid,
+                        message,
+                    },
                 });
             }
             FromWorker::Hello { .. } => {
-                slot.kill(Kill::Breach(format!("sent {} after its handshake", message_kind(&message))));
+                slot.kill(Kill::Breach(format!(
+                    "sent {} after its handshake",
+                    message_kind(&message)
+                )));
             }
             // A message about an earlier job, which ended or failed: stale.
             _ => {}
@@ -265,7 +299,13 @@ impl<J: Job> JobState<'_, '_, J> {
     /// A worker's channel closed: it died (or was killed). Its running task and
     /// the results folded in its partial are lost: queue them again, charge the
     /// attempt, and start a replacement.
-    fn on_death(&mut self, state: &mut State, spawner: &Spawner, config: &Config, index: usize) -> Result<()> {
+    fn on_death(
+        &mut self,
+        state: &mut State,
+        spawner: &Spawner,
+        config: &Config,
+        index: usize,
+    ) -> Result<()> {
         let slot = state.slots.remove(index);
         let pid = slot.worker.pid;
         let status = reap(slot.worker, EXIT_GRACE);
@@ -294,8 +334,20 @@ impl<J: Job> JobState<'_, '_, J> {
             let attempts = self.attempts[task];
             if attempts > config.retries {
                 return Err(match (&slot.killed, config.task_timeout) {
-                    (Some(Kill::Timeout), Some(timeout)) => Error::TaskTimedOut { job: J::NAME, task, timeout, attempts, pid },
-                    _ => Error::TaskLost { job: J::NAME, task, attempts, pid, status: cause },
+                    (Some(Kill::Timeout), Some(timeout)) => Error::TaskTimedOut {
+                        job: J::NAME,
+                        task,
+                        timeout,
+                        attempts,
+                        pid,
+                    },
+                    _ => Error::TaskLost {
+                        job: J::NAME,
+                        task,
+                        attempts,
+                        pid,
+                        status: cause,
+                    },
                 });
             }
         }
@@ -305,7 +357,10 @@ impl<J: Job> JobState<'_, '_, J> {
         match spawner.spawn(vec![index]).pop() {
             Some(Ok(started)) => state.add(started)?,
             Some(Err(err)) if state.slots.is_empty() => {
-                return Err(Error::NoWorkers { job: J::NAME, cause: err.to_string() });
+                return Err(Error::NoWorkers {
+                    job: J::NAME,
+                    cause: err.to_string(),
+                });
             }
             Some(Err(err)) => tracing::warn!(%err, "could not replace a lost worker"),
             None => {}

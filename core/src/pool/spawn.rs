@@ -116,10 +116,7 @@ fn spawn_batch(config: &SpawnConfig, slots: &[usize]) -> Vec<Result<Started>> {
         .collect()
 }
 
-fn start_child(
-    config: &SpawnConfig,
-    slot: usize,
-) -> Result<(IpcOneShotServer<FromWorker>, String, Child)> {
+fn start_child(config: &SpawnConfig, slot: usize) -> Result<(IpcOneShotServer<FromWorker>, String, Child)> {
     let (server, name) = IpcOneShotServer::<FromWorker>::new().map_err(|source| Error::Os {
         context: "creating a rendezvous socket",
         source,
@@ -168,7 +165,13 @@ fn handshake(
         Error::Handshake { pid, cause }
     };
     match accepted {
-        Ok((rx, FromWorker::Hello { pid: hello_pid, to_worker })) if hello_pid == pid => Ok((
+        Ok((
+            rx,
+            FromWorker::Hello {
+                pid: hello_pid,
+                to_worker,
+            },
+        )) if hello_pid == pid => Ok((
             Worker {
                 pid,
                 child,

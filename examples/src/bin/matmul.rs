@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use anyhow::anyhow;
 use clap::Parser;
-use coop::prelude::*;
 use coop::Sequential;
+use coop::prelude::*;
 use coop_examples::cli::{self, AnyEngine, BadInput, EngineKind, Failure, ProgressBar};
 use coop_examples::matmul::{MatMul, Operand};
 use coop_examples::npy::{self, Dtype, ShapeDisplay};
@@ -77,27 +77,45 @@ fn add_matrix(input: &mut Input, path: &Path) -> Result<(npy::Header, Operand), 
     let segment = input.push_file(path).bad_input()?;
     let bytes = input.bytes(segment);
     let name = path.display();
-    let header = npy::parse_header(bytes).map_err(|e| anyhow!("{name}: {e}")).bad_input()?;
-    npy::check_len(&header, bytes.len() as u64).map_err(|e| anyhow!("{name}: {e}")).bad_input()?;
-    let mut operand = Operand { segment, offset: header.data_offset, fortran: header.fortran_order };
+    let header = npy::parse_header(bytes)
+        .map_err(|e| anyhow!("{name}: {e}"))
+        .bad_input()?;
+    npy::check_len(&header, bytes.len() as u64)
+        .map_err(|e| anyhow!("{name}: {e}"))
+        .bad_input()?;
+    let mut operand = Operand {
+        segment,
+        offset: header.data_offset,
+        fortran: header.fortran_order,
+    };
     if header.data_offset % header.dtype.size() != 0 {
         // A conforming file aligns its data; copy a non-conforming one's data
         // into an aligned shared region rather than refuse it.
         let data = bytes[header.data_offset..].to_vec();
-        operand = Operand { segment: input.push_bytes(&data), offset: 0, ..operand };
+        operand = Operand {
+            segment: input.push_bytes(&data),
+            offset: 0,
+            ..operand
+        };
     }
     Ok((header, operand))
 }
 
 fn multiply_files(args: &Args, a_path: &Path, b_path: &Path) -> Result<(), Failure> {
-    let out_path = args.output.as_deref().expect("clap requires --output with inputs");
+    let out_path = args
+        .output
+        .as_deref()
+        .expect("clap requires --output with inputs");
     let mut input = Input::new();
     let (a, a_op) = add_matrix(&mut input, a_path)?;
     let (b, b_op) = add_matrix(&mut input, b_path)?;
     if a.dtype != b.dtype {
         return Err(anyhow!(
             "{} is {} but {} is {}: both inputs must have the same dtype",
-            a_path.display(), a.dtype, b_path.display(), b.dtype
+            a_path.display(),
+            a.dtype,
+            b_path.display(),
+            b.dtype
         ))
         .bad_input();
     }
@@ -105,11 +123,21 @@ fn multiply_files(args: &Args, a_path: &Path, b_path: &Path) -> Result<(), Failu
     if k != k2 {
         return Err(anyhow!(
             "inner dimensions differ: {} is {} and {} is {} ({k} != {k2})",
-            a_path.display(), ShapeDisplay(&a.shape), b_path.display(), ShapeDisplay(&b.shape)
+            a_path.display(),
+            ShapeDisplay(&a.shape),
+            b_path.display(),
+            ShapeDisplay(&b.shape)
         ))
         .bad_input();
     }
-    let job = MatMul { dtype: a.dtype, m, k, n, a: a_op, b: b_op };
+    let job = MatMul {
+        dtype: a.dtype,
+        m,
+        k,
+        n,
+        a: a_op,
+        b: b_op,
+    };
     let dir = match out_path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -129,10 +157,15 @@ fn multiply_files(args: &Args, a_path: &Path, b_path: &Path) -> Result<(), Failu
     temp.write_all(&npy::encode_header(job.dtype, false, &[m, n]))?;
     temp.write_all(c.bytes())?;
     temp.as_file().sync_data().ok();
-    temp.persist(out_path).map_err(|e| anyhow!("{}: {}", out_path.display(), e.error))?;
+    temp.persist(out_path)
+        .map_err(|e| anyhow!("{}: {}", out_path.display(), e.error))?;
     eprintln!(
         "{}: {m} x {n} {}, {seconds:.3} s, {:.1} GFLOP/s, {} worker(s) ({})",
-        out_path.display(), job.dtype, gflops(&job, seconds), engine.workers(), engine.name()
+        out_path.display(),
+        job.dtype,
+        gflops(&job, seconds),
+        engine.workers(),
+        engine.name()
     );
     Ok(())
 }
@@ -163,12 +196,31 @@ fn multiply_random(args: &Args, n: usize) -> Result<(), Failure> {
     let mut input = Input::new();
     for _ in 0..2 {
         match dtype {
-            Dtype::F32 => input.push_slice(&(0..bytes / 4).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>()),
-            Dtype::F64 => input.push_slice(&(0..bytes / 8).map(|_| rng.random_range(-1.0f64..1.0)).collect::<Vec<_>>()),
+            Dtype::F32 => input.push_slice(
+                &(0..bytes / 4)
+                    .map(|_| rng.random_range(-1.0f32..1.0))
+                    .collect::<Vec<_>>(),
+            ),
+            Dtype::F64 => input.push_slice(
+                &(0..bytes / 8)
+                    .map(|_| rng.random_range(-1.0f64..1.0))
+                    .collect::<Vec<_>>(),
+            ),
         };
     }
-    let c_order = |segment| Operand { segment, offset: 0, fortran: false };
-    let job = MatMul { dtype, m: n, k: n, n, a: c_order(0), b: c_order(1) };
+    let c_order = |segment| Operand {
+        segment,
+        offset: 0,
+        fortran: false,
+    };
+    let job = MatMul {
+        dtype,
+        m: n,
+        k: n,
+        n,
+        a: c_order(0),
+        b: c_order(1),
+    };
 
     let engine = AnyEngine::start(args.engine, args.workers.map(|w| w as usize))?;
     let started = Instant::now();
@@ -176,7 +228,9 @@ fn multiply_random(args: &Args, n: usize) -> Result<(), Failure> {
     let seconds = started.elapsed().as_secs_f64();
     println!(
         "{n} x {n} {dtype}: {seconds:.3} s, {:.1} GFLOP/s, {} worker(s) ({})",
-        gflops(&job, seconds), engine.workers(), engine.name()
+        gflops(&job, seconds),
+        engine.workers(),
+        engine.name()
     );
     if args.check {
         let mut reference = SharedOutput::new(job.output_len());
@@ -200,7 +254,10 @@ fn multiply_random(args: &Args, n: usize) -> Result<(), Failure> {
 /// max |c - r| / max |r| (0 for an empty or all-zero reference that matches).
 fn max_relative_error<T: Copy + Into<f64>>(c: &[T], reference: &[T]) -> f64 {
     let scale = reference.iter().map(|&r| r.into().abs()).fold(0.0, f64::max);
-    let diff = c.iter().zip(reference).map(|(&c, &r)| (c.into() - r.into()).abs()).fold(0.0, f64::max);
+    let diff = c
+        .iter()
+        .zip(reference)
+        .map(|(&c, &r)| (c.into() - r.into()).abs())
+        .fold(0.0, f64::max);
     if diff == 0.0 { 0.0 } else { diff / scale }
 }
-

@@ -72,7 +72,11 @@ fn run(args: Args) -> Result<(), Failure> {
     };
     let mut input = Input::new();
     let stdin = PathBuf::from("-");
-    let files = if args.files.is_empty() { std::slice::from_ref(&stdin) } else { &args.files[..] };
+    let files = if args.files.is_empty() {
+        std::slice::from_ref(&stdin)
+    } else {
+        &args.files[..]
+    };
     for file in files {
         if *file == stdin {
             input
@@ -88,11 +92,17 @@ fn run(args: Args) -> Result<(), Failure> {
     let engine = AnyEngine::start(args.engine, args.workers.map(|w| w as usize))?;
     let bar = ProgressBar::default();
     let report = |p| bar.report(p);
-    let counts: WordCounts = Run::new(&WordCount { mode }, &input).progress(&report).on(&engine)?;
+    let counts: WordCounts = Run::new(&WordCount { mode }, &input)
+        .progress(&report)
+        .on(&engine)?;
     bar.finish();
     let seconds = started.elapsed().as_secs_f64();
 
-    let words = if args.all { counts.sorted() } else { counts.top(args.top) };
+    let words = if args.all {
+        counts.sorted()
+    } else {
+        counts.top(args.top)
+    };
     let mut out = BufWriter::new(io::stdout().lock());
     match args.format {
         Format::Table => write_table(&mut out, &words)?,
@@ -128,13 +138,24 @@ fn run(args: Args) -> Result<(), Failure> {
 }
 
 fn write_table(out: &mut impl Write, words: &[(&[u8], u64)]) -> io::Result<()> {
-    let width = words.iter().map(|(_, c)| c.to_string().len()).max().unwrap_or(0).max(5);
+    let width = words
+        .iter()
+        .map(|(_, c)| c.to_string().len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
     writeln!(out, "{:>width$}  word", "count")?;
     for (word, count) in words {
         // Control characters (NUL, escape...) would garble a terminal: show them escaped.
         let word: String = String::from_utf8_lossy(word)
             .chars()
-            .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+            .flat_map(|c| {
+                if c.is_control() {
+                    c.escape_default().collect::<Vec<_>>()
+                } else {
+                    vec![c]
+                }
+            })
             .collect();
         writeln!(out, "{count:>width$}  {word}")?;
     }
