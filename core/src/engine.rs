@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result, TaskIndex};
 use crate::input::{Input, SharedOutput};
-use crate::job::{Job, TaskError, error_chain};
+use crate::job::{Job, error_chain};
 
 /// Tasks per worker when a run does not say: enough for idle workers to take
 /// over from slow ones, few enough that dispatch costs nothing.
@@ -175,41 +175,86 @@ impl<J: Job> Plan<J> {
     }
 }
 
-/// Runs one task in this process, turning a panic or error into [`Error`].
-fn map_in_process<J: Job>(
-    job: &J,
-    task: usize,
-    spec: &J::Task,
-    input: &Input,
-    tile: &mut [u8],
-    partial: &mut J::Partial,
-) -> Result<()> {
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| job.map(spec, input, tile, partial)));
-    let pid = std::process::id();
-    match outcome {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(task_failed::<J>(task, pid, &err)),
-        Err(payload) => Err(Error::TaskPanicked {
-            job: J::NAME,
-            task: TaskIndex(Some(task)),
-            pid,
-            message: payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic with a non-string payload".into()),
-        }),
+/// A task of an in-process engine: its index, the task, and its output tile.
+type LocalTask<'p, 'o, J> = (usize, &'p <J as Job>::Task, &'o mut [u8]);
+
+/// Plans `run` for `workers` and hands `execute` every task with its tile.
+fn in_process<J: Job>(
+    run: Run<'_, J>,
+    workers: usize,
+    execute: impl FnOnce(&Local<'_, J>, Vec<LocalTask<'_, '_, J>>) -> Result<J::Partial>,
+) -> Result<J::Partial> {
+    let plan = run.plan(workers)?;
+    let Run {
+        job,
+        input,
+        output,
+        progress,
+        ..
+    } = run;
+    let mut empty = [];
+    let tiles = plan.tiles(output.map_or(&mut empty[..], SharedOutput::bytes_mut));
+    let work = plan
+        .tasks
+        .iter()
+        .zip(tiles)
+        .enumerate()
+        .map(|(i, (task, tile))| (i, task, tile))
+        .collect();
+    let local = Local {
+        job,
+        input,
+        progress,
+        total: plan.tasks.len(),
+        done: AtomicUsize::new(0),
+    };
+    execute(&local, work)
+}
+
+/// What in-process engines share while running one job.
+struct Local<'a, J: Job> {
+    job: &'a J,
+    input: &'a Input,
+    progress: Option<&'a (dyn Fn(Progress) + Sync)>,
+    total: usize,
+    done: AtomicUsize,
+}
+
+impl<J: Job> Local<'_, J> {
+    /// Runs one task in this process, turning a panic or error into [`Error`],
+    /// and reports progress.
+    fn map(&self, task: usize, spec: &J::Task, tile: &mut [u8], partial: &mut J::Partial) -> Result<()> {
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.job.map(spec, self.input, tile, partial)));
+        let pid = std::process::id();
+        match outcome {
+            Ok(Ok(())) => {
+                report(
+                    self.progress,
+                    self.done.fetch_add(1, Ordering::Relaxed) + 1,
+                    self.total,
+                );
+                Ok(())
+            }
+            Ok(Err(err)) => Err(Error::TaskFailed {
+                job: J::NAME,
+                task: TaskIndex(Some(task)),
+                pid,
+                message: error_chain(&*err),
+            }),
+            Err(payload) => Err(Error::TaskPanicked {
+                job: J::NAME,
+                task: TaskIndex(Some(task)),
+                pid,
+                message: payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic with a non-string payload".into()),
+            }),
+        }
     }
 }
 
-fn task_failed<J: Job>(task: usize, pid: u32, err: &TaskError) -> Error {
-    Error::TaskFailed {
-        job: J::NAME,
-        task: TaskIndex(Some(task)),
-        pid,
-        message: error_chain(&**err),
-    }
-}
 
 /// The honest baseline: split, map and merge in the calling thread. No
 /// workers, no IPC, one partial.
@@ -218,23 +263,13 @@ pub struct Sequential;
 
 impl Engine for Sequential {
     fn execute<J: Job>(&self, run: Run<'_, J>) -> Result<J::Partial> {
-        let plan = run.plan(1)?;
-        let total = plan.tasks.len();
-        let Run {
-            job,
-            input,
-            output,
-            progress,
-            ..
-        } = run;
-        let mut empty = [];
-        let tiles = plan.tiles(output.map_or(&mut empty[..], SharedOutput::bytes_mut));
-        let mut partial = J::Partial::default();
-        for (index, (task, tile)) in plan.tasks.iter().zip(tiles).enumerate() {
-            map_in_process(job, index, task, input, tile, &mut partial)?;
-            report(progress, index + 1, total);
-        }
-        Ok(partial)
+        in_process(run, 1, |local, work| {
+            let mut partial = J::Partial::default();
+            for (index, task, tile) in work {
+                local.map(index, task, tile, &mut partial)?;
+            }
+            Ok(partial)
+        })
     }
 
     fn workers(&self) -> usize {
@@ -268,33 +303,19 @@ impl Threads {
 
 impl Engine for Threads {
     fn execute<J: Job>(&self, run: Run<'_, J>) -> Result<J::Partial> {
-        let plan = run.plan(self.workers())?;
-        let total = plan.tasks.len();
-        let Run {
-            job,
-            input,
-            output,
-            progress,
-            ..
-        } = run;
-        let mut empty = [];
-        let tiles = plan.tiles(output.map_or(&mut empty[..], SharedOutput::bytes_mut));
-        let done = AtomicUsize::new(0);
-        self.pool.install(|| {
-            plan.tasks
-                .par_iter()
-                .zip(tiles)
-                .enumerate()
-                .with_max_len(1)
-                .try_fold(J::Partial::default, |mut partial, (index, (task, tile))| {
-                    map_in_process(job, index, task, input, tile, &mut partial)?;
-                    report(progress, done.fetch_add(1, Ordering::Relaxed) + 1, total);
-                    Ok(partial)
-                })
-                .try_reduce(J::Partial::default, |mut a, b| {
-                    job.merge(&mut a, b);
-                    Ok(a)
-                })
+        in_process(run, self.workers(), |local, work| {
+            self.pool.install(|| {
+                work.into_par_iter()
+                    .with_max_len(1) // one task at a time: tasks are already coarse
+                    .try_fold(J::Partial::default, |mut partial, (index, task, tile)| {
+                        local.map(index, task, tile, &mut partial)?;
+                        Ok(partial)
+                    })
+                    .try_reduce(J::Partial::default, |mut a, b| {
+                        local.job.merge(&mut a, b);
+                        Ok(a)
+                    })
+            })
         })
     }
 
