@@ -255,7 +255,6 @@ impl<J: Job> Local<'_, J> {
     }
 }
 
-
 /// The honest baseline: split, map and merge in the calling thread. No
 /// workers, no IPC, one partial.
 #[derive(Debug, Clone, Copy, Default)]
@@ -321,5 +320,141 @@ impl Engine for Threads {
 
     fn workers(&self) -> usize {
         self.pool.current_num_threads()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Range;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    /// Writes byte `i` of each task's declared range; tasks and ranges are given.
+    #[derive(Serialize, Deserialize)]
+    struct Tiles(Vec<Range<usize>>);
+
+    impl Job for Tiles {
+        const NAME: &'static str = "tiles";
+        type Task = Range<usize>;
+        type Partial = usize;
+
+        fn split(&self, _: &Input, _: usize) -> Vec<Range<usize>> {
+            self.0.clone()
+        }
+
+        fn output_range(&self, task: &Range<usize>) -> Range<usize> {
+            task.clone()
+        }
+
+        fn map(
+            &self,
+            task: &Range<usize>,
+            _: &Input,
+            out: &mut [u8],
+            n: &mut usize,
+        ) -> std::result::Result<(), crate::TaskError> {
+            assert!(task.start != 999, "task at 999 panics");
+            assert_eq!(out.len(), task.len());
+            for (i, byte) in out.iter_mut().enumerate() {
+                *byte = (task.start + i) as u8;
+            }
+            *n += 1;
+            Ok(())
+        }
+
+        fn merge(&self, into: &mut usize, other: usize) {
+            *into += other;
+        }
+    }
+
+    fn run_tiles(ranges: Vec<Range<usize>>, len: Option<usize>) -> Result<(usize, Vec<u8>)> {
+        let job = Tiles(ranges);
+        let input = Input::new();
+        let mut out = len.map(SharedOutput::new);
+        let mut run = Run::new(&job, &input);
+        if let Some(out) = out.as_mut() {
+            run = run.output(out);
+        }
+        let n = run.on(&Sequential)?;
+        Ok((n, out.map(|o| o.bytes().to_vec()).unwrap_or_default()))
+    }
+
+    #[test]
+    fn tiles_in_any_order_fill_the_output() {
+        let (n, bytes) = run_tiles(vec![6..10, 0..3, 3..3, 3..6], Some(10)).unwrap();
+        assert_eq!(n, 4);
+        assert_eq!(bytes, (0..10).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn overlapping_tiles_are_refused_before_running() {
+        let err = run_tiles(vec![0..4, 8..9, 3..6], Some(10)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::OverlappingOutput {
+                    first: 0,
+                    second: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn out_of_bounds_tile_is_refused() {
+        let err = run_tiles(vec![0..4, 8..11], Some(10)).unwrap_err();
+        assert!(
+            matches!(err, Error::OutputOutOfBounds { task: 1, len: 10, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("8..11"), "{err}");
+    }
+
+    #[test]
+    fn tile_without_output_is_refused() {
+        let err = run_tiles(vec![0..4], None).unwrap_err();
+        assert!(matches!(err, Error::MissingOutput { task: 0, .. }), "{err}");
+    }
+
+    #[test]
+    fn threads_fill_the_same_tiles() {
+        let job = Tiles((0..50).map(|i| i * 3..i * 3 + 3).collect());
+        let input = Input::new();
+        let mut out = SharedOutput::new(150);
+        let n = Run::new(&job, &input)
+            .output(&mut out)
+            .on(&Threads::new(3).unwrap())
+            .unwrap();
+        assert_eq!(n, 50);
+        assert_eq!(out.bytes(), &(0..150).map(|i| i as u8).collect::<Vec<u8>>()[..]);
+    }
+
+    #[test]
+    fn panic_in_process_names_the_task() {
+        for threads in [false, true] {
+            let job = Tiles(vec![0..1, 999..999, 2..3]);
+            let input = Input::new();
+            let mut out = SharedOutput::new(10);
+            let run = Run::new(&job, &input).output(&mut out);
+            let err = if threads {
+                run.on(&Threads::new(2).unwrap())
+            } else {
+                run.on(&Sequential)
+            };
+            match err.unwrap_err() {
+                Error::TaskPanicked {
+                    task: TaskIndex(Some(1)),
+                    message,
+                    ..
+                } => {
+                    assert!(message.contains("task at 999 panics"), "{message}")
+                }
+                other => panic!("unexpected: {other}"),
+            }
+        }
     }
 }

@@ -347,3 +347,38 @@ impl std::fmt::Display for Kill {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_without_init_is_refused() {
+        // This test binary never calls `coop::init`.
+        let err = Pool::builder().workers(1).build().unwrap_err();
+        assert!(matches!(err, Error::NotInitialized), "{err}");
+        assert!(err.to_string().contains("coop::init"));
+    }
+
+    #[test]
+    fn worker_count_is_checked_before_anything_starts() {
+        for bad in [0, MAX_WORKERS + 1] {
+            let err = Pool::builder().workers(bad).build().unwrap_err();
+            assert!(matches!(err, Error::InvalidWorkerCount { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn exit_statuses_are_described() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            describe(Some(ExitStatus::from_raw(7 << 8))),
+            "exited with status 7"
+        );
+        assert_eq!(
+            describe(Some(ExitStatus::from_raw(9))),
+            "was killed by signal 9 (SIGKILL)"
+        );
+        assert_eq!(describe(None), "ended (status unknown)");
+    }
+}
