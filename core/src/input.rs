@@ -58,8 +58,9 @@ impl Input {
     }
 
     /// Adds a file; returns its segment index. A regular file is memory-mapped
-    /// (the workers map it themselves, by absolute path); a pipe or other
-    /// stream is read into shared memory. A directory is an error.
+    /// (the workers map it themselves, by absolute path); a pipe, a device or
+    /// an empty-looking file (as in /proc) is read into shared memory. A
+    /// directory is an error.
     ///
     /// The file must not be truncated while a job reads it: touching pages past
     /// its new end raises `SIGBUS` (in a worker, a lost task).
@@ -76,7 +77,9 @@ impl Input {
                 "is a directory",
             )));
         }
-        if !meta.is_file() {
+        // Pipes and devices cannot be mapped; nor can files that report size 0
+        // but have contents (/proc): read those into shared memory instead.
+        if !meta.is_file() || meta.len() == 0 {
             let file = File::open(path).map_err(input_error)?;
             return self.push_reader(file).map_err(input_error);
         }

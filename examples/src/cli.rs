@@ -121,6 +121,25 @@ fn init_logging() {
     }
 }
 
+/// Refuses (as bad input) to allocate `bytes` for `what` when that is more
+/// than this machine's memory, instead of being killed halfway through.
+pub fn check_fits_in_memory(bytes: u128, what: &str) -> Result<(), Failure> {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
+        let line = info.lines().find(|line| line.starts_with("MemTotal:"))?;
+        let kib: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    match total {
+        Some(total) if bytes > total => Err(anyhow::anyhow!(
+            "{what} needs {:.1} GiB, more than this machine's {:.1} GiB of memory",
+            bytes as f64 / (1u64 << 30) as f64,
+            total as f64 / (1u64 << 30) as f64
+        ))
+        .bad_input(),
+        _ => Ok(()),
+    }
+}
+
 /// Which engine runs the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EngineKind {

@@ -16,6 +16,7 @@ pub fn jobs() -> Vec<JobEntry> {
         coop::register::<Squares>(),
         coop::register::<Sleepy>(),
         coop::register::<Misbehave>(),
+        coop::register::<HoldInput>(),
         coop_examples::wordcount::register(),
         coop_examples::matmul::register(),
     ]
@@ -207,4 +208,56 @@ impl Job for Unregistered {
     }
 
     fn merge(&self, _: &mut (), _: ()) {}
+}
+
+/// One task per worker: reads every page of input segment 0, writes a file
+/// `touched-<pid>` into `dir`, then waits (up to a minute) for `dir/release`.
+/// Lets a test look at the workers' memory while they all hold the input.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HoldInput {
+    /// Where the handshake files go.
+    pub dir: PathBuf,
+    /// Number of tasks (one per worker).
+    pub tasks: usize,
+}
+
+impl Job for HoldInput {
+    const NAME: &'static str = "test-hold-input";
+    type Task = ();
+    type Partial = u64;
+
+    fn split(&self, _: &Input, _: usize) -> Vec<()> {
+        vec![(); self.tasks]
+    }
+
+    fn map(&self, _: &(), input: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
+        *sum += input
+            .bytes(0)
+            .iter()
+            .step_by(4096)
+            .map(|&b| b as u64)
+            .sum::<u64>();
+        std::fs::write(self.dir.join(format!("touched-{}", std::process::id())), b"")?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !self.dir.join("release").exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    fn merge(&self, into: &mut u64, other: u64) {
+        *into += other;
+    }
+}
+
+/// Proportional set size of a process in bytes: its share of every page it
+/// maps (a page mapped by n processes counts 1/n to each), from /proc.
+pub fn pss_bytes(pid: u32) -> std::io::Result<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let kib = rollup
+        .lines()
+        .find_map(|line| line.strip_prefix("Pss:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| std::io::Error::other("no Pss line in smaps_rollup"))?;
+    Ok(kib * 1024)
 }

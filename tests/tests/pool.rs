@@ -2,7 +2,7 @@
 
 use coop::prelude::*;
 use coop::{Error, Sequential, Threads};
-use coop_tests::{Sleepy, Squares, Sum, Unregistered};
+use coop_tests::{HoldInput, Sleepy, Squares, Sum, Unregistered, pss_bytes};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn main() {
@@ -21,6 +21,12 @@ fn main() {
         Trial::test("progress_reaches_total", progress_reaches_total),
         Trial::test("engines_agree", engines_agree),
         Trial::test("dropping_the_pool_reaps_workers", dropping_the_pool_reaps_workers),
+        Trial::test("shared_input_is_not_copied_per_worker", || {
+            input_is_not_copied_per_worker(false)
+        }),
+        Trial::test("mapped_file_is_not_copied_per_worker", || {
+            input_is_not_copied_per_worker(true)
+        }),
     ];
     libtest_mimic::run(&Arguments::from_args(), tests).exit();
 }
@@ -159,5 +165,63 @@ fn dropping_the_pool_reaps_workers() -> Result<(), Failed> {
         let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
         assert!(!alive, "worker {pid} still exists (running or zombie) after drop");
     }
+    Ok(())
+}
+
+/// While 3 workers each hold and have read all of a 64 MiB input, their memory
+/// together grows by at most about 64 MiB (a share of one copy), not 3 x 64 MiB.
+/// Only the workers are measured: this test process runs other tests at once.
+fn input_is_not_copied_per_worker(from_file: bool) -> Result<(), Failed> {
+    const SIZE: usize = 64 << 20;
+    const WORKERS: usize = 3;
+    let pool = Pool::builder().workers(WORKERS).build()?;
+    let pids = pool.worker_pids();
+    let total_pss = |pids: &[u32]| pids.iter().map(|&p| pss_bytes(p)).sum::<std::io::Result<u64>>();
+    let before = total_pss(&pids)?;
+
+    let dir = tempfile::tempdir()?;
+    let data: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    let mut input = Input::new();
+    if from_file {
+        let path = dir.path().join("input.bin");
+        std::fs::write(&path, &data)?;
+        input.push_file(&path)?;
+    } else {
+        input.push_bytes(&data);
+    }
+    drop(data);
+    let job = HoldInput {
+        dir: dir.path().to_path_buf(),
+        tasks: WORKERS,
+    };
+    let during = std::thread::scope(|scope| -> Result<u64, Failed> {
+        let running = scope.spawn(|| Run::new(&job, &input).tasks_per_worker(1).on(&pool));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::fs::read_dir(dir.path())?
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("touched-"))
+            })
+            .count()
+            < WORKERS
+        {
+            assert!(std::time::Instant::now() < deadline, "workers did not all start");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let during = total_pss(&pids)?;
+        std::fs::write(dir.path().join("release"), b"")?;
+        running.join().unwrap()?;
+        Ok(during)
+    })?;
+    let growth = during.saturating_sub(before);
+    // At most one copy's worth (plus slack), far below the WORKERS copies a
+    // pool that sends the input to each worker holds.
+    let bound = SIZE as u64 * 5 / 4;
+    assert!(
+        growth < bound,
+        "memory grew by {} MiB for a {} MiB input",
+        growth >> 20,
+        SIZE >> 20
+    );
     Ok(())
 }

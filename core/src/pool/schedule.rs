@@ -17,8 +17,8 @@ use crate::engine::Run;
 use crate::error::{Error, Result, TaskIndex};
 use crate::job::Job;
 
-/// Tasks sent ahead to each worker: one running, one waiting, so that a worker
-/// never idles for a round trip between tasks.
+/// Tasks sent ahead to each worker: one running, one waiting, so that a busy
+/// worker does not idle for a round trip between tasks.
 const DEPTH: usize = 2;
 
 /// How often the coordinator wakes when nothing arrives, to check timeouts.
@@ -182,41 +182,52 @@ impl<J: Job> JobState<'_, '_, J> {
     /// results for their partial. A failed send means the worker is dead; its
     /// death is handled when its channel reports closed.
     fn dispatch(&mut self, state: &mut State) {
-        for slot in &mut state.slots {
-            if slot.killed.is_some() {
-                continue;
-            }
-            while slot.assigned.len() < DEPTH {
-                let Some(task) = self.queue.pop_front() else {
+        let live = state.slots.iter().filter(|slot| slot.killed.is_none()).count();
+        // Every idle worker gets a task first; a second one goes ahead only
+        // while there is plenty left, so that near the end no task waits behind
+        // a slow one while another worker idles.
+        for depth in 1..=DEPTH {
+            for slot in state.slots.iter_mut().filter(|slot| slot.killed.is_none()) {
+                if depth > 1 && self.queue.len() < live {
                     break;
-                };
-                if !slot.open {
-                    let _ = slot.worker.tx.send(ToWorker::StartJob {
-                        job: self.id,
-                        name: J::NAME.to_string(),
-                        params: self.params.clone(),
-                        input: self.run.input.describe(),
-                        output: self.output.cloned(),
-                    });
-                    slot.open = true;
                 }
-                tracing::trace!(task, pid = slot.worker.pid, "dispatch");
-                let _ = slot.worker.tx.send(ToWorker::Task {
-                    job: self.id,
-                    task: task as u32,
-                    spec: self.specs[task].clone(),
-                });
-                if slot.assigned.is_empty() {
-                    slot.running_since = Some(Instant::now());
+                if slot.assigned.len() < depth
+                    && let Some(task) = self.queue.pop_front()
+                {
+                    self.send_task(slot, task);
                 }
-                slot.assigned.push_back(task);
             }
+        }
+        for slot in state.slots.iter_mut().filter(|slot| slot.killed.is_none()) {
             if self.queue.is_empty() && slot.assigned.is_empty() && !slot.folded.is_empty() && !slot.flushing
             {
                 let _ = slot.worker.tx.send(ToWorker::Flush { job: self.id });
                 slot.flushing = true;
             }
         }
+    }
+
+    fn send_task(&self, slot: &mut Slot, task: usize) {
+        if !slot.open {
+            let _ = slot.worker.tx.send(ToWorker::StartJob {
+                job: self.id,
+                name: J::NAME.to_string(),
+                params: self.params.clone(),
+                input: self.run.input.describe(),
+                output: self.output.cloned(),
+            });
+            slot.open = true;
+        }
+        tracing::trace!(task, pid = slot.worker.pid, "dispatch");
+        let _ = slot.worker.tx.send(ToWorker::Task {
+            job: self.id,
+            task: task as u32,
+            spec: self.specs[task].clone(),
+        });
+        if slot.assigned.is_empty() {
+            slot.running_since = Some(Instant::now());
+        }
+        slot.assigned.push_back(task);
     }
 
     fn on_message(&mut self, slot: &mut Slot, message: FromWorker) -> Result<()> {

@@ -188,21 +188,21 @@ fn multiply_random(args: &Args, n: usize) -> Result<(), Failure> {
         DtypeArg::F32 => Dtype::F32,
         DtypeArg::F64 => Dtype::F64,
     };
-    let bytes = n.checked_mul(n).and_then(|e| e.checked_mul(dtype.size()));
-    let Some(bytes) = bytes.filter(|&b| b <= isize::MAX as usize) else {
-        return Err(anyhow!("--size {n} is too large")).bad_input();
-    };
+    // Three n x n matrices: A, B and C.
+    let matrix_bytes = n as u128 * n as u128 * dtype.size() as u128;
+    cli::check_fits_in_memory(3 * matrix_bytes, &format!("--size {n}"))?;
+    let count = n * n; // fits: 3 x n x n x size is below the machine's memory
     let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(args.seed.unwrap_or(0));
     let mut input = Input::new();
     for _ in 0..2 {
         match dtype {
             Dtype::F32 => input.push_slice(
-                &(0..bytes / 4)
+                &(0..count)
                     .map(|_| rng.random_range(-1.0f32..1.0))
                     .collect::<Vec<_>>(),
             ),
             Dtype::F64 => input.push_slice(
-                &(0..bytes / 8)
+                &(0..count)
                     .map(|_| rng.random_range(-1.0f64..1.0))
                     .collect::<Vec<_>>(),
             ),

@@ -1,0 +1,1610 @@
+//! End-to-end tests of the `wordcount` and `matmul` binaries, run as real
+//! processes: exit codes, one-line errors, output formats, and results
+//! checked against plain reference computations.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use coop_examples::npy::{self, Dtype};
+use coop_examples::words::{self, SplitMode};
+
+const WORDCOUNT: &str = env!("CARGO_BIN_EXE_wordcount");
+const MATMUL: &str = env!("CARGO_BIN_EXE_matmul");
+
+/// A hung binary fails its test instead of hanging the suite.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Builds a `Vec<OsString>` from strings and paths.
+macro_rules! argv {
+    ($($arg:expr),* $(,)?) => { Vec::<OsString>::from([$(OsString::from($arg)),*]) };
+}
+
+// ---------------------------------------------------------------------------
+// Running a binary
+// ---------------------------------------------------------------------------
+
+/// What a finished process left behind.
+struct Outcome {
+    command: String,
+    code: Option<i32>,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Outcome {
+    /// The command and what it printed, for assertion messages.
+    fn describe(&self) -> String {
+        let stdout = String::from_utf8_lossy(&self.stdout);
+        let stdout: String = stdout.chars().take(2000).collect();
+        format!(
+            "command: {}\nexit code: {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+            self.command, self.code, self.stderr
+        )
+    }
+
+    fn stdout_text(&self) -> String {
+        String::from_utf8(self.stdout.clone())
+            .unwrap_or_else(|_| panic!("stdout is not UTF-8\n{}", self.describe()))
+    }
+
+    fn assert_success(&self) -> &Self {
+        assert_eq!(self.code, Some(0), "expected success\n{}", self.describe());
+        assert_no_panic_text(self);
+        self
+    }
+}
+
+/// Runs `bin` with `args`, feeding `stdin` (closed after it), with a timeout.
+fn run_in(bin: &str, args: &[OsString], stdin: &[u8], dir: Option<&Path>) -> Outcome {
+    let name = Path::new(bin).file_name().unwrap().to_string_lossy().into_owned();
+    let command = std::iter::once(name)
+        .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        // A panic or an abort would show its backtrace: the tests look for it.
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
+
+    let mut child_stdin = child.stdin.take().unwrap();
+    let input = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        // The child may exit without reading: a broken pipe is fine.
+        let _ = child_stdin.write_all(&input);
+    });
+    let mut child_stdout = child.stdout.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        child_stdout.read_to_end(&mut buf).unwrap();
+        buf
+    });
+    let mut child_stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        child_stderr.read_to_end(&mut buf).unwrap();
+        buf
+    });
+
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command}: still running after {TIMEOUT:?}, killed");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    writer.join().unwrap();
+    let stdout = out_reader.join().unwrap();
+    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned();
+    Outcome {
+        command,
+        code: status.code(),
+        stdout,
+        stderr,
+    }
+}
+
+fn run(bin: &str, args: &[OsString]) -> Outcome {
+    run_in(bin, args, b"", None)
+}
+
+fn assert_no_panic_text(outcome: &Outcome) {
+    for bad in ["panicked", "RUST_BACKTRACE", "stack backtrace", "internal error"] {
+        assert!(
+            !outcome.stderr.contains(bad),
+            "stderr mentions {bad:?}\n{}",
+            outcome.describe()
+        );
+    }
+}
+
+/// Exit code 2, nothing on stdout, exactly one line `error: ...` on stderr.
+fn assert_bad_input(outcome: &Outcome, case: &str) {
+    let context = format!("case `{case}`\n{}", outcome.describe());
+    assert_eq!(
+        outcome.code,
+        Some(2),
+        "bad input must exit with code 2\n{context}"
+    );
+    assert!(
+        outcome.stdout.is_empty(),
+        "bad input must print nothing on stdout\n{context}"
+    );
+    assert!(
+        outcome.stderr.ends_with('\n'),
+        "stderr must be one complete line\n{context}"
+    );
+    assert_eq!(
+        outcome.stderr.matches('\n').count(),
+        1,
+        "stderr must be exactly one line\n{context}"
+    );
+    assert!(
+        outcome.stderr.starts_with("error: "),
+        "stderr must start with `error: `\n{context}"
+    );
+    assert!(
+        outcome.stderr.trim_end().len() > "error: ".len(),
+        "the error message is empty\n{context}"
+    );
+    assert_no_panic_text(outcome);
+}
+
+// ---------------------------------------------------------------------------
+// Word counting references
+// ---------------------------------------------------------------------------
+
+type Counts = BTreeMap<Vec<u8>, u64>;
+
+/// Words of `text` between the six ASCII whitespace bytes, counted plainly.
+fn whitespace_counts(text: &[u8]) -> Counts {
+    let mut counts = Counts::new();
+    for word in text.split(|b| matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r')) {
+        if !word.is_empty() {
+            *counts.entry(word.to_vec()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Counts of each file separately, merged: words never span files.
+fn reference(mode: SplitMode, files: &[&[u8]]) -> Counts {
+    let mut total = Counts::new();
+    for text in files {
+        let counts = match mode {
+            SplitMode::Whitespace => whitespace_counts(text),
+            SplitMode::Words => words::reference_counts(SplitMode::Words, text),
+        };
+        for (word, n) in counts {
+            *total.entry(word).or_insert(0) += n;
+        }
+    }
+    total
+}
+
+/// Count descending, then word bytes ascending.
+fn ranked(counts: &Counts) -> Vec<(&[u8], u64)> {
+    let mut all: Vec<(&[u8], u64)> = counts.iter().map(|(w, &n)| (w.as_slice(), n)).collect();
+    all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    all
+}
+
+/// The `--format tsv` output expected for `rows`.
+fn tsv(rows: &[(&[u8], u64)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (word, n) in rows {
+        out.extend_from_slice(format!("{n}\t").as_bytes());
+        out.extend_from_slice(word);
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Shows a tsv mismatch line by line rather than as two huge byte strings.
+fn assert_tsv_eq(actual: &Outcome, expected: &[u8], context: &str) {
+    if actual.stdout != expected {
+        let got: Vec<_> = actual.stdout.split(|&b| b == b'\n').collect();
+        let want: Vec<_> = expected.split(|&b| b == b'\n').collect();
+        let first = got
+            .iter()
+            .zip(&want)
+            .position(|(g, w)| g != w)
+            .unwrap_or(got.len().min(want.len()));
+        panic!(
+            "{context}: tsv output differs from the reference at line {}: got {:?}, expected {:?} \
+             ({} vs {} lines)\n{}",
+            first + 1,
+            got.get(first).map(|l| String::from_utf8_lossy(l)),
+            want.get(first).map(|l| String::from_utf8_lossy(l)),
+            got.len(),
+            want.len(),
+            actual.describe()
+        );
+    }
+}
+
+/// A small deterministic generator (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    }
+}
+
+/// Pieces of words: ASCII, mixed case, Unicode (with lowercase mappings that
+/// change length), invalid UTF-8, NUL and other control bytes, punctuation.
+const TOKENS: &[&[u8]] = &[
+    b"the",
+    b"The",
+    b"THE",
+    b"a",
+    b"of",
+    b"word",
+    b"Words",
+    b"x1y2",
+    b"42",
+    b"don't",
+    b"e-mail",
+    b"caf\xC3\xA9",
+    b"CAF\xC3\x89",
+    b"Stra\xC3\x9Fe",
+    b"\xCE\x91\xCE\x92\xCE\x93",
+    b"\xCE\xB1\xCE\xB2\xCE\xB3",
+    b"\xC4\xB0stanbul",
+    b"\xE6\x97\xA5\xE6\x9C\xAC\xE8\xAA\x9E",
+    b"\xC7\x85",
+    b"\xF0\x9F\x99\x82",
+    b"e\xCC\x81",
+    b"\xFF",
+    b"ab\xFEcd",
+    b"\xC3",
+    b"\xE2\x82",
+    b"\xED\xA0\x80",
+    b"\xC0\xAF",
+    b"\0",
+    b"nul\0byte",
+    b"\x1B[0m",
+    b"\x7F",
+    b"...",
+    b"--",
+    b"(x)",
+];
+
+/// Separators: the six ASCII whitespace bytes, CRLF, runs, and non-ASCII
+/// spaces that only separate in `--split words`.
+const SEPARATORS: &[&[u8]] = &[
+    b" ",
+    b" ",
+    b" ",
+    b"\t",
+    b"\n",
+    b"\r\n",
+    b"\x0B",
+    b"\x0C",
+    b"\r",
+    b"  \t ",
+    b"\n\n",
+    b"\xC2\xA0",
+    b"\xE3\x80\x80",
+    b",",
+];
+
+/// About `len` bytes of text; the first and last bytes are part of words.
+fn generate_text(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = Rng(seed);
+    let mut text = Vec::with_capacity(len + 64);
+    while text.len() < len {
+        let pieces = 1 + rng.below(3);
+        for _ in 0..pieces {
+            text.extend_from_slice(TOKENS[rng.below(TOKENS.len())]);
+        }
+        if text.len() < len {
+            text.extend_from_slice(SEPARATORS[rng.below(SEPARATORS.len())]);
+        }
+    }
+    text
+}
+
+fn write_files(dir: &Path, files: &[(&str, &[u8])]) -> Vec<PathBuf> {
+    files
+        .iter()
+        .map(|(name, text)| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        })
+        .collect()
+}
+
+fn split_arg(mode: SplitMode) -> &'static str {
+    match mode {
+        SplitMode::Words => "words",
+        SplitMode::Whitespace => "whitespace",
+    }
+}
+
+/// `wordcount --split MODE --all --format tsv EXTRA... FILES...`
+fn wordcount_tsv(mode: SplitMode, extra: &[&str], files: &[PathBuf], stdin: &[u8]) -> Outcome {
+    let mut args = argv!["--split", split_arg(mode), "--all", "--format", "tsv"];
+    args.extend(extra.iter().map(OsString::from));
+    args.extend(files.iter().map(OsString::from));
+    run_in(WORDCOUNT, &args, stdin, None)
+}
+
+// ---------------------------------------------------------------------------
+// wordcount: bad input
+// ---------------------------------------------------------------------------
+
+type ArgsFor = fn(&Path) -> Vec<OsString>;
+
+#[test]
+fn wordcount_bad_input_is_one_line_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("ok.txt"), "some words here\n").unwrap();
+    std::fs::create_dir(d.join("subdir")).unwrap();
+    std::os::unix::fs::symlink(d.join("nowhere"), d.join("dangling")).unwrap();
+    std::fs::write(d.join("noperm.txt"), "secret words\n").unwrap();
+    std::fs::set_permissions(
+        d.join("noperm.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o000),
+    )
+    .unwrap();
+
+    let cases: Vec<(&str, ArgsFor)> = vec![
+        ("missing file", |d| argv![d.join("missing.txt")]),
+        ("missing file after a good one", |d| {
+            argv![d.join("ok.txt"), d.join("missing.txt")]
+        }),
+        ("missing file, sequential engine", |d| {
+            argv!["--engine", "sequential", d.join("missing.txt")]
+        }),
+        ("missing file, tsv", |d| {
+            argv!["--format", "tsv", "--all", d.join("missing.txt")]
+        }),
+        ("directory", |d| argv![d.join("subdir")]),
+        ("directory after a good one", |d| {
+            argv![d.join("ok.txt"), d.join("subdir")]
+        }),
+        ("path below a regular file (ENOTDIR, fails for root too)", |d| {
+            argv![d.join("ok.txt").join("child")]
+        }),
+        ("dangling symlink", |d| argv![d.join("dangling")]),
+        ("permission denied", |d| argv![d.join("noperm.txt")]),
+        ("empty file name", |_| argv![""]),
+        ("--workers 0", |d| argv!["--workers", "0", d.join("ok.txt")]),
+        ("--workers 100000", |d| {
+            argv!["--workers", "100000", d.join("ok.txt")]
+        }),
+        ("--workers -1", |d| argv!["--workers", "-1", d.join("ok.txt")]),
+        ("--workers abc", |d| argv!["--workers", "abc", d.join("ok.txt")]),
+        ("--workers without value", |_| argv!["--workers"]),
+        ("unknown flag", |d| argv!["--bogus", d.join("ok.txt")]),
+        ("unknown short flag", |d| argv!["-z", d.join("ok.txt")]),
+        ("--top 3 --all", |d| {
+            argv!["--top", "3", "--all", d.join("ok.txt")]
+        }),
+        ("--all --top 3", |d| {
+            argv!["--all", "--top", "3", d.join("ok.txt")]
+        }),
+        ("--top -1", |d| argv!["--top", "-1", d.join("ok.txt")]),
+        ("--top x", |d| argv!["--top", "x", d.join("ok.txt")]),
+        ("unknown engine", |d| argv!["--engine", "gpu", d.join("ok.txt")]),
+        ("unknown split", |d| argv!["--split", "lines", d.join("ok.txt")]),
+        ("unknown format", |d| argv!["--format", "xml", d.join("ok.txt")]),
+    ];
+    for (name, args) in cases {
+        if name == "permission denied" && std::fs::File::open(d.join("noperm.txt")).is_ok() {
+            eprintln!("skipping `{name}`: this process can read a mode-000 file (root)");
+            continue;
+        }
+        let outcome = run(WORDCOUNT, &args(d));
+        assert_bad_input(&outcome, name);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// wordcount: results
+// ---------------------------------------------------------------------------
+
+#[test]
+fn empty_input_is_valid_and_has_no_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_files(dir.path(), &[("empty1", b""), ("empty2", b"")]);
+    for mode in [SplitMode::Whitespace, SplitMode::Words] {
+        let outcome = wordcount_tsv(mode, &[], &files[..1], b"");
+        outcome.assert_success();
+        assert!(outcome.stdout.is_empty(), "{}", outcome.describe());
+        wordcount_tsv(mode, &[], &files, b"").assert_success();
+        let stdin = wordcount_tsv(mode, &[], &[], b"");
+        stdin.assert_success();
+        assert!(stdin.stdout.is_empty(), "{}", stdin.describe());
+    }
+    let only_space = write_files(dir.path(), &[("space", b" \t\r\n\x0B\x0C ")]);
+    let outcome = wordcount_tsv(SplitMode::Whitespace, &[], &only_space, b"");
+    outcome.assert_success();
+    assert!(outcome.stdout.is_empty(), "{}", outcome.describe());
+
+    let json = run(WORDCOUNT, &argv!["--format", "json", &files[0]]);
+    json.assert_success();
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value, serde_json::json!([]), "{}", json.describe());
+
+    let table = run(WORDCOUNT, &argv![&files[0]]);
+    table.assert_success();
+    assert_eq!(
+        table.stdout_text().lines().count(),
+        1,
+        "only the header\n{}",
+        table.describe()
+    );
+}
+
+#[test]
+fn whitespace_split_matches_reference_for_any_worker_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts: Vec<Vec<u8>> = vec![
+        generate_text(1, 40_000),
+        generate_text(2, 7_000),
+        Vec::new(),
+        generate_text(3, 25_000),
+        b"\r\n\r\nCRLF\r\nlines\r\nCRLF\r\n".to_vec(),
+    ];
+    let names = ["one", "two", "empty", "three", "crlf"];
+    let named: Vec<(&str, &[u8])> = names
+        .iter()
+        .copied()
+        .zip(texts.iter().map(Vec::as_slice))
+        .collect();
+    let files = write_files(dir.path(), &named);
+    let refs: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
+    let expected = tsv(&ranked(&reference(SplitMode::Whitespace, &refs)));
+    for workers in ["1", "2", "3", "7"] {
+        let outcome = wordcount_tsv(SplitMode::Whitespace, &["--workers", workers], &files, b"");
+        outcome.assert_success();
+        assert_tsv_eq(&outcome, &expected, &format!("--workers {workers}"));
+    }
+    // Each file alone, too.
+    for (file, text) in files.iter().zip(&refs) {
+        let outcome = wordcount_tsv(
+            SplitMode::Whitespace,
+            &["--workers", "3"],
+            std::slice::from_ref(file),
+            b"",
+        );
+        outcome.assert_success();
+        assert_tsv_eq(
+            &outcome,
+            &tsv(&ranked(&whitespace_counts(text))),
+            &file.display().to_string(),
+        );
+    }
+}
+
+#[test]
+fn words_split_matches_library_reference_for_any_worker_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts: Vec<Vec<u8>> = vec![
+        generate_text(11, 30_000),
+        generate_text(12, 9_000),
+        generate_text(13, 15_000),
+    ];
+    let named: Vec<(&str, &[u8])> = ["a", "b", "c"]
+        .into_iter()
+        .zip(texts.iter().map(Vec::as_slice))
+        .collect();
+    let files = write_files(dir.path(), &named);
+    let refs: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
+    let expected = tsv(&ranked(&reference(SplitMode::Words, &refs)));
+    for workers in ["1", "2", "3", "7"] {
+        let outcome = wordcount_tsv(SplitMode::Words, &["--workers", workers], &files, b"");
+        outcome.assert_success();
+        assert_tsv_eq(&outcome, &expected, &format!("--split words --workers {workers}"));
+    }
+    // `--split words` is the default.
+    let default = run(
+        WORDCOUNT,
+        &[
+            argv!["--all", "--format", "tsv"],
+            files.iter().map(OsString::from).collect(),
+        ]
+        .concat(),
+    );
+    default.assert_success();
+    assert_tsv_eq(&default, &expected, "default split");
+}
+
+#[test]
+fn words_never_span_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_files(
+        dir.path(),
+        &[
+            ("f1", b"xx ab"),
+            ("f2", b"cd yy"),
+            ("f3", b"Caf"),
+            ("f4", b"\xC3\xA9 zz"),
+            ("f5", b"ab"),
+        ],
+    );
+    type Expected<'a> = &'a [(&'a [u8], u64)];
+    let cases: [(SplitMode, Expected); 2] = [
+        (
+            SplitMode::Whitespace,
+            &[
+                (b"ab", 2),
+                (b"Caf", 1),
+                (b"\xC3\xA9", 1),
+                (b"cd", 1),
+                (b"xx", 1),
+                (b"yy", 1),
+                (b"zz", 1),
+            ],
+        ),
+        // "Caf" | "é zz": two words in both modes, never "café".
+        (
+            SplitMode::Words,
+            &[
+                (b"ab", 2),
+                (b"caf", 1),
+                (b"cd", 1),
+                (b"xx", 1),
+                (b"yy", 1),
+                (b"zz", 1),
+                (b"\xC3\xA9", 1),
+            ],
+        ),
+    ];
+    for (mode, expected) in cases {
+        let counts: Counts = expected.iter().map(|(w, n)| (w.to_vec(), *n)).collect();
+        let texts: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+        let refs: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
+        assert_eq!(reference(mode, &refs), counts, "the test's own expectation");
+        for workers in ["1", "3"] {
+            let outcome = wordcount_tsv(mode, &["--workers", workers], &files, b"");
+            outcome.assert_success();
+            assert_tsv_eq(
+                &outcome,
+                &tsv(&ranked(&counts)),
+                &format!("{mode:?} --workers {workers}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn standard_input_is_read_without_file_and_for_dash() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdin_text = generate_text(21, 12_000);
+    let file_text = b"end of file ab".to_vec();
+    let files = write_files(dir.path(), &[("file", &file_text)]);
+    for mode in [SplitMode::Whitespace, SplitMode::Words] {
+        let alone = tsv(&ranked(&reference(mode, &[&stdin_text])));
+        let no_file = wordcount_tsv(mode, &[], &[], &stdin_text);
+        no_file.assert_success();
+        assert_tsv_eq(&no_file, &alone, "no FILE");
+
+        let dash = wordcount_tsv(mode, &[], &[PathBuf::from("-")], &stdin_text);
+        dash.assert_success();
+        assert_tsv_eq(&dash, &alone, "FILE -");
+
+        // A file then stdin: separate segments, so no word spans them.
+        let mixed = wordcount_tsv(mode, &[], &[files[0].clone(), PathBuf::from("-")], b"cd and more");
+        mixed.assert_success();
+        let expected = tsv(&ranked(&reference(mode, &[&file_text, b"cd and more"])));
+        assert_tsv_eq(&mixed, &expected, "FILE -");
+    }
+}
+
+#[test]
+fn engines_give_identical_tsv() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = [generate_text(31, 30_000), generate_text(32, 5_000)];
+    let files = write_files(dir.path(), &[("a", &texts[0]), ("b", &texts[1])]);
+    for mode in [SplitMode::Whitespace, SplitMode::Words] {
+        let expected = tsv(&ranked(&reference(mode, &[&texts[0], &texts[1]])));
+        let outputs: Vec<(&str, Outcome)> = ["sequential", "threads", "processes"]
+            .into_iter()
+            .map(|engine| {
+                (
+                    engine,
+                    wordcount_tsv(mode, &["--engine", engine, "--workers", "3"], &files, b""),
+                )
+            })
+            .collect();
+        for (engine, outcome) in &outputs {
+            outcome.assert_success();
+            assert_tsv_eq(outcome, &expected, &format!("{mode:?} --engine {engine}"));
+        }
+        assert!(outputs.windows(2).all(|w| w[0].1.stdout == w[1].1.stdout));
+    }
+}
+
+/// The rows of a `--format json` output.
+fn json_rows(outcome: &Outcome) -> Vec<(String, u64)> {
+    let value: serde_json::Value = serde_json::from_slice(&outcome.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not valid JSON: {e}\n{}", outcome.describe()));
+    let array = value
+        .as_array()
+        .unwrap_or_else(|| panic!("not a JSON array\n{}", outcome.describe()));
+    array
+        .iter()
+        .map(|entry| {
+            let object = entry
+                .as_object()
+                .unwrap_or_else(|| panic!("{entry} is not an object"));
+            let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            assert_eq!(keys, ["count", "word"], "keys of {entry}");
+            let word = object["word"]
+                .as_str()
+                .unwrap_or_else(|| panic!("word of {entry}"))
+                .to_owned();
+            let count = object["count"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("count of {entry}"));
+            (word, count)
+        })
+        .collect()
+}
+
+#[test]
+fn json_output_is_valid_and_matches_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = generate_text(41, 20_000);
+    let files = write_files(dir.path(), &[("t", &text)]);
+
+    // Words mode: every word is valid UTF-8, so the JSON rows equal the reference.
+    let expected: Vec<(String, u64)> = ranked(&reference(SplitMode::Words, &[&text]))
+        .into_iter()
+        .map(|(w, n)| (String::from_utf8(w.to_vec()).unwrap(), n))
+        .collect();
+    let all = run(WORDCOUNT, &argv!["--all", "--format", "json", &files[0]]);
+    all.assert_success();
+    assert_eq!(json_rows(&all), expected, "{}", all.describe());
+
+    let top = run(WORDCOUNT, &argv!["--top", "5", "--format", "json", &files[0]]);
+    top.assert_success();
+    assert_eq!(json_rows(&top), expected[..5], "{}", top.describe());
+
+    // Whitespace mode with invalid UTF-8, NUL and escape bytes: still valid
+    // JSON, the same counts, invalid bytes shown as U+FFFD.
+    let counts = reference(SplitMode::Whitespace, &[&text]);
+    let reference = ranked(&counts);
+    let raw = run(
+        WORDCOUNT,
+        &argv!["--split", "whitespace", "--all", "--format", "json", &files[0]],
+    );
+    raw.assert_success();
+    let rows = json_rows(&raw);
+    let lossy: Vec<(String, u64)> = reference
+        .iter()
+        .map(|(w, n)| (String::from_utf8_lossy(w).into_owned(), *n))
+        .collect();
+    assert_eq!(rows, lossy, "{}", raw.describe());
+    assert!(
+        rows.iter().any(|(w, _)| w.contains('\u{FFFD}')),
+        "the text has invalid UTF-8 words"
+    );
+    assert!(
+        rows.iter().any(|(w, _)| w.contains('\0')),
+        "the text has NUL bytes"
+    );
+}
+
+#[test]
+fn top_k_prints_k_rows_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    // Plain ASCII so that the table shows words unescaped.
+    let mut text = String::new();
+    for i in 0..40 {
+        for _ in 0..(i % 7 + 1) {
+            text.push_str(&format!("w{i} "));
+        }
+        text.push('\n');
+    }
+    let files = write_files(dir.path(), &[("t", text.as_bytes())]);
+    let counts = reference(SplitMode::Whitespace, &[text.as_bytes()]);
+    let reference = ranked(&counts);
+    assert_eq!(reference.len(), 40);
+    for k in [0usize, 1, 3, 20, 40, 100] {
+        let rows = &reference[..k.min(reference.len())];
+        let k_arg = k.to_string();
+
+        let tsv_out = run(
+            WORDCOUNT,
+            &argv![
+                "--split",
+                "whitespace",
+                "--top",
+                &k_arg,
+                "--format",
+                "tsv",
+                &files[0]
+            ],
+        );
+        tsv_out.assert_success();
+        assert_tsv_eq(&tsv_out, &tsv(rows), &format!("--top {k}"));
+
+        let json_out = run(
+            WORDCOUNT,
+            &argv![
+                "--split",
+                "whitespace",
+                "--top",
+                &k_arg,
+                "--format",
+                "json",
+                &files[0]
+            ],
+        );
+        json_out.assert_success();
+        assert_eq!(json_rows(&json_out).len(), rows.len(), "{}", json_out.describe());
+
+        let table = run(
+            WORDCOUNT,
+            &argv!["--split", "whitespace", "--top", &k_arg, &files[0]],
+        );
+        table.assert_success();
+        let text = table.stdout_text();
+        let mut lines = text.lines();
+        let header = lines
+            .next()
+            .unwrap_or_else(|| panic!("no header\n{}", table.describe()));
+        assert_eq!(
+            header.split_whitespace().collect::<Vec<_>>(),
+            ["count", "word"],
+            "{}",
+            table.describe()
+        );
+        let body: Vec<(String, u64)> = lines
+            .map(|line| {
+                let mut parts = line.split_whitespace();
+                let count = parts
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("row {line:?}"));
+                let word = parts.next().unwrap_or_else(|| panic!("row {line:?}")).to_owned();
+                assert!(parts.next().is_none(), "row {line:?}");
+                (word, count)
+            })
+            .collect();
+        let expected: Vec<(String, u64)> = rows
+            .iter()
+            .map(|(w, n)| (String::from_utf8(w.to_vec()).unwrap(), *n))
+            .collect();
+        assert_eq!(body, expected, "--top {k} table\n{}", table.describe());
+    }
+    // The default is the top 20.
+    let default = run(
+        WORDCOUNT,
+        &argv!["--split", "whitespace", "--format", "tsv", &files[0]],
+    );
+    default.assert_success();
+    assert_tsv_eq(&default, &tsv(&reference[..20]), "default --top");
+}
+
+// ---------------------------------------------------------------------------
+// matmul helpers
+// ---------------------------------------------------------------------------
+
+/// A row-major matrix of f64 values (exactly representable in its dtype).
+#[derive(Debug, Clone, PartialEq)]
+struct Mat {
+    rows: usize,
+    cols: usize,
+    data: Vec<f64>,
+}
+
+impl Mat {
+    fn random(rng: &mut Rng, rows: usize, cols: usize, dtype: Dtype) -> Mat {
+        let data = (0..rows * cols)
+            .map(|_| match dtype {
+                Dtype::F32 => rng.unit() as f32 as f64,
+                Dtype::F64 => rng.unit(),
+            })
+            .collect();
+        Mat { rows, cols, data }
+    }
+
+    fn at(&self, i: usize, j: usize) -> f64 {
+        self.data[i * self.cols + j]
+    }
+
+    /// The `.npy` file of this matrix.
+    fn npy(&self, dtype: Dtype, fortran: bool) -> Vec<u8> {
+        let mut out = npy::encode_header(dtype, fortran, &[self.rows, self.cols]);
+        let order: Vec<(usize, usize)> = if fortran {
+            (0..self.cols)
+                .flat_map(|j| (0..self.rows).map(move |i| (i, j)))
+                .collect()
+        } else {
+            (0..self.rows)
+                .flat_map(|i| (0..self.cols).map(move |j| (i, j)))
+                .collect()
+        };
+        for (i, j) in order {
+            match dtype {
+                Dtype::F32 => out.extend_from_slice(&(self.at(i, j) as f32).to_le_bytes()),
+                Dtype::F64 => out.extend_from_slice(&self.at(i, j).to_le_bytes()),
+            }
+        }
+        out
+    }
+}
+
+/// Parses a `.npy` file the binary wrote: C order, 2-D, exact length.
+fn read_npy(bytes: &[u8]) -> (npy::Header, Mat) {
+    let header = npy::parse_header(bytes).unwrap_or_else(|e| panic!("output header: {e}"));
+    npy::check_len(&header, bytes.len() as u64).unwrap_or_else(|e| panic!("output length: {e}"));
+    let (rows, cols) = (header.shape[0], header.shape[1]);
+    let data: Vec<f64> = match header.dtype {
+        Dtype::F32 => bytes[header.data_offset..]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        Dtype::F64 => bytes[header.data_offset..]
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+    };
+    let mat = if header.fortran_order {
+        let mut c_order = vec![0.0; rows * cols];
+        for j in 0..cols {
+            for i in 0..rows {
+                c_order[i * cols + j] = data[j * rows + i];
+            }
+        }
+        Mat {
+            rows,
+            cols,
+            data: c_order,
+        }
+    } else {
+        Mat { rows, cols, data }
+    };
+    (header, mat)
+}
+
+/// Checks `c` against the naive product: |c - ref| <= tol * sum |a_ik b_kj|.
+fn assert_product(a: &Mat, b: &Mat, c: &Mat, tolerance: f64, context: &str) {
+    assert_eq!((c.rows, c.cols), (a.rows, b.cols), "{context}: shape of C");
+    for i in 0..a.rows {
+        for j in 0..b.cols {
+            let (mut sum, mut scale) = (0.0f64, 0.0f64);
+            for k in 0..a.cols {
+                sum += a.at(i, k) * b.at(k, j);
+                scale += (a.at(i, k) * b.at(k, j)).abs();
+            }
+            let got = c.at(i, j);
+            assert!(
+                (got - sum).abs() <= tolerance * scale,
+                "{context}: C[{i}][{j}] = {got}, expected {sum} (tolerance {tolerance} x {scale})"
+            );
+        }
+    }
+}
+
+fn tolerance(dtype: Dtype) -> f64 {
+    match dtype {
+        Dtype::F32 => 1e-5,
+        Dtype::F64 => 1e-12,
+    }
+}
+
+/// Writes A and B, runs `matmul A B -o C EXTRA...`; the outcome and C's bytes.
+fn matmul_files(dir: &Path, a: &[u8], b: &[u8], extra: &[&str]) -> (Outcome, Option<Vec<u8>>) {
+    let (a_path, b_path, c_path) = (dir.join("A.npy"), dir.join("B.npy"), dir.join("C.npy"));
+    std::fs::write(&a_path, a).unwrap();
+    std::fs::write(&b_path, b).unwrap();
+    let _ = std::fs::remove_file(&c_path);
+    let mut args = argv![&a_path, &b_path, "-o", &c_path];
+    args.extend(extra.iter().map(OsString::from));
+    let outcome = run(MATMUL, &args);
+    let c = std::fs::read(&c_path).ok();
+    (outcome, c)
+}
+
+fn dtype_name(dtype: Dtype) -> &'static str {
+    match dtype {
+        Dtype::F32 => "f4",
+        Dtype::F64 => "f8",
+    }
+}
+
+/// `.matmul-*` temporary files in `dir`.
+fn stray_temp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with(".matmul-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------
+// matmul: results
+// ---------------------------------------------------------------------------
+
+#[test]
+fn matmul_matches_naive_product_in_both_dtypes_and_orders() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(7);
+    let shapes = [(1, 1, 1), (1, 257, 1), (6, 1, 5), (127, 131, 3), (3, 131, 127)];
+    for dtype in [Dtype::F64, Dtype::F32] {
+        for (m, k, n) in shapes {
+            let a = Mat::random(&mut rng, m, k, dtype);
+            let b = Mat::random(&mut rng, k, n, dtype);
+            for (a_fortran, b_fortran) in [(false, false), (true, true), (false, true), (true, false)] {
+                let context = format!(
+                    "{}x{k} . {k}x{n} {}, A {} B {}",
+                    m,
+                    dtype_name(dtype),
+                    if a_fortran { "F" } else { "C" },
+                    if b_fortran { "F" } else { "C" }
+                );
+                let (outcome, c) = matmul_files(
+                    dir.path(),
+                    &a.npy(dtype, a_fortran),
+                    &b.npy(dtype, b_fortran),
+                    &[],
+                );
+                outcome.assert_success();
+                assert!(
+                    outcome.stdout.is_empty(),
+                    "{context}: nothing on stdout\n{}",
+                    outcome.describe()
+                );
+                let (header, c) =
+                    read_npy(&c.unwrap_or_else(|| panic!("{context}: no C.npy\n{}", outcome.describe())));
+                assert_eq!(header.dtype, dtype, "{context}: C keeps the dtype");
+                assert!(!header.fortran_order, "{context}: C is written in C order");
+                assert_eq!(header.shape, [m, n], "{context}");
+                assert_eq!(
+                    &std::fs::read(dir.path().join("C.npy")).unwrap()[..header.data_offset],
+                    npy::encode_header(dtype, false, &[m, n]),
+                    "{context}: header as numpy.save writes it"
+                );
+                assert_product(&a, &b, &c, tolerance(dtype), &context);
+                assert!(
+                    stray_temp_files(dir.path()).is_empty(),
+                    "{context}: temporary file left behind"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_worker_counts_and_relative_output_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(8);
+    let a = Mat::random(&mut rng, 37, 20, Dtype::F64);
+    let b = Mat::random(&mut rng, 20, 9, Dtype::F64);
+    for workers in ["1", "3", "7"] {
+        let (outcome, c) = matmul_files(
+            dir.path(),
+            &a.npy(Dtype::F64, false),
+            &b.npy(Dtype::F64, true),
+            &["--workers", workers],
+        );
+        outcome.assert_success();
+        assert_product(
+            &a,
+            &b,
+            &read_npy(&c.unwrap()).1,
+            1e-12,
+            &format!("--workers {workers}"),
+        );
+    }
+    // `-o C.npy` relative to the working directory: written there, no temp file left.
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let outcome = run_in(
+        MATMUL,
+        &argv![
+            dir.path().join("A.npy"),
+            dir.path().join("B.npy"),
+            "-o",
+            "rel.npy"
+        ],
+        b"",
+        Some(&out),
+    );
+    outcome.assert_success();
+    assert_product(
+        &a,
+        &b,
+        &read_npy(&std::fs::read(out.join("rel.npy")).unwrap()).1,
+        1e-12,
+        "relative -o",
+    );
+    assert!(stray_temp_files(&out).is_empty());
+    // An existing output file is replaced.
+    let outcome = run_in(
+        MATMUL,
+        &argv![
+            dir.path().join("A.npy"),
+            dir.path().join("B.npy"),
+            "-o",
+            "rel.npy"
+        ],
+        b"",
+        Some(&out),
+    );
+    outcome.assert_success();
+    assert_product(
+        &a,
+        &b,
+        &read_npy(&std::fs::read(out.join("rel.npy")).unwrap()).1,
+        1e-12,
+        "replaced -o",
+    );
+}
+
+#[test]
+fn matmul_zero_sized_matrices_multiply_or_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(9);
+    // (m, k, n): zero rows, zero inner dimension (C is all zeros), zero columns.
+    let shapes = [
+        (0, 3, 2),
+        (2, 0, 3),
+        (2, 3, 0),
+        (0, 3, 0),
+        (0, 0, 0),
+        (0, 0, 4),
+        (4, 0, 0),
+    ];
+    for dtype in [Dtype::F64, Dtype::F32] {
+        for (m, k, n) in shapes {
+            let context = format!("{m}x{k} . {k}x{n} {}", dtype_name(dtype));
+            let a = Mat::random(&mut rng, m, k, dtype);
+            let b = Mat::random(&mut rng, k, n, dtype);
+            for fortran in [false, true] {
+                let (outcome, c) =
+                    matmul_files(dir.path(), &a.npy(dtype, fortran), &b.npy(dtype, fortran), &[]);
+                if outcome.code == Some(2) {
+                    // Refusing empty matrices is allowed, as clean bad input.
+                    assert_bad_input(&outcome, &context);
+                    assert!(c.is_none(), "{context}: refused but left C.npy");
+                    continue;
+                }
+                outcome.assert_success();
+                let (header, c) = read_npy(&c.unwrap_or_else(|| panic!("{context}: no C.npy")));
+                assert_eq!(header.shape, [m, n], "{context}");
+                assert_eq!(header.dtype, dtype, "{context}");
+                assert!(
+                    c.data.iter().all(|&x| x == 0.0) || k > 0,
+                    "{context}: k = 0 gives zeros"
+                );
+                assert_product(&a, &b, &c, 0.0, &context);
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_engines_write_identical_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(10);
+    for (dtype, fortran) in [(Dtype::F64, false), (Dtype::F32, true)] {
+        let a = Mat::random(&mut rng, 127, 131, dtype);
+        let b = Mat::random(&mut rng, 131, 3, dtype);
+        let files: Vec<Vec<u8>> = ["sequential", "threads", "processes"]
+            .into_iter()
+            .map(|engine| {
+                let (outcome, c) = matmul_files(
+                    dir.path(),
+                    &a.npy(dtype, fortran),
+                    &b.npy(dtype, !fortran),
+                    &["--engine", engine],
+                );
+                outcome.assert_success();
+                c.unwrap()
+            })
+            .collect();
+        assert!(
+            files[0] == files[1] && files[1] == files[2],
+            "{}: engines differ",
+            dtype_name(dtype)
+        );
+        assert_product(&a, &b, &read_npy(&files[0]).1, tolerance(dtype), "engines");
+    }
+}
+
+/// The `check: largest relative error E ...` value of a `--check` run.
+fn reported_error(outcome: &Outcome) -> f64 {
+    let text = outcome.stdout_text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("relative error"))
+        .unwrap_or_else(|| panic!("no relative error printed\n{}", outcome.describe()));
+    let after = line.split("relative error").nth(1).unwrap();
+    let number = after.split_whitespace().next().unwrap_or("");
+    number
+        .parse()
+        .unwrap_or_else(|_| panic!("cannot read the error in {line:?}"))
+}
+
+#[test]
+fn matmul_size_check_reports_small_relative_error() {
+    for (extra, limit) in [
+        (&[][..], 1e-10),
+        (&["--dtype", "f64", "--engine", "threads"][..], 1e-10),
+        (&["--dtype", "f32", "--workers", "3"][..], 1e-4),
+        (&["--engine", "sequential"][..], 1e-10),
+    ] {
+        let mut args = argv!["--size", "64", "--check"];
+        args.extend(extra.iter().map(OsString::from));
+        let outcome = run(MATMUL, &args);
+        outcome.assert_success();
+        let error = reported_error(&outcome);
+        assert!(
+            (0.0..=limit).contains(&error),
+            "relative error {error} over {limit}\n{}",
+            outcome.describe()
+        );
+    }
+}
+
+/// A line with its timings (`0.003 s`, `1.2 GFLOP/s`) replaced by `#`.
+fn without_timings(line: &str) -> String {
+    let tokens: Vec<&str> = line.split(' ').collect();
+    let mut out = Vec::with_capacity(tokens.len());
+    for (i, token) in tokens.iter().enumerate() {
+        let unit = tokens.get(i + 1).map(|t| t.trim_end_matches([',', ';']));
+        if token.parse::<f64>().is_ok() && matches!(unit, Some("s" | "GFLOP/s" | "MB/s")) {
+            out.push("#");
+        } else {
+            out.push(token);
+        }
+    }
+    out.join(" ")
+}
+
+#[test]
+fn matmul_same_seed_gives_same_output() {
+    for extra in [&[][..], &["--check"][..], &["--dtype", "f32", "--check"][..]] {
+        let mut args = argv!["--size", "64", "--seed", "1"];
+        args.extend(extra.iter().map(OsString::from));
+        let first = run(MATMUL, &args);
+        let second = run(MATMUL, &args);
+        first.assert_success();
+        second.assert_success();
+        let normalize = |o: &Outcome| o.stdout_text().lines().map(without_timings).collect::<Vec<_>>();
+        assert!(!normalize(&first).is_empty(), "{}", first.describe());
+        assert_eq!(
+            normalize(&first),
+            normalize(&second),
+            "{}\n{}",
+            first.describe(),
+            second.describe()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// matmul: bad input
+// ---------------------------------------------------------------------------
+
+/// A valid 2x3 f64 matrix file.
+fn good_a() -> Vec<u8> {
+    Mat {
+        rows: 2,
+        cols: 3,
+        data: (0..6).map(f64::from).collect(),
+    }
+    .npy(Dtype::F64, false)
+}
+
+/// A valid 3x2 f64 matrix file.
+fn good_b() -> Vec<u8> {
+    Mat {
+        rows: 3,
+        cols: 2,
+        data: (0..6).map(f64::from).collect(),
+    }
+    .npy(Dtype::F64, false)
+}
+
+/// A 2x3 f64 header with `from` replaced by `to` (same length, so the
+/// header stays aligned) and data for 6 elements of 8 bytes.
+fn patched_header(from: &str, to: &str) -> Vec<u8> {
+    let file = good_a();
+    let at = file
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+        .unwrap_or_else(|| panic!("{from} not in header"));
+    assert_eq!(from.len(), to.len());
+    let mut out = file.clone();
+    out[at..at + to.len()].copy_from_slice(to.as_bytes());
+    out
+}
+
+/// A header for `shape` followed by matching f64 data.
+fn array_file(shape: &[usize]) -> Vec<u8> {
+    let mut out = npy::encode_header(Dtype::F64, false, shape);
+    out.resize(out.len() + 8 * shape.iter().product::<usize>(), 0);
+    out
+}
+
+type MatmulCase = (&'static str, fn(&Path, &Path) -> Vec<OsString>);
+
+#[test]
+fn matmul_bad_input_is_one_line_exit_2_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let header_len = npy::encode_header(Dtype::F64, false, &[2, 3]).len();
+    let a = good_a();
+    let b32 = Mat {
+        rows: 3,
+        cols: 2,
+        data: vec![0.5; 6],
+    }
+    .npy(Dtype::F32, false);
+    let b42 = Mat {
+        rows: 4,
+        cols: 2,
+        data: vec![0.5; 8],
+    }
+    .npy(Dtype::F64, false);
+    let mut bad_magic = a.clone();
+    bad_magic[1] = b'X';
+    let mut bad_version = a.clone();
+    bad_version[6] = 9;
+    let mut long_header_len = a.clone();
+    long_header_len[8..10].copy_from_slice(&u16::MAX.to_le_bytes());
+    let mut trailing = a.clone();
+    trailing.extend_from_slice(&[0; 8]);
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("a.npy", a.clone()),
+        ("b.npy", good_b()),
+        ("b_f4.npy", b32),
+        ("b_4x2.npy", b42),
+        ("empty.npy", Vec::new()),
+        ("text.npy", b"not a matrix\n".to_vec()),
+        ("bad_magic.npy", bad_magic),
+        ("bad_version.npy", bad_version),
+        ("header_len_past_end.npy", long_header_len),
+        ("truncated_header.npy", a[..30].to_vec()),
+        ("header_only_prefix.npy", a[..header_len - 5].to_vec()),
+        ("truncated_data.npy", a[..a.len() - 8].to_vec()),
+        ("trailing_data.npy", trailing),
+        ("garbage_dict.npy", patched_header("'descr'", "'dexcr'")),
+        ("unclosed_dict.npy", patched_header("}", " ")),
+        ("i8.npy", patched_header("'<f8'", "'<i8'")),
+        ("big_endian.npy", patched_header("'<f8'", "'>f8'")),
+        ("f2.npy", patched_header("'<f8'", "'<f2'")),
+        ("fortran_maybe.npy", patched_header("False", "Maybe")),
+        ("one_d.npy", array_file(&[3])),
+        ("three_d.npy", array_file(&[2, 2, 2])),
+        ("zero_d.npy", array_file(&[])),
+    ];
+    for (name, bytes) in &files {
+        std::fs::write(d.join(name), bytes).unwrap();
+    }
+    // The damaged headers are damaged the way their names say.
+    let parsed = |name: &str| npy::parse_header(&files.iter().find(|(n, _)| *n == name).unwrap().1);
+    assert!(matches!(
+        parsed("i8.npy"),
+        Err(npy::NpyError::UnsupportedDtype(_))
+    ));
+    assert!(matches!(
+        parsed("f2.npy"),
+        Err(npy::NpyError::UnsupportedDtype(_))
+    ));
+    assert!(matches!(
+        parsed("big_endian.npy"),
+        Err(npy::NpyError::BigEndian(_))
+    ));
+    assert!(matches!(
+        parsed("garbage_dict.npy"),
+        Err(npy::NpyError::UnknownKey(_))
+    ));
+    assert!(matches!(
+        parsed("unclosed_dict.npy"),
+        Err(npy::NpyError::Malformed(_))
+    ));
+    assert!(matches!(
+        parsed("fortran_maybe.npy"),
+        Err(npy::NpyError::BadFortranOrder(_))
+    ));
+    assert!(matches!(parsed("one_d.npy"), Err(npy::NpyError::NotMatrix(_))));
+    assert!(matches!(parsed("three_d.npy"), Err(npy::NpyError::NotMatrix(_))));
+    std::fs::create_dir(d.join("subdir")).unwrap();
+
+    // Each case gets the input folder and an empty output folder.
+    let cases: Vec<MatmulCase> = vec![
+        ("no arguments", |_, _| argv![]),
+        ("one input", |d, o| argv![d.join("a.npy"), "-o", o.join("C.npy")]),
+        ("three inputs", |d, o| {
+            argv![
+                d.join("a.npy"),
+                d.join("b.npy"),
+                d.join("b.npy"),
+                "-o",
+                o.join("C.npy")
+            ]
+        }),
+        ("missing -o", |d, _| argv![d.join("a.npy"), d.join("b.npy")]),
+        ("-o without value", |d, _| {
+            argv![d.join("a.npy"), d.join("b.npy"), "-o"]
+        }),
+        ("--size with files", |d, o| {
+            argv![
+                "--size",
+                "4",
+                d.join("a.npy"),
+                d.join("b.npy"),
+                "-o",
+                o.join("C.npy")
+            ]
+        }),
+        ("--size with -o", |_, o| {
+            argv!["--size", "4", "-o", o.join("C.npy")]
+        }),
+        ("--dtype without --size", |_, _| argv!["--dtype", "f32"]),
+        ("--check without --size", |_, _| argv!["--check"]),
+        ("--seed with files", |d, o| {
+            argv![
+                "--seed",
+                "1",
+                d.join("a.npy"),
+                d.join("b.npy"),
+                "-o",
+                o.join("C.npy")
+            ]
+        }),
+        ("--size -1", |_, _| argv!["--size", "-1"]),
+        ("--size abc", |_, _| argv!["--size", "abc"]),
+        ("--dtype f16", |_, _| argv!["--size", "4", "--dtype", "f16"]),
+        ("unknown flag", |d, o| {
+            argv!["--bogus", d.join("a.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
+        }),
+        ("--workers 0", |d, o| {
+            argv![
+                "--workers",
+                "0",
+                d.join("a.npy"),
+                d.join("b.npy"),
+                "-o",
+                o.join("C.npy")
+            ]
+        }),
+        ("--workers 100000", |d, o| {
+            argv![
+                "--workers",
+                "100000",
+                d.join("a.npy"),
+                d.join("b.npy"),
+                "-o",
+                o.join("C.npy")
+            ]
+        }),
+        ("--workers 0 with --size", |_, _| {
+            argv!["--size", "4", "--workers", "0"]
+        }),
+        ("unknown engine", |d, o| {
+            argv![
+                "--engine",
+                "gpu",
+                d.join("a.npy"),
+                d.join("b.npy"),
+                "-o",
+                o.join("C.npy")
+            ]
+        }),
+        ("missing A", |d, o| {
+            argv![d.join("missing.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
+        }),
+        ("missing B", |d, o| {
+            argv![d.join("a.npy"), d.join("missing.npy"), "-o", o.join("C.npy")]
+        }),
+        ("A is a directory", |d, o| {
+            argv![d.join("subdir"), d.join("b.npy"), "-o", o.join("C.npy")]
+        }),
+        ("A below a regular file", |d, o| {
+            argv![d.join("a.npy").join("x"), d.join("b.npy"), "-o", o.join("C.npy")]
+        }),
+        ("output folder missing", |d, o| {
+            argv![d.join("a.npy"), d.join("b.npy"), "-o", o.join("no").join("C.npy")]
+        }),
+        ("empty A", |d, o| {
+            argv![d.join("empty.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
+        }),
+        ("text file as A", |d, o| {
+            argv![d.join("text.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
+        }),
+        ("bad magic", |d, o| {
+            argv![d.join("bad_magic.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
+        }),
+        ("bad version", |d, o| {
+            argv![d.join("bad_version.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
+        }),
+        ("header length past the end", |d, o| {
+            argv![
+                d.join("header_len_past_end.npy"),
+                d.join("b.npy"),
+                "-o",
+                o.join("C.npy")
+            ]
+        }),
+        ("truncated header", |d, o| {
+            argv![
+                d.join("truncated_header.npy"),
+                d.join("b.npy"),
+                "-o",
+                o.join("C.npy")
+            ]
+        }),
+        ("header cut short", |d, o| {
+            argv![
+                d.join("a.npy"),
+                d.join("header_only_prefix.npy"),
+                "-o",
+                o.join("C.npy")
+            ]
+        }),
+        ("truncated data", |d, o| {
+            argv![
+                d.join("truncated_data.npy"),
+                d.join("b.npy"),
+                "-o",
+                o.join("C.npy")
+            ]
+        }),
+        ("trailing data", |d, o| {
+            argv![
+                d.join("trailing_data.npy"),
+                d.join("b.npy"),
+                "-o",
+                o.join("C.npy")
+            ]
+        }),
+        ("garbage dict", |d, o| {
+            argv![d.join("garbage_dict.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
+        }),
+        ("unclosed dict", |d, o| {
+            argv![
+                d.join("unclosed_dict.npy"),
+                d.join("b.npy"),
+                "-o",
+                o.join("C.npy")
+            ]
+        }),
+        ("dtype <i8", |d, o| {
+            argv![d.join("i8.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
+        }),
+        ("dtype >f8", |d, o| {
+            argv![d.join("big_endian.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
+        }),
+        ("dtype <f2", |d, o| {
+            argv![d.join("a.npy"), d.join("f2.npy"), "-o", o.join("C.npy")]
+        }),
+        ("fortran_order Maybe", |d, o| {
+            argv![
+                d.join("fortran_maybe.npy"),
+                d.join("b.npy"),
+                "-o",
+                o.join("C.npy")
+            ]
+        }),
+        ("1-D array", |d, o| {
+            argv![d.join("one_d.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
+        }),
+        ("3-D array", |d, o| {
+            argv![d.join("a.npy"), d.join("three_d.npy"), "-o", o.join("C.npy")]
+        }),
+        ("0-D array", |d, o| {
+            argv![d.join("zero_d.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
+        }),
+        ("mixed dtypes f8 f4", |d, o| {
+            argv![d.join("a.npy"), d.join("b_f4.npy"), "-o", o.join("C.npy")]
+        }),
+        ("inner dimensions differ", |d, o| {
+            argv![d.join("a.npy"), d.join("b_4x2.npy"), "-o", o.join("C.npy")]
+        }),
+        ("inner dimensions differ, sequential", |d, o| {
+            argv![
+                "--engine",
+                "sequential",
+                d.join("a.npy"),
+                d.join("b_4x2.npy"),
+                "-o",
+                o.join("C.npy")
+            ]
+        }),
+    ];
+    for (i, (name, args)) in cases.into_iter().enumerate() {
+        let out = d.join(format!("out{i}"));
+        std::fs::create_dir(&out).unwrap();
+        let outcome = run(MATMUL, &args(d, &out));
+        assert_bad_input(&outcome, name);
+        let left: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "case `{name}`: left {left:?} in the output folder\n{}",
+            outcome.describe()
+        );
+        assert!(
+            stray_temp_files(d).is_empty(),
+            "case `{name}`: temporary file in the input folder"
+        );
+    }
+    // The inputs are untouched.
+    for (name, bytes) in &files {
+        assert_eq!(&std::fs::read(d.join(name)).unwrap(), bytes, "{name} changed");
+    }
+}
+
+#[test]
+fn matmul_huge_size_is_one_line_error_not_abort() {
+    // 10^9 x 10^9 f64 (8e18 bytes) fits isize but no address space: refuse,
+    // don't abort. Run in a scratch folder in case an abort dumps core.
+    let dir = tempfile::tempdir().unwrap();
+    for size in ["99999999999999", "1000000000"] {
+        let outcome = run_in(MATMUL, &argv!["--size", size], b"", Some(dir.path()));
+        assert_bad_input(&outcome, &format!("--size {size}"));
+    }
+}
+
+#[test]
+fn matmul_output_path_that_is_a_directory_fails_cleanly() {
+    // Exit 1 or 2 is left to the binary; one line, no temporary file left.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("a.npy"), good_a()).unwrap();
+    std::fs::write(d.join("b.npy"), good_b()).unwrap();
+    std::fs::create_dir(d.join("target")).unwrap();
+    let outcome = run(
+        MATMUL,
+        &argv![d.join("a.npy"), d.join("b.npy"), "-o", d.join("target")],
+    );
+    assert!(matches!(outcome.code, Some(1 | 2)), "{}", outcome.describe());
+    assert!(outcome.stdout.is_empty(), "{}", outcome.describe());
+    assert!(outcome.stderr.starts_with("error: "), "{}", outcome.describe());
+    assert_eq!(outcome.stderr.matches('\n').count(), 1, "{}", outcome.describe());
+    assert_no_panic_text(&outcome);
+    assert!(d.join("target").is_dir(), "the directory was replaced");
+    assert_eq!(std::fs::read_dir(d.join("target")).unwrap().count(), 0);
+    assert!(stray_temp_files(d).is_empty(), "temporary file left behind");
+}
