@@ -138,6 +138,10 @@ fn multiply_files(args: &Args, a_path: &Path, b_path: &Path) -> Result<(), Failu
         a: a_op,
         b: b_op,
     };
+    cli::check_fits_in_memory(m as u128 * n as u128 * job.dtype.size() as u128, "the product")?;
+    if out_path.is_dir() {
+        return Err(anyhow!("{}: is a directory", out_path.display())).bad_input();
+    }
     let dir = match out_path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
