@@ -97,11 +97,12 @@ impl Lcg {
     }
 }
 
-/// The `index`-th word of a deterministic vocabulary: 5 to 20 lowercase
-/// ASCII letters derived from `index` alone, distinct for distinct indices.
+/// The `index`-th word of a deterministic vocabulary: lowercase ASCII letters
+/// derived from `index` alone, distinct for distinct indices.
 ///
 /// The word is a letter giving the number of base-26 digits of `index`, those
-/// digits, then 0 to 7 pseudo-random letters (so that lengths vary as in text).
+/// digits, then 0 to 7 pseudo-random letters, so that lengths vary as in text
+/// (2 to 12 letters for indices below 26⁴ = 456,976).
 pub fn word(index: u64) -> Vec<u8> {
     let mut digits = Vec::with_capacity(14);
     let mut n = index;

@@ -198,9 +198,13 @@ impl<J: Job> JobState<'_, '_, J> {
                 }
             }
         }
+        // Once nothing is left to hand out, ask each worker for its partial right
+        // behind its last task: it answers after running it, which saves a
+        // round trip. A partial covers what the worker ran before the flush;
+        // tasks sent later (lost work of a dead worker) get another flush.
         for slot in state.slots.iter_mut().filter(|slot| slot.killed.is_none()) {
-            if self.queue.is_empty() && slot.assigned.is_empty() && !slot.folded.is_empty() && !slot.flushing
-            {
+            let holds_work = !slot.assigned.is_empty() || !slot.folded.is_empty();
+            if self.queue.is_empty() && holds_work && !slot.flushing {
                 let _ = slot.worker.tx.send(ToWorker::Flush { job: self.id });
                 slot.flushing = true;
             }
