@@ -416,7 +416,7 @@ mod tests {
 
     #[test]
     fn tile_without_output_is_refused() {
-        let err = run_tiles(vec![0..4], None).unwrap_err();
+        let err = run_tiles(vec![0..4, 4..4], None).unwrap_err();
         assert!(matches!(err, Error::MissingOutput { task: 0, .. }), "{err}");
     }
 
