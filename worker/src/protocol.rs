@@ -15,8 +15,6 @@ pub const ENV_SERVER: &str = "COOP_WORKER_SERVER";
 /// Environment variable holding the coordinator's pid, so that a worker can
 /// check it was not orphaned between `fork` and `prctl`.
 pub const ENV_PARENT: &str = "COOP_WORKER_PARENT";
-/// Environment variable holding the worker's slot number (for logs only).
-pub const ENV_SLOT: &str = "COOP_WORKER_SLOT";
 
 /// Partials at most this large travel inline in the message; larger ones go
 /// through a shared-memory region (one copy, no serialization by ipc-channel).

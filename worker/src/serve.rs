@@ -12,7 +12,7 @@ use nix::unistd::{Pid, getppid};
 use crate::job::{JobEntry, JobInstance};
 use crate::panic::{capture_panics, panic_message};
 use crate::protocol::{
-    ENV_PARENT, ENV_SERVER, ENV_SLOT, Failure, FromWorker, Payload, Rejection, SegmentDesc, ToWorker,
+    ENV_PARENT, ENV_SERVER, Failure, FromWorker, Payload, Rejection, SegmentDesc, ToWorker,
 };
 use crate::region::Region;
 
@@ -32,7 +32,6 @@ pub fn run_if_worker(jobs: &[JobEntry]) {
     unsafe {
         env::remove_var(ENV_SERVER);
         env::remove_var(ENV_PARENT);
-        env::remove_var(ENV_SLOT);
     }
     let code = match serve(server, parent, jobs) {
         Ok(()) => 0,

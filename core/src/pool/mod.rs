@@ -136,7 +136,7 @@ impl PoolBuilder {
             handshake_timeout: self.handshake_timeout,
         })?;
         let mut state = State::new()?;
-        for worker in spawner.spawn((0..workers).collect()) {
+        for worker in spawner.spawn(workers) {
             // On error, `state` drops and reaps the workers already started.
             state.add(worker?)?;
         }
@@ -282,7 +282,7 @@ impl State {
         }
         let missing = target.saturating_sub(self.slots.len());
         if missing > 0 {
-            for worker in spawner.spawn((0..missing).collect()) {
+            for worker in spawner.spawn(missing) {
                 match worker {
                     Ok(worker) => self.add(worker)?,
                     Err(err) if self.slots.is_empty() => return Err(err),

@@ -369,7 +369,7 @@ impl<J: Job> JobState<'_, '_, J> {
         if !slot.folded.is_empty() || !slot.assigned.is_empty() {
             self.run.report(self.done_count, self.specs.len());
         }
-        match spawner.spawn(vec![index]).pop() {
+        match spawner.spawn(1).pop() {
             Some(Ok(started)) => state.add(started)?,
             Some(Err(err)) if state.slots.is_empty() => {
                 return Err(Error::NoWorkers {

@@ -10,7 +10,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use coop_worker::ipc_channel::ipc::{IpcOneShotServer, IpcReceiver, IpcSender};
-use coop_worker::protocol::{ENV_PARENT, ENV_SERVER, ENV_SLOT, FromWorker, ToWorker};
+use coop_worker::protocol::{ENV_PARENT, ENV_SERVER, FromWorker, ToWorker};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
@@ -42,18 +42,18 @@ type Reply = mpsc::Sender<Vec<Result<Started>>>;
 /// it exits, so workers must not be spawned from whatever short-lived thread
 /// happens to call into the pool.
 pub(crate) struct Spawner {
-    requests: Option<mpsc::Sender<(Vec<usize>, Reply)>>,
+    requests: Option<mpsc::Sender<(usize, Reply)>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Spawner {
     pub(crate) fn new(config: SpawnConfig) -> Result<Self> {
-        let (requests, incoming) = mpsc::channel::<(Vec<usize>, Reply)>();
+        let (requests, incoming) = mpsc::channel::<(usize, Reply)>();
         let thread = thread::Builder::new()
             .name("coop-spawner".into())
             .spawn(move || {
-                for (slots, reply) in incoming {
-                    let _ = reply.send(spawn_batch(&config, &slots));
+                for (count, reply) in incoming {
+                    let _ = reply.send(spawn_batch(&config, count));
                 }
             })
             .map_err(|source| Error::Os {
@@ -66,14 +66,13 @@ impl Spawner {
         })
     }
 
-    /// Starts one worker per slot number, in parallel; one result each.
-    pub(crate) fn spawn(&self, slots: Vec<usize>) -> Vec<Result<Started>> {
-        let count = slots.len();
+    /// Starts `count` workers, in parallel; one result each.
+    pub(crate) fn spawn(&self, count: usize) -> Vec<Result<Started>> {
         let (reply, answer) = mpsc::channel();
         let sent = self
             .requests
             .as_ref()
-            .is_some_and(|requests| requests.send((slots, reply)).is_ok());
+            .is_some_and(|requests| requests.send((count, reply)).is_ok());
         match sent.then(|| answer.recv().ok()).flatten() {
             Some(workers) => workers,
             None => (0..count)
@@ -105,8 +104,8 @@ impl Drop for Spawner {
 
 /// Starts all children first, then completes their handshakes, so that start-up
 /// costs about one process start, not one per worker.
-fn spawn_batch(config: &SpawnConfig, slots: &[usize]) -> Vec<Result<Started>> {
-    let started: Vec<_> = slots.iter().map(|&slot| start_child(config, slot)).collect();
+fn spawn_batch(config: &SpawnConfig, count: usize) -> Vec<Result<Started>> {
+    let started: Vec<_> = (0..count).map(|_| start_child(config)).collect();
     started
         .into_iter()
         .map(|started| {
@@ -116,22 +115,26 @@ fn spawn_batch(config: &SpawnConfig, slots: &[usize]) -> Vec<Result<Started>> {
         .collect()
 }
 
-fn start_child(config: &SpawnConfig, slot: usize) -> Result<(IpcOneShotServer<FromWorker>, String, Child)> {
+fn start_child(config: &SpawnConfig) -> Result<(IpcOneShotServer<FromWorker>, String, Child)> {
     let (server, name) = IpcOneShotServer::<FromWorker>::new().map_err(|source| Error::Os {
         context: "creating a rendezvous socket",
         source,
     })?;
-    let child = Command::new(&config.program)
+    let mut command = Command::new(&config.program);
+    if let Some(name) = std::env::args_os().next() {
+        // Shown by `ps` instead of "/proc/self/exe".
+        std::os::unix::process::CommandExt::arg0(&mut command, name);
+    }
+    let child = command
         .env(ENV_SERVER, &name)
         .env(ENV_PARENT, std::process::id().to_string())
-        .env(ENV_SLOT, slot.to_string())
         .stdin(Stdio::null())
         .spawn()
         .map_err(|source| Error::Spawn {
             program: config.program.clone(),
             source,
         })?;
-    tracing::debug!(pid = child.id(), slot, "worker process started");
+    tracing::debug!(pid = child.id(), "worker process started");
     Ok((server, name, child))
 }
 
