@@ -3,7 +3,8 @@
 
 use std::ops::Range;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
@@ -34,6 +35,32 @@ pub struct Progress {
     pub total: usize,
 }
 
+/// Where a job's time and bytes went, filled in by the engine when asked with
+/// [`Run::stats`]. The coordinator-side pieces (`split`, `dispatch`, `merge`)
+/// are the serial part of a job; the rest is the workers' parallel work.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct JobStats {
+    /// Tasks the job was split into.
+    pub tasks: usize,
+    /// Time in [`Job::split`] and the checks of output ranges.
+    pub split: Duration,
+    /// Time spent encoding and sending tasks (and their input, with
+    /// [`Ipc::Messages`](crate::Ipc::Messages)); zero for in-process engines.
+    pub dispatch: Duration,
+    /// Time spent decoding and merging partials in the coordinator.
+    pub merge: Duration,
+    /// Wall time of the whole run.
+    pub total: Duration,
+    /// Bytes of messages sent to workers.
+    pub bytes_to_workers: u64,
+    /// Bytes of messages received from workers (partials, and output tiles
+    /// with [`Ipc::Messages`](crate::Ipc::Messages)).
+    pub bytes_from_workers: u64,
+    /// Tasks run again because their worker died.
+    pub retries: u32,
+}
+
 /// A request to run one job: the job, its input, and options.
 ///
 /// ```no_run
@@ -49,6 +76,7 @@ pub struct Run<'a, J: Job> {
     pub(crate) output: Option<&'a mut SharedOutput>,
     pub(crate) progress: Option<&'a (dyn Fn(Progress) + Sync)>,
     pub(crate) tasks_per_worker: usize,
+    pub(crate) stats: Option<&'a mut JobStats>,
 }
 
 impl<J: Job> std::fmt::Debug for Run<'_, J> {
@@ -71,6 +99,7 @@ impl<'a, J: Job> Run<'a, J> {
             output: None,
             progress: None,
             tasks_per_worker: DEFAULT_TASKS_PER_WORKER,
+            stats: None,
         }
     }
 
@@ -93,6 +122,12 @@ impl<'a, J: Job> Run<'a, J> {
         self
     }
 
+    /// Fills `stats` with where the run's time and bytes went.
+    pub fn stats(mut self, stats: &'a mut JobStats) -> Self {
+        self.stats = Some(stats);
+        self
+    }
+
     /// Runs the job on `engine`.
     pub fn on<E: Engine + ?Sized>(self, engine: &E) -> Result<J::Partial> {
         engine.execute(self)
@@ -100,6 +135,7 @@ impl<'a, J: Job> Run<'a, J> {
 
     /// Splits the job and checks the output ranges of its tasks.
     pub(crate) fn plan(&self, workers: usize) -> Result<Plan<J>> {
+        let started = Instant::now();
         let hint = workers.saturating_mul(self.tasks_per_worker);
         let tasks = self.job.split(self.input, hint);
         let ranges: Vec<Range<usize>> = tasks.iter().map(|t| self.job.output_range(t)).collect();
@@ -131,7 +167,11 @@ impl<'a, J: Job> Run<'a, J> {
                 });
             }
         }
-        Ok(Plan { tasks, ranges })
+        Ok(Plan {
+            tasks,
+            ranges,
+            split: started.elapsed(),
+        })
     }
 
     pub(crate) fn report(&self, done: usize, total: usize) {
@@ -149,6 +189,8 @@ fn report(progress: Option<&(dyn Fn(Progress) + Sync)>, done: usize, total: usiz
 pub(crate) struct Plan<J: Job> {
     pub(crate) tasks: Vec<J::Task>,
     pub(crate) ranges: Vec<Range<usize>>,
+    /// Time spent in `Job::split` and the checks.
+    pub(crate) split: Duration,
 }
 
 impl<J: Job> Plan<J> {
@@ -184,12 +226,14 @@ fn in_process<J: Job>(
     workers: usize,
     execute: impl FnOnce(&Local<'_, J>, Vec<LocalTask<'_, '_, J>>) -> Result<J::Partial>,
 ) -> Result<J::Partial> {
+    let started = Instant::now();
     let plan = run.plan(workers)?;
     let Run {
         job,
         input,
         output,
         progress,
+        stats,
         ..
     } = run;
     let mut empty = [];
@@ -207,8 +251,19 @@ fn in_process<J: Job>(
         progress,
         total: plan.tasks.len(),
         done: AtomicUsize::new(0),
+        merging: AtomicU64::new(0),
     };
-    execute(&local, work)
+    let result = execute(&local, work);
+    if let Some(stats) = stats {
+        *stats = JobStats {
+            tasks: plan.tasks.len(),
+            split: plan.split,
+            merge: Duration::from_nanos(local.merging.load(Ordering::Relaxed)),
+            total: started.elapsed(),
+            ..JobStats::default()
+        };
+    }
+    result
 }
 
 /// What in-process engines share while running one job.
@@ -218,9 +273,19 @@ struct Local<'a, J: Job> {
     progress: Option<&'a (dyn Fn(Progress) + Sync)>,
     total: usize,
     done: AtomicUsize,
+    /// Nanoseconds spent in `Job::merge`.
+    merging: AtomicU64,
 }
 
 impl<J: Job> Local<'_, J> {
+    fn merge(&self, mut into: J::Partial, other: J::Partial) -> J::Partial {
+        let started = Instant::now();
+        self.job.merge(&mut into, other);
+        self.merging
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        into
+    }
+
     /// Runs one task in this process, turning a panic or error into [`Error`],
     /// and reports progress.
     fn map(&self, task: usize, spec: &J::Task, tile: &mut [u8], partial: &mut J::Partial) -> Result<()> {
@@ -310,10 +375,7 @@ impl Engine for Threads {
                         local.map(index, task, tile, &mut partial)?;
                         Ok(partial)
                     })
-                    .try_reduce(J::Partial::default, |mut a, b| {
-                        local.job.merge(&mut a, b);
-                        Ok(a)
-                    })
+                    .try_reduce(J::Partial::default, |a, b| Ok(local.merge(a, b)))
             })
         })
     }

@@ -9,6 +9,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::input::Input;
+#[cfg(doc)]
+use crate::pool::Ipc;
 
 /// The error a task may return: any error type converts with `?`.
 pub type TaskError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -48,6 +50,17 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn output_range(&self, task: &Self::Task) -> Range<usize> {
         let _ = task;
         0..0
+    }
+
+    /// The input bytes `task` reads, as (segment, byte range) pairs. Used only
+    /// by [`Ipc::Messages`](crate::Ipc::Messages), which copies exactly these
+    /// bytes to the worker; the default, every byte of every segment, is
+    /// correct but costly.
+    fn input_ranges(&self, task: &Self::Task, input: &Input) -> Vec<(usize, Range<usize>)> {
+        let _ = task;
+        (0..input.len())
+            .map(|segment| (segment, 0..input.bytes(segment).len()))
+            .collect()
     }
 
     /// Runs one task: reads its part of `input`, writes its `output` tile

@@ -136,11 +136,11 @@ mod job;
 mod pool;
 
 pub use coop_worker::JobEntry;
-pub use engine::{DEFAULT_TASKS_PER_WORKER, Engine, Progress, Run, Sequential, Threads};
+pub use engine::{DEFAULT_TASKS_PER_WORKER, Engine, JobStats, Progress, Run, Sequential, Threads};
 pub use error::{Error, Result, TaskIndex};
 pub use input::{Input, SharedOutput};
 pub use job::{Job, TaskError, init, register};
-pub use pool::{DEFAULT_RETRIES, MAX_WORKERS, Pool, PoolBuilder};
+pub use pool::{DEFAULT_RETRIES, Ipc, MAX_WORKERS, Pool, PoolBuilder};
 
 /// The names most programs need: `use coop::prelude::*;`.
 pub mod prelude {

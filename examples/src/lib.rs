@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod corpus;
 pub mod matmul;
 pub mod npy;
 pub mod wordcount;

@@ -66,6 +66,21 @@ struct Config {
     workers: usize,
     retries: u32,
     task_timeout: Option<Duration>,
+    ipc: Ipc,
+}
+
+/// How a pool's workers get their input and give back their output tiles.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Ipc {
+    /// Workers map the input (memfd regions, files) and write output tiles in
+    /// place: only ranges travel in messages. The default.
+    #[default]
+    SharedMemory,
+    /// Message passing: each task's input ([`Job::input_ranges`]) is copied to
+    /// its worker inside the task's messages, and each output tile comes back
+    /// in a message and is copied into the output. Every byte goes through
+    /// the kernel; simpler, and fine for small inputs. Same results.
+    Messages,
 }
 
 /// Builds a [`Pool`] with options other than the defaults.
@@ -76,6 +91,7 @@ pub struct PoolBuilder {
     task_timeout: Option<Duration>,
     handshake_timeout: Duration,
     program: Option<PathBuf>,
+    ipc: Ipc,
 }
 
 impl Default for PoolBuilder {
@@ -86,6 +102,7 @@ impl Default for PoolBuilder {
             task_timeout: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             program: None,
+            ipc: Ipc::default(),
         }
     }
 }
@@ -114,6 +131,12 @@ impl PoolBuilder {
     /// How long a starting worker may take to connect (default 30 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How workers get their input: shared memory (default) or messages.
+    pub fn ipc(mut self, ipc: Ipc) -> Self {
+        self.ipc = ipc;
         self
     }
 
@@ -147,6 +170,7 @@ impl PoolBuilder {
                 workers,
                 retries: self.retries,
                 task_timeout: self.task_timeout,
+                ipc: self.ipc,
             },
             spawner,
         })
