@@ -173,13 +173,9 @@ impl<'a, J: Job> Run<'a, J> {
             split: started.elapsed(),
         })
     }
-
-    pub(crate) fn report(&self, done: usize, total: usize) {
-        report(self.progress, done, total);
-    }
 }
 
-fn report(progress: Option<&(dyn Fn(Progress) + Sync)>, done: usize, total: usize) {
+pub(crate) fn report(progress: Option<&(dyn Fn(Progress) + Sync)>, done: usize, total: usize) {
     if let Some(report) = progress {
         report(Progress { done, total });
     }

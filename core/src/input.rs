@@ -146,6 +146,10 @@ impl Input {
         }
     }
 
+    pub(crate) fn regions_mut(&mut self) -> &mut [Region] {
+        &mut self.regions
+    }
+
     pub(crate) fn describe(&self) -> Vec<SegmentDesc> {
         self.regions.iter().map(Region::describe).collect()
     }

@@ -3,8 +3,7 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use coop_worker::ipc_channel::ipc::IpcSharedMemory;
-use coop_worker::{JobEntry, JobInstance, Region};
+use coop_worker::{JobEntry, JobInstance, Output, Region};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -118,11 +117,7 @@ pub fn register<J: Job>() -> JobEntry {
     }
 }
 
-fn open<J: Job>(
-    params: &[u8],
-    input: Vec<Region>,
-    output: Option<IpcSharedMemory>,
-) -> Result<Box<dyn JobInstance>, String> {
+fn open<J: Job>(params: &[u8], input: Vec<Region>, output: Output) -> Result<Box<dyn JobInstance>, String> {
     let job: J = postcard::from_bytes(params).map_err(|err| format!("decoding the job: {err}"))?;
     Ok(Box::new(Instance {
         job,
@@ -136,29 +131,38 @@ fn open<J: Job>(
 struct Instance<J: Job> {
     job: J,
     input: Input,
-    output: Option<IpcSharedMemory>,
+    output: Output,
     partial: J::Partial,
 }
 
 impl<J: Job> JobInstance for Instance<J> {
-    fn run_task(&mut self, spec: &[u8]) -> Result<(), String> {
+    fn run_task(&mut self, spec: &[u8]) -> Result<Range<usize>, String> {
         let task: J::Task = postcard::from_bytes(spec).map_err(|err| format!("decoding the task: {err}"))?;
         let range = self.job.output_range(&task);
-        let tile: &mut [u8] = match &mut self.output {
-            // SAFETY: the coordinator checked that the output ranges of all the
-            // job's tasks are disjoint and in bounds before sending any task, each
-            // task runs once at a time, and the coordinator reads the region only
-            // after the job ended. So no other process or thread touches `range`
-            // while this `&mut` lives.
-            Some(region) => unsafe { region.deref_mut() }
-                .get_mut(range.clone())
-                .ok_or_else(|| format!("output range {range:?} is out of bounds"))?,
-            None if range.is_empty() => &mut [],
-            None => return Err("the job writes output but was given none".into()),
-        };
+        if !range.is_empty() && matches!(self.output, Output::None) {
+            return Err("the job writes output but was given none".into());
+        }
+        // SAFETY: the coordinator checked that the output ranges of all the
+        // job's tasks are disjoint and in bounds before sending any task, each
+        // task runs once at a time, and the coordinator reads a shared output
+        // only after the job ended. So no other process or thread touches
+        // `range` while this `&mut` lives.
+        let output = unsafe { self.output.bytes_mut() };
+        let tile = output
+            .get_mut(range.clone())
+            .ok_or_else(|| format!("output range {range:?} is out of bounds"))?;
         self.job
             .map(&task, &self.input, tile, &mut self.partial)
-            .map_err(|err| error_chain(&*err))
+            .map_err(|err| error_chain(&*err))?;
+        Ok(range)
+    }
+
+    fn regions_mut(&mut self) -> &mut [Region] {
+        self.input.regions_mut()
+    }
+
+    fn output(&self) -> &Output {
+        &self.output
     }
 
     fn take_partial(&mut self) -> Result<Vec<u8>, String> {

@@ -102,6 +102,23 @@ impl Job for MatMul {
             .collect()
     }
 
+    /// A's rows for the task (all of A in Fortran order, whose rows are not
+    /// contiguous) and all of B.
+    fn input_ranges(&self, rows: &Range<usize>, _: &Input) -> Vec<(usize, Range<usize>)> {
+        let size = self.dtype.size();
+        let a_len = self.m * self.k * size;
+        let a = if self.a.fortran {
+            0..a_len
+        } else {
+            rows.start * self.k * size..rows.end * self.k * size
+        };
+        let b_len = self.k * self.n * size;
+        vec![
+            (self.a.segment, self.a.offset + a.start..self.a.offset + a.end),
+            (self.b.segment, self.b.offset..self.b.offset + b_len),
+        ]
+    }
+
     fn output_range(&self, rows: &Range<usize>) -> Range<usize> {
         let row = self.n * self.dtype.size();
         rows.start * row..rows.end * row

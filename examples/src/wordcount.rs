@@ -50,6 +50,10 @@ impl Job for WordCount {
         pieces
     }
 
+    fn input_ranges(&self, piece: &Piece, _: &Input) -> Vec<(usize, Range<usize>)> {
+        vec![(piece.segment, piece.range.clone())]
+    }
+
     fn map(
         &self,
         piece: &Piece,

@@ -2,7 +2,7 @@
 //! worker count, the engine, or the way the input is split.
 
 use coop::prelude::*;
-use coop::{Sequential, Threads};
+use coop::{Ipc, JobStats, Sequential, Threads};
 use coop_examples::matmul::{MatMul, Matrix, Operand};
 use coop_examples::npy::Dtype;
 use coop_examples::wordcount::WordCount;
@@ -30,6 +30,10 @@ fn main() {
     tests.push(Trial::test(
         "pool_count_equals_sequential_on_random_text",
         pool_count_equals_sequential,
+    ));
+    tests.push(Trial::test(
+        "messages_give_the_same_results_as_shared_memory",
+        messages_match_shared_memory,
     ));
     libtest_mimic::run(&Arguments::from_args(), tests).exit();
 }
@@ -344,4 +348,75 @@ fn pool_count_equals_sequential() -> Result<(), Failed> {
             Ok(())
         })
         .map_err(|e| Failed::from(e.to_string()))
+}
+
+/// Message passing copies each task's input into its messages and sends tiles
+/// back; results are identical to shared memory, and the bytes moved show it.
+fn messages_match_shared_memory() -> Result<(), Failed> {
+    let shared = Pool::builder().workers(3).build()?;
+    let messages = Pool::builder().workers(3).ipc(Ipc::Messages).build()?;
+
+    let text = corpus(30_000, 5);
+    let mut input = Input::new();
+    input.push_bytes(&text);
+    input.push_bytes(b"");
+    input.push_bytes(&corpus(1_000, 6));
+    let job = WordCount {
+        mode: SplitMode::Words,
+    };
+    let (mut by_shm, mut by_msg) = (JobStats::default(), JobStats::default());
+    let a = Run::new(&job, &input).stats(&mut by_shm).on(&shared)?;
+    let b = Run::new(&job, &input).stats(&mut by_msg).on(&messages)?;
+    assert_eq!(a, b, "word counts differ");
+    assert!(by_msg.bytes_to_workers >= input.total_bytes(), "{by_msg:?}");
+    assert!(by_shm.bytes_to_workers < input.total_bytes() / 10, "{by_shm:?}");
+
+    for (m, k, n, fortran) in [
+        (67, 45, 23, false),
+        (31, 17, 29, true),
+        (0, 4, 5, false),
+        (1, 1, 1, false),
+    ] {
+        let (a, b) = (values(m * k, 7), values(k * n, 8));
+        let mut input = Input::new();
+        input.push_slice(&a);
+        input.push_slice(&b);
+        let op = |segment| Operand {
+            segment,
+            offset: 0,
+            fortran,
+        };
+        let job = MatMul {
+            dtype: Dtype::F64,
+            m,
+            k,
+            n,
+            a: op(0),
+            b: op(1),
+        };
+        let mut outputs = Vec::new();
+        for pool in [&shared, &messages] {
+            let mut c = SharedOutput::new(job.output_len());
+            Run::new(&job, &input)
+                .output(&mut c)
+                .tasks_per_worker(3)
+                .on(pool)?;
+            outputs.push(c.bytes().to_vec());
+        }
+        assert_eq!(
+            outputs[0], outputs[1],
+            "{m}x{k}x{n} fortran={fortran}: products differ"
+        );
+    }
+
+    // A job that keeps the default input ranges (every segment) still works.
+    let data: Vec<u64> = (0..5_000).collect();
+    let mut input = Input::new();
+    input.push_slice(&data);
+    let mut out = SharedOutput::zeroed::<u64>(data.len());
+    Run::new(&coop_tests::Squares, &input)
+        .output(&mut out)
+        .on(&messages)?;
+    assert!(out.as_slice::<u64>().iter().zip(&data).all(|(s, x)| *s == x * x));
+    Ok(())
 }

@@ -4,18 +4,21 @@
 //! and calls [`run_if_worker`] from `coop::init`.
 //!
 //! - [`protocol`]: the messages coordinator and workers exchange, defined once.
-//! - [`Region`]: an input segment mapped read-only (shared memory or a file).
+//! - [`Region`]: an input segment (shared memory, a mapped file, or private memory).
+//! - [`Output`]: where a worker writes output tiles (shared or private).
 //! - [`JobInstance`], [`JobEntry`]: the type-erased job a worker runs.
 //! - [`run_if_worker`]: handshake, parent-death signal, the task loop, panic capture.
 #![deny(missing_docs)]
 
 mod job;
+mod output;
 mod panic;
 pub mod protocol;
 mod region;
 mod serve;
 
 pub use job::{JobEntry, JobInstance, OpenJob};
+pub use output::Output;
 pub use region::Region;
 pub use serve::run_if_worker;
 

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use ipc_channel::ipc::{IpcSender, IpcSharedMemory};
+use ipc_channel::ipc::{IpcBytesSender, IpcSender, IpcSharedMemory};
 use serde::{Deserialize, Serialize};
 
 /// Environment variable that names the rendezvous socket of a worker's coordinator.
@@ -32,6 +32,46 @@ pub enum SegmentDesc {
         /// Length the coordinator saw; a worker that sees another refuses the job.
         len: u64,
     },
+    /// A segment the worker holds privately, zeroed; the bytes each task reads
+    /// arrive with the task ([`Chunk`]s). Message passing.
+    Private {
+        /// Length of the segment.
+        len: u64,
+    },
+}
+
+/// Where a job's output tiles go.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum OutputDesc {
+    /// A region shared by all workers and the coordinator: tiles are written in place.
+    Shared(IpcSharedMemory),
+    /// A private region in the worker; each tile goes back in its [`FromWorker::TaskDone`].
+    Private {
+        /// Length of the output.
+        len: u64,
+    },
+}
+
+/// Part of a segment sent with a task: its bytes follow as one message on
+/// the worker's bulk channel ([`FromWorker::Hello::bulk`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// Segment index.
+    pub segment: u32,
+    /// Byte offset within the segment.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// An output tile sent back with a task's result.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Tile {
+    /// Byte offset within the output.
+    pub offset: u64,
+    /// The tile's bytes.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
 }
 
 /// Coordinator to worker.
@@ -48,8 +88,8 @@ pub enum ToWorker {
         params: Vec<u8>,
         /// Input segments, in order.
         input: Vec<SegmentDesc>,
-        /// Writable output region shared by all workers, if the job has one.
-        output: Option<IpcSharedMemory>,
+        /// Where output tiles go, if the job has an output.
+        output: Option<OutputDesc>,
     },
     /// Run one task of the open job and fold its result into the worker's partial.
     Task {
@@ -60,6 +100,9 @@ pub enum ToWorker {
         /// The task, encoded with postcard.
         #[serde(with = "serde_bytes")]
         spec: Vec<u8>,
+        /// Input bytes sent with the task (private segments only); each chunk's
+        /// bytes follow on the bulk channel, in order.
+        chunks: Vec<Chunk>,
     },
     /// Send the partial folded so far and start a new, empty one.
     Flush {
@@ -84,6 +127,8 @@ pub enum FromWorker {
         pid: u32,
         /// Channel on which the worker receives [`ToWorker`] messages.
         to_worker: IpcSender<ToWorker>,
+        /// Channel on which the worker receives the bytes of [`Chunk`]s.
+        bulk: IpcBytesSender,
     },
     /// A task finished; its result is folded into the worker's partial.
     TaskDone {
@@ -91,6 +136,8 @@ pub enum FromWorker {
         job: u64,
         /// Task index.
         task: u32,
+        /// The task's output tile, when the output is private to the worker.
+        tile: Option<Tile>,
     },
     /// A task panicked or returned an error. Not retried: it would fail again.
     TaskFailed {

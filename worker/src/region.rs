@@ -5,7 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use ipc_channel::ipc::IpcSharedMemory;
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapMut};
 
 use crate::protocol::SegmentDesc;
 
@@ -25,6 +25,9 @@ enum Backing {
         path: PathBuf,
         map: Option<Mmap>,
     },
+    /// Anonymous memory, zeroed and allocated page by page as it is written;
+    /// `None` when empty.
+    Private(Option<MmapMut>),
 }
 
 impl Region {
@@ -69,6 +72,47 @@ impl Region {
             Backing::Shared(region) => region,
             Backing::File { map: Some(map), .. } => map,
             Backing::File { map: None, .. } => &[],
+            Backing::Private(Some(map)) => map,
+            Backing::Private(None) => &[],
+        }
+    }
+
+    /// A private, zeroed region of `len` bytes whose contents arrive in pieces
+    /// ([`Region::write`]). Pages never written take no memory.
+    pub fn private(len: usize) -> io::Result<Self> {
+        let map = if len == 0 {
+            None
+        } else {
+            Some(MmapMut::map_anon(len)?)
+        };
+        Ok(Region {
+            backing: Backing::Private(map),
+        })
+    }
+
+    /// Copies `bytes` to `offset` of a private region.
+    pub fn write(&mut self, offset: usize, bytes: &[u8]) -> io::Result<()> {
+        let target = match &mut self.backing {
+            Backing::Private(Some(map)) => offset
+                .checked_add(bytes.len())
+                .and_then(|end| map.get_mut(offset..end)),
+            Backing::Private(None) => (bytes.is_empty() && offset == 0).then_some(&mut [][..]),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "only private segments receive data",
+                ));
+            }
+        };
+        match target {
+            Some(target) => {
+                target.copy_from_slice(bytes);
+                Ok(())
+            }
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} bytes at offset {offset} do not fit the segment", bytes.len()),
+            )),
         }
     }
 
@@ -78,6 +122,9 @@ impl Region {
             Backing::Shared(region) => SegmentDesc::Shared(region.clone()),
             Backing::File { path, .. } => SegmentDesc::File {
                 path: path.clone(),
+                len: self.bytes().len() as u64,
+            },
+            Backing::Private(_) => SegmentDesc::Private {
                 len: self.bytes().len() as u64,
             },
         }
@@ -100,6 +147,7 @@ impl Region {
                 }
                 Ok(region)
             }
+            SegmentDesc::Private { len } => Region::private(len as usize),
         }
     }
 }

@@ -5,14 +5,16 @@ use std::panic::{self, AssertUnwindSafe};
 use std::{env, process};
 
 use ipc_channel::IpcError;
-use ipc_channel::ipc::{self, IpcReceiver, IpcSender, IpcSharedMemory};
+use ipc_channel::ipc::{self, IpcBytesReceiver, IpcReceiver, IpcSender};
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::unistd::{Pid, getppid};
 
 use crate::job::{JobEntry, JobInstance};
+use crate::output::Output;
 use crate::panic::{capture_panics, panic_message};
 use crate::protocol::{
-    ENV_PARENT, ENV_SERVER, Failure, FromWorker, Payload, Rejection, SegmentDesc, ToWorker,
+    Chunk, ENV_PARENT, ENV_SERVER, Failure, FromWorker, OutputDesc, Payload, Rejection, SegmentDesc, Tile,
+    ToWorker,
 };
 use crate::region::Region;
 
@@ -56,11 +58,18 @@ fn serve(server: OsString, parent: Option<i32>, jobs: &[JobEntry]) -> Result<(),
     let server = server.into_string().map_err(|_| "rendezvous name is not UTF-8")?;
     let to_coordinator = IpcSender::<FromWorker>::connect(server)?;
     let (to_worker, from_coordinator) = ipc::channel::<ToWorker>()?;
+    let (bulk, bulk_in) = ipc::bytes_channel()?;
     to_coordinator.send(FromWorker::Hello {
         pid: process::id(),
         to_worker,
+        bulk,
     })?;
-    task_loop(jobs, &from_coordinator, &to_coordinator)
+    let channels = Channels {
+        rx: from_coordinator,
+        bulk: bulk_in,
+        tx: to_coordinator,
+    };
+    task_loop(jobs, &channels)
 }
 
 /// Makes the kernel kill this process when the thread that spawned it exits,
@@ -83,11 +92,18 @@ struct OpenJob {
     failed: bool,
 }
 
-fn task_loop(
-    jobs: &[JobEntry],
-    rx: &IpcReceiver<ToWorker>,
-    tx: &IpcSender<FromWorker>,
-) -> Result<(), WorkerError> {
+/// A worker's three channels to its coordinator.
+struct Channels {
+    /// Control messages and tasks.
+    rx: IpcReceiver<ToWorker>,
+    /// The bytes of input chunks sent with tasks.
+    bulk: IpcBytesReceiver,
+    /// Everything the worker says.
+    tx: IpcSender<FromWorker>,
+}
+
+fn task_loop(jobs: &[JobEntry], channels: &Channels) -> Result<(), WorkerError> {
+    let Channels { rx, bulk, tx } = channels;
     let mut current: Option<OpenJob> = None;
     loop {
         let message = match rx.recv() {
@@ -116,16 +132,25 @@ fn task_loop(
                     Err(reason) => tx.send(FromWorker::JobRejected { job, reason })?,
                 }
             }
-            ToWorker::Task { job, task, spec } => {
+            ToWorker::Task {
+                job,
+                task,
+                spec,
+                chunks,
+            } => {
+                // The chunks' bytes are read whatever happens next: left unread,
+                // they would be taken for the next task's.
+                let mut data = Vec::with_capacity(chunks.len());
+                for chunk in &chunks {
+                    data.push((chunk, bulk.recv()?));
+                }
                 // A task of a job that was ended or failed is stale: skip it.
                 let Some(open) = current.as_mut().filter(|o| o.id == job && !o.failed) else {
                     continue;
                 };
-                let outcome = panic::catch_unwind(AssertUnwindSafe(|| open.instance.run_task(&spec)));
-                let reply = match outcome {
-                    Ok(Ok(())) => FromWorker::TaskDone { job, task },
-                    Ok(Err(message)) => failed(open, task, Failure::Error(message)),
-                    Err(payload) => failed(open, task, Failure::Panic(panic_message(&*payload))),
+                let reply = match receive_chunks(open.instance.as_mut(), &data) {
+                    Err(message) => failed(open, task, Failure::Error(message)),
+                    Ok(()) => run_task(open, task, &spec),
                 };
                 tx.send(reply)?;
             }
@@ -154,6 +179,49 @@ fn task_loop(
     }
 }
 
+/// Copies the input bytes sent with a task into the job's private segments.
+fn receive_chunks(instance: &mut dyn JobInstance, data: &[(&Chunk, Vec<u8>)]) -> Result<(), String> {
+    for (chunk, bytes) in data {
+        if bytes.len() as u64 != chunk.len {
+            return Err(format!(
+                "chunk of {} bytes announced, {} received",
+                chunk.len,
+                bytes.len()
+            ));
+        }
+        let region = instance
+            .regions_mut()
+            .get_mut(chunk.segment as usize)
+            .ok_or_else(|| format!("chunk for segment {}, which does not exist", chunk.segment))?;
+        region
+            .write(chunk.offset as usize, bytes)
+            .map_err(|err| format!("segment {}: {err}", chunk.segment))?;
+    }
+    Ok(())
+}
+
+/// Runs one task, catching panics; with a private output, the reply carries
+/// the tile the task wrote.
+fn run_task(open: &mut OpenJob, task: u32, spec: &[u8]) -> FromWorker {
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| open.instance.run_task(spec)));
+    match outcome {
+        Ok(Ok(range)) => {
+            let output = open.instance.output();
+            let tile = output.is_private().then(|| Tile {
+                offset: range.start as u64,
+                bytes: output.bytes()[range].to_vec(),
+            });
+            FromWorker::TaskDone {
+                job: open.id,
+                task,
+                tile,
+            }
+        }
+        Ok(Err(message)) => failed(open, task, Failure::Error(message)),
+        Err(payload) => failed(open, task, Failure::Panic(panic_message(&*payload))),
+    }
+}
+
 fn failed(open: &mut OpenJob, task: u32, failure: Failure) -> FromWorker {
     open.failed = true;
     FromWorker::TaskFailed {
@@ -168,7 +236,7 @@ fn open_job(
     name: &str,
     params: &[u8],
     input: Vec<SegmentDesc>,
-    output: Option<IpcSharedMemory>,
+    output: Option<OutputDesc>,
 ) -> Result<Box<dyn JobInstance>, Rejection> {
     let Some(entry) = jobs.iter().find(|entry| entry.name == name) else {
         return Err(Rejection::UnknownJob {
@@ -180,6 +248,7 @@ fn open_job(
         .map(Region::open)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| Rejection::Setup(err.to_string()))?;
+    let output = Output::open(output).map_err(|err| Rejection::Setup(format!("output: {err}")))?;
     match panic::catch_unwind(AssertUnwindSafe(|| (entry.open)(params, regions, output))) {
         Ok(result) => result.map_err(Rejection::Setup),
         Err(payload) => Err(Rejection::Setup(format!(

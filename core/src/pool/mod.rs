@@ -253,6 +253,8 @@ struct Slot {
     flushing: bool,
     /// Why the worker was killed on purpose, if it was.
     killed: Option<Kill>,
+    /// Input ranges (segment, start, end) the worker holds (message passing).
+    sent: std::collections::HashSet<(usize, usize, usize)>,
 }
 
 impl State {
@@ -281,6 +283,7 @@ impl State {
             folded: Vec::new(),
             flushing: false,
             killed: None,
+            sent: Default::default(),
         });
         Ok(())
     }

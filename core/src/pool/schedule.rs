@@ -3,18 +3,20 @@
 //! in `try_select_timeout` on all workers' channels at once, with a deadline.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use coop_worker::ipc_channel::TrySelectError;
-use coop_worker::ipc_channel::ipc::{IpcSelectionResult, IpcSharedMemory};
-use coop_worker::protocol::{Failure, FromWorker, Rejection, ToWorker};
+use coop_worker::ipc_channel::ipc::IpcSelectionResult;
+use coop_worker::protocol::{Chunk, Failure, FromWorker, OutputDesc, Rejection, SegmentDesc, Tile, ToWorker};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::spawn::{Spawner, message_kind};
-use super::{Config, Kill, Slot, State, describe, reap};
-use crate::engine::Run;
+use super::{Config, Ipc, Kill, Slot, State, describe, reap};
+use crate::engine::{JobStats, Progress, Run, report};
 use crate::error::{Error, Result, TaskIndex};
+use crate::input::{Input, SharedOutput};
 use crate::job::Job;
 
 /// Tasks sent ahead to each worker: one running, one waiting, so that a busy
@@ -33,12 +35,18 @@ pub(super) fn run_job<J: Job>(
     config: &Config,
     run: Run<'_, J>,
 ) -> Result<J::Partial> {
+    let started = Instant::now();
     state.resync(spawner, config.workers)?;
     let plan = run.plan(config.workers)?;
     let total = plan.tasks.len();
-    if total == 0 {
-        return Ok(J::Partial::default());
-    }
+    let Run {
+        job,
+        input,
+        output,
+        progress,
+        stats,
+        ..
+    } = run;
     let id = state.next_job;
     state.next_job += 1;
     let span = tracing::info_span!("job", name = J::NAME, id, tasks = total);
@@ -51,7 +59,8 @@ pub(super) fn run_job<J: Job>(
             message: err.to_string(),
         }
     };
-    let params = postcard::to_allocvec(run.job).map_err(codec("encode the job"))?;
+    let encoding = Instant::now();
+    let params = postcard::to_allocvec(job).map_err(codec("encode the job"))?;
     let specs = plan
         .tasks
         .iter()
@@ -60,22 +69,40 @@ pub(super) fn run_job<J: Job>(
         .map_err(codec("encode a task"))?;
     let mut job = JobState::<J> {
         id,
-        run: &run,
+        job,
+        input,
+        output,
+        progress,
+        ipc: config.ipc,
         params,
         specs,
-        output: run.output.as_deref().map(|out| out.region()),
+        tasks: plan.tasks,
+        ranges: plan.ranges,
         queue: (0..total).collect(),
         attempts: vec![0; total],
         done: vec![false; total],
         done_count: 0,
         result: J::Partial::default(),
+        stats: JobStats {
+            tasks: total,
+            split: plan.split,
+            dispatch: encoding.elapsed(),
+            ..JobStats::default()
+        },
     };
-    let started = Instant::now();
-    let outcome = job.drive(state, spawner, config);
+    let outcome = if total == 0 {
+        Ok(J::Partial::default())
+    } else {
+        job.drive(state, spawner, config)
+    };
     end_job(state, id, outcome.is_err());
+    job.stats.total = started.elapsed();
     match &outcome {
-        Ok(_) => tracing::debug!(elapsed = ?started.elapsed(), "job done"),
+        Ok(_) => tracing::debug!(stats = ?job.stats, "job done"),
         Err(err) => tracing::warn!(%err, "job failed"),
+    }
+    if let Some(stats) = stats {
+        *stats = job.stats;
     }
     outcome
 }
@@ -97,15 +124,22 @@ fn end_job(state: &mut State, id: u64, failed: bool) {
         slot.running_since = None;
         slot.folded.clear();
         slot.flushing = false;
+        slot.sent.clear();
     }
 }
 
-struct JobState<'r, 'a, J: Job> {
+struct JobState<'a, J: Job> {
     id: u64,
-    run: &'r Run<'a, J>,
+    job: &'a J,
+    input: &'a Input,
+    output: Option<&'a mut SharedOutput>,
+    progress: Option<&'a (dyn Fn(Progress) + Sync)>,
+    ipc: Ipc,
     params: Vec<u8>,
     specs: Vec<Vec<u8>>,
-    output: Option<&'r IpcSharedMemory>,
+    tasks: Vec<J::Task>,
+    /// Output range of each task, checked disjoint and in bounds.
+    ranges: Vec<Range<usize>>,
     /// Tasks waiting for a worker; lost tasks go back to the front.
     queue: VecDeque<usize>,
     /// Times each task was lost with its worker.
@@ -114,9 +148,10 @@ struct JobState<'r, 'a, J: Job> {
     done: Vec<bool>,
     done_count: usize,
     result: J::Partial,
+    stats: JobStats,
 }
 
-impl<J: Job> JobState<'_, '_, J> {
+impl<J: Job> JobState<'_, J> {
     fn drive(&mut self, state: &mut State, spawner: &Spawner, config: &Config) -> Result<J::Partial> {
         loop {
             self.dispatch(state);
@@ -185,8 +220,12 @@ impl<J: Job> JobState<'_, '_, J> {
         let live = state.slots.iter().filter(|slot| slot.killed.is_none()).count();
         // Every idle worker gets a task first; a second one goes ahead only
         // while there is plenty left, so that near the end no task waits behind
-        // a slow one while another worker idles.
-        for depth in 1..=DEPTH {
+        // a slow one while another worker idles. With messages, none goes
+        // ahead: its input would be streamed to a worker still busy running
+        // the previous task, and the coordinator would wait for it.
+        let depth = if self.ipc == Ipc::Messages { 1 } else { DEPTH };
+        let started = Instant::now();
+        for depth in 1..=depth {
             for slot in state.slots.iter_mut().filter(|slot| slot.killed.is_none()) {
                 if depth > 1 && self.queue.len() < live {
                     break;
@@ -209,40 +248,100 @@ impl<J: Job> JobState<'_, '_, J> {
                 slot.flushing = true;
             }
         }
+        self.stats.dispatch += started.elapsed();
     }
 
-    fn send_task(&self, slot: &mut Slot, task: usize) {
+    fn send_task(&mut self, slot: &mut Slot, task: usize) {
         if !slot.open {
+            let (input, output) = match self.ipc {
+                Ipc::SharedMemory => (
+                    self.input.describe(),
+                    self.output
+                        .as_deref()
+                        .map(|out| OutputDesc::Shared(out.region().clone())),
+                ),
+                Ipc::Messages => (
+                    (0..self.input.len())
+                        .map(|segment| SegmentDesc::Private {
+                            len: self.input.bytes(segment).len() as u64,
+                        })
+                        .collect(),
+                    self.output.as_deref().map(|out| OutputDesc::Private {
+                        len: out.len() as u64,
+                    }),
+                ),
+            };
+            self.stats.bytes_to_workers += self.params.len() as u64;
             let _ = slot.worker.tx.send(ToWorker::StartJob {
                 job: self.id,
                 name: J::NAME.to_string(),
                 params: self.params.clone(),
-                input: self.run.input.describe(),
-                output: self.output.cloned(),
+                input,
+                output,
             });
             slot.open = true;
         }
-        tracing::trace!(task, pid = slot.worker.pid, "dispatch");
-        let _ = slot.worker.tx.send(ToWorker::Task {
+        let chunks = match self.ipc {
+            Ipc::SharedMemory => Vec::new(),
+            Ipc::Messages => self.chunks_for(slot, task),
+        };
+        tracing::trace!(task, pid = slot.worker.pid, chunks = chunks.len(), "dispatch");
+        self.stats.bytes_to_workers += self.specs[task].len() as u64;
+        let sent = slot.worker.tx.send(ToWorker::Task {
             job: self.id,
             task: task as u32,
             spec: self.specs[task].clone(),
+            chunks: chunks.clone(),
         });
+        if sent.is_ok() {
+            for chunk in &chunks {
+                let start = chunk.offset as usize;
+                let bytes = &self.input.bytes(chunk.segment as usize)[start..start + chunk.len as usize];
+                self.stats.bytes_to_workers += bytes.len() as u64;
+                // A dead worker fails the send; its death is handled when its
+                // channel reports closed.
+                if slot.worker.bulk.send(bytes).is_err() {
+                    break;
+                }
+            }
+        }
         if slot.assigned.is_empty() {
             slot.running_since = Some(Instant::now());
         }
         slot.assigned.push_back(task);
     }
 
+    /// The input ranges `task` reads that `slot`'s worker does not hold yet.
+    fn chunks_for(&self, slot: &mut Slot, task: usize) -> Vec<Chunk> {
+        let mut chunks = Vec::new();
+        for (segment, range) in self.job.input_ranges(&self.tasks[task], self.input) {
+            let len = self.input.bytes(segment).len();
+            let range = range.start.min(len)..range.end.min(len);
+            if range.is_empty() || !slot.sent.insert((segment, range.start, range.end)) {
+                continue;
+            }
+            chunks.push(Chunk {
+                segment: segment as u32,
+                offset: range.start as u64,
+                len: range.len() as u64,
+            });
+        }
+        chunks
+    }
+
     fn on_message(&mut self, slot: &mut Slot, message: FromWorker) -> Result<()> {
         let pid = slot.worker.pid;
         match message {
-            FromWorker::TaskDone { job, task } if job == self.id => {
+            FromWorker::TaskDone { job, task, tile } if job == self.id => {
                 let task = task as usize;
                 if slot.assigned.front() != Some(&task) {
                     slot.kill(Kill::Breach(format!(
                         "reported task {task}, which it was not running"
                     )));
+                    return Ok(());
+                }
+                if let Err(problem) = self.store_tile(task, tile) {
+                    slot.kill(Kill::Breach(problem));
                     return Ok(());
                 }
                 slot.assigned.pop_front();
@@ -252,7 +351,7 @@ impl<J: Job> JobState<'_, '_, J> {
                     self.done[task] = true;
                     self.done_count += 1;
                 }
-                self.run.report(self.done_count, self.specs.len());
+                report(self.progress, self.done_count, self.specs.len());
             }
             FromWorker::TaskFailed { job, task, failure } if job == self.id => {
                 let task = TaskIndex((task != u32::MAX).then_some(task as usize));
@@ -276,12 +375,15 @@ impl<J: Job> JobState<'_, '_, J> {
                     slot.kill(Kill::Breach("sent a partial it was not asked for".into()));
                     return Ok(());
                 }
+                let merging = Instant::now();
+                self.stats.bytes_from_workers += data.bytes().len() as u64;
                 let partial: J::Partial = postcard::from_bytes(data.bytes()).map_err(|err| Error::Codec {
                     job: J::NAME,
                     what: "decode a worker's partial",
                     message: err.to_string(),
                 })?;
-                self.run.job.merge(&mut self.result, partial);
+                self.job.merge(&mut self.result, partial);
+                self.stats.merge += merging.elapsed();
                 slot.folded.clear();
                 slot.flushing = false;
             }
@@ -307,6 +409,31 @@ impl<J: Job> JobState<'_, '_, J> {
             }
             // A message about an earlier job, which ended or failed: stale.
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Copies a tile sent back by a worker (message passing) into the output,
+    /// after checking it is exactly the task's output range.
+    fn store_tile(&mut self, task: usize, tile: Option<Tile>) -> Result<(), String> {
+        let expected = &self.ranges[task];
+        let Some(tile) = tile else {
+            return match self.ipc {
+                Ipc::Messages if !expected.is_empty() => Err(format!("sent no output tile for task {task}")),
+                _ => Ok(()),
+            };
+        };
+        if self.ipc != Ipc::Messages
+            || tile.offset != expected.start as u64
+            || tile.bytes.len() != expected.len()
+        {
+            return Err(format!(
+                "sent a tile for task {task} that is not its output range"
+            ));
+        }
+        self.stats.bytes_from_workers += tile.bytes.len() as u64;
+        if let Some(output) = self.output.as_deref_mut() {
+            output.bytes_mut()[expected.clone()].copy_from_slice(&tile.bytes);
         }
         Ok(())
     }
@@ -346,6 +473,7 @@ impl<J: Job> JobState<'_, '_, J> {
         tracing::warn!(pid, %cause, requeued = slot.folded.len() + slot.assigned.len(), "worker lost");
         for task in charged {
             self.attempts[task] += 1;
+            self.stats.retries += 1;
             let attempts = self.attempts[task];
             if attempts > config.retries {
                 return Err(match (&slot.killed, config.task_timeout) {
@@ -367,7 +495,7 @@ impl<J: Job> JobState<'_, '_, J> {
             }
         }
         if !slot.folded.is_empty() || !slot.assigned.is_empty() {
-            self.run.report(self.done_count, self.specs.len());
+            report(self.progress, self.done_count, self.specs.len());
         }
         match spawner.spawn(1).pop() {
             Some(Ok(started)) => state.add(started)?,

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use coop_worker::ipc_channel::ipc::{IpcOneShotServer, IpcReceiver, IpcSender};
+use coop_worker::ipc_channel::ipc::{IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender};
 use coop_worker::protocol::{ENV_PARENT, ENV_SERVER, FromWorker, ToWorker};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
@@ -22,6 +22,8 @@ pub(crate) struct Worker {
     pub(crate) pid: u32,
     pub(crate) child: Child,
     pub(crate) tx: IpcSender<ToWorker>,
+    /// Carries the bytes of input chunks (message passing).
+    pub(crate) bulk: IpcBytesSender,
 }
 
 /// A worker and the channel its messages arrive on.
@@ -173,12 +175,14 @@ fn handshake(
             FromWorker::Hello {
                 pid: hello_pid,
                 to_worker,
+                bulk,
             },
         )) if hello_pid == pid => Ok((
             Worker {
                 pid,
                 child,
                 tx: to_worker,
+                bulk,
             },
             rx,
         )),
