@@ -151,6 +151,25 @@ pub enum EngineKind {
     Sequential,
 }
 
+/// How the processes engine moves data: `--ipc shared-memory|messages`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum IpcKind {
+    /// Workers map the input and write output tiles in place (the default).
+    #[default]
+    SharedMemory,
+    /// Each task's input travels in its messages; tiles come back in messages.
+    Messages,
+}
+
+impl From<IpcKind> for coop::Ipc {
+    fn from(kind: IpcKind) -> Self {
+        match kind {
+            IpcKind::SharedMemory => coop::Ipc::SharedMemory,
+            IpcKind::Messages => coop::Ipc::Messages,
+        }
+    }
+}
+
 /// One of coop's engines, chosen at run time.
 #[derive(Debug)]
 pub enum AnyEngine {
@@ -164,11 +183,13 @@ pub enum AnyEngine {
 
 impl AnyEngine {
     /// Starts the engine `kind` with `workers` workers (default one per core;
-    /// ignored by the sequential engine).
-    pub fn start(kind: EngineKind, workers: Option<usize>) -> coop::Result<Self> {
+    /// ignored by the sequential engine); `ipc` applies to processes only.
+    pub fn start(kind: EngineKind, workers: Option<usize>, ipc: IpcKind) -> coop::Result<Self> {
         let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         Ok(match kind {
-            EngineKind::Processes => AnyEngine::Processes(Pool::builder().workers(workers).build()?),
+            EngineKind::Processes => {
+                AnyEngine::Processes(Pool::builder().workers(workers).ipc(ipc.into()).build()?)
+            }
             EngineKind::Threads => AnyEngine::Threads(Threads::new(workers)?),
             EngineKind::Sequential => AnyEngine::Sequential(Sequential),
         })

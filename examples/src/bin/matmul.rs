@@ -10,7 +10,7 @@ use anyhow::anyhow;
 use clap::Parser;
 use coop::Sequential;
 use coop::prelude::*;
-use coop_examples::cli::{self, AnyEngine, BadInput, EngineKind, Failure, ProgressBar};
+use coop_examples::cli::{self, AnyEngine, BadInput, EngineKind, Failure, IpcKind, ProgressBar};
 use coop_examples::matmul::{MatMul, Operand};
 use coop_examples::npy::{self, Dtype, ShapeDisplay};
 use rand::{RngExt, SeedableRng};
@@ -51,6 +51,11 @@ struct Args {
     /// What runs the job.
     #[arg(long, value_enum, default_value_t = EngineKind::Processes)]
     engine: EngineKind,
+
+    /// How the processes engine moves data: workers map the input and write
+    /// output in place, or every task's input and output travels in messages.
+    #[arg(long, value_enum, default_value_t = IpcKind::SharedMemory)]
+    ipc: IpcKind,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -153,7 +158,7 @@ fn multiply_files(args: &Args, a_path: &Path, b_path: &Path) -> Result<(), Failu
         .map_err(|e| anyhow!("{}: {e}", out_path.display()))
         .bad_input()?;
 
-    let engine = AnyEngine::start(args.engine, args.workers.map(|w| w as usize))?;
+    let engine = AnyEngine::start(args.engine, args.workers.map(|w| w as usize), args.ipc)?;
     let started = Instant::now();
     let c = multiply(&engine, &job, &input)?;
     let seconds = started.elapsed().as_secs_f64();
@@ -226,7 +231,7 @@ fn multiply_random(args: &Args, n: usize) -> Result<(), Failure> {
         b: c_order(1),
     };
 
-    let engine = AnyEngine::start(args.engine, args.workers.map(|w| w as usize))?;
+    let engine = AnyEngine::start(args.engine, args.workers.map(|w| w as usize), args.ipc)?;
     let started = Instant::now();
     let c = multiply(&engine, &job, &input)?;
     let seconds = started.elapsed().as_secs_f64();

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use coop::prelude::*;
-use coop_examples::cli::{self, AnyEngine, BadInput, EngineKind, Failure, ProgressBar};
+use coop_examples::cli::{self, AnyEngine, BadInput, EngineKind, Failure, IpcKind, ProgressBar};
 use coop_examples::wordcount::WordCount;
 use coop_examples::words::{SplitMode, WordCounts};
 
@@ -27,6 +27,11 @@ struct Args {
     /// What runs the job.
     #[arg(long, value_enum, default_value_t = EngineKind::Processes)]
     engine: EngineKind,
+
+    /// How the processes engine moves data: workers map the input and write
+    /// output in place, or every task's input and output travels in messages.
+    #[arg(long, value_enum, default_value_t = IpcKind::SharedMemory)]
+    ipc: IpcKind,
 
     /// What a word is: runs of alphanumeric characters, lowercased (words), or
     /// runs of bytes between ASCII whitespace, as they are (whitespace, like `wc -w`).
@@ -89,7 +94,7 @@ fn run(args: Args) -> Result<(), Failure> {
     }
 
     let started = Instant::now();
-    let engine = AnyEngine::start(args.engine, args.workers.map(|w| w as usize))?;
+    let engine = AnyEngine::start(args.engine, args.workers.map(|w| w as usize), args.ipc)?;
     let bar = ProgressBar::default();
     let report = |p| bar.report(p);
     let counts: WordCounts = Run::new(&WordCount { mode }, &input)
