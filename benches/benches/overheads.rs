@@ -3,7 +3,7 @@
 //! - `pool_start`: starting 2 workers and stopping them (target < 20 ms);
 //! - `dispatch`: the round trip of a job of 1 or 16 empty tasks on a warm pool
 //!   (target < 100 µs for 1 task);
-//! - `handoff`: a job of one 1-byte task per worker over a 1 MiB and a 256 MiB
+//! - `handoff`: a job of one 1-byte task per worker over a 1 MiB and a 1 GiB
 //!   input: nearly the same time for both, since only a descriptor travels;
 //! - `merge`: merging two word-count partials of 200k words each, and their
 //!   postcard encoding and decoding (partials travel as postcard bytes).
@@ -62,7 +62,7 @@ fn dispatch(c: &mut Criterion) {
 fn handoff(c: &mut Criterion) {
     let mut group = c.benchmark_group("handoff");
     let pool_cell = OnceCell::new();
-    for (label, size) in [("1MiB", 1usize << 20), ("256MiB", 256 << 20)] {
+    for (label, size) in [("1MiB", 1usize << 20), ("1GiB", 1 << 30)] {
         let input_cell = OnceCell::new();
         group.bench_function(BenchmarkId::from_parameter(label), |b| {
             let pool = pool_cell.get_or_init(pool);
