@@ -5,11 +5,13 @@
 //! - [`wordcount`]: the word-count job; [`words`]: its tokenizer and table.
 //! - [`matmul`]: the matrix-multiply job; [`npy`]: NumPy `.npy` headers.
 //! - [`cli`]: what both binaries share (exit codes, engine choice, progress bar).
+//! - [`study`]: the pieces of the `speedup` binary (Amdahl fit, memory sampler, table, CSV, plot).
 #![deny(missing_docs)]
 
 pub mod cli;
 pub mod corpus;
 pub mod matmul;
 pub mod npy;
+pub mod study;
 pub mod wordcount;
 pub mod words;
