@@ -1,0 +1,663 @@
+//! `speedup`: how coop's engines scale. Times word count over a generated
+//! corpus and a random matrix multiply on the sequential engine, on threads,
+//! and on worker processes (shared memory, and messages) at 1 to N workers;
+//! prints a table, fits Amdahl's law, breaks the job time into its serial
+//! pieces, and writes a CSV file and an SVG chart.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use clap::Parser;
+use coop::prelude::*;
+use coop::{Ipc, JobStats, Sequential, Threads};
+use coop_examples::cli::{self, AnyEngine, BadInput, Failure};
+use coop_examples::corpus::{self, DEFAULT_VOCABULARY};
+use coop_examples::matmul::{MatMul, Operand};
+use coop_examples::npy::Dtype;
+use coop_examples::study::amdahl;
+use coop_examples::study::machine::{self, CpuShare, CpuSnapshot};
+use coop_examples::study::memory::{self, PeakPss, PssSampler};
+use coop_examples::study::plot::{self, Panel, Series};
+use coop_examples::study::progress::RunsBar;
+use coop_examples::study::report::{self, Row, StatsSummary, Throughput};
+use coop_examples::wordcount::WordCount;
+use coop_examples::words::{SplitMode, WordCounts};
+use rand::{RngExt, SeedableRng};
+
+/// Time coop's engines (sequential, threads, processes over shared memory or
+/// messages) at 1 to N workers on word count and matrix multiply; print a
+/// table, an Amdahl's-law fit and where the time goes; write a CSV file and an
+/// SVG chart of speedup against workers.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Megabytes (10^6 bytes) of generated text to count words in [default: 300, or 16 with --quick].
+    #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    text_mb: Option<u64>,
+
+    /// Multiply two random N x N f64 matrices [default: 2048, or 512 with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    size: Option<u64>,
+
+    /// Runs per engine and worker count; the table shows their median, min and max [default: 3, or 1 with --quick].
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    runs: Option<u32>,
+
+    /// Largest worker count; past the number of cores to see oversubscription [default: the number of cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=coop::MAX_WORKERS as u64))]
+    max_workers: Option<u64>,
+
+    /// A small study for CI: 16 MB of text, 512 x 512 matrices, one run each.
+    #[arg(long)]
+    quick: bool,
+
+    /// Directory for speedup.csv and speedup.svg, created if missing [default: target/speedup].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+
+    /// Seed of the corpus and of the matrices.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    seed: u64,
+}
+
+/// How often the memory sampler looks at most.
+const SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
+
+fn main() -> ExitCode {
+    coop::init(&[
+        coop_examples::wordcount::register(),
+        coop_examples::matmul::register(),
+    ]);
+    cli::main(run)
+}
+
+/// One engine at one worker count.
+#[derive(Debug, Clone, Copy)]
+enum Config {
+    Sequential,
+    Threads(usize),
+    Processes(usize, Ipc),
+}
+
+impl Config {
+    fn label(self) -> &'static str {
+        match self {
+            Config::Sequential => "sequential",
+            Config::Threads(_) => "threads",
+            Config::Processes(_, Ipc::SharedMemory) => "processes",
+            Config::Processes(_, Ipc::Messages) => "processes/messages",
+        }
+    }
+
+    fn workers(self) -> usize {
+        match self {
+            Config::Sequential => 1,
+            Config::Threads(n) | Config::Processes(n, _) => n,
+        }
+    }
+
+    fn start(self) -> coop::Result<AnyEngine> {
+        Ok(match self {
+            Config::Sequential => AnyEngine::Sequential(Sequential),
+            Config::Threads(n) => AnyEngine::Threads(Threads::new(n)?),
+            Config::Processes(n, ipc) => AnyEngine::Processes(Pool::builder().workers(n).ipc(ipc).build()?),
+        })
+    }
+
+    /// Every configuration of a study up to `max` workers, sequential first.
+    fn all(max: usize) -> Vec<Config> {
+        let mut all = vec![Config::Sequential];
+        all.extend((1..=max).map(Config::Threads));
+        all.extend((1..=max).map(|n| Config::Processes(n, Ipc::SharedMemory)));
+        all.extend((1..=max).map(|n| Config::Processes(n, Ipc::Messages)));
+        all
+    }
+}
+
+/// The coordinator and, for a pool, its workers.
+fn pids(engine: &AnyEngine) -> Vec<u32> {
+    let mut pids = vec![std::process::id()];
+    if let AnyEngine::Processes(pool) = engine {
+        pids.extend(pool.worker_pids());
+    }
+    pids
+}
+
+/// A job and its input.
+enum Workload {
+    WordCount { job: WordCount, input: Input },
+    MatMul { job: MatMul, input: Input },
+}
+
+/// What a run gave, to compare with the sequential engine's.
+enum Outcome {
+    Counts(WordCounts),
+    Product(SharedOutput),
+}
+
+/// One timed run.
+struct Measured {
+    seconds: f64,
+    outcome: Outcome,
+    stats: JobStats,
+    memory: PeakPss,
+    cpu: CpuShare,
+}
+
+impl Workload {
+    fn name(&self) -> &'static str {
+        match self {
+            Workload::WordCount { .. } => "word count",
+            Workload::MatMul { .. } => "matmul",
+        }
+    }
+
+    fn throughput(&self, seconds: f64) -> Throughput {
+        let seconds = seconds.max(1e-9);
+        match self {
+            Workload::WordCount { input, .. } => {
+                Throughput::MegabytesPerSecond(input.total_bytes() as f64 / 1e6 / seconds)
+            }
+            Workload::MatMul { job, .. } => Throughput::GigaflopsPerSecond(
+                2.0 * job.m as f64 * job.k as f64 * job.n as f64 / 1e9 / seconds,
+            ),
+        }
+    }
+
+    /// Runs the job once on `engine`, timing only the run itself, while a
+    /// sampler watches the memory of `pids` and their CPU time is counted
+    /// against everything else's.
+    fn run_once(&self, engine: &AnyEngine, pids: &[u32]) -> coop::Result<Measured> {
+        let mut stats = JobStats::default();
+        let mut product = match self {
+            Workload::WordCount { .. } => None,
+            Workload::MatMul { job, .. } => Some(SharedOutput::new(job.output_len())),
+        };
+        machine::trim_heap();
+        let sampler = PssSampler::start(pids.to_vec(), SAMPLE_INTERVAL);
+        let cpu_before = CpuSnapshot::take(pids);
+        let started = Instant::now();
+        let result = match (self, product.as_mut()) {
+            (Workload::WordCount { job, input }, _) => {
+                Run::new(job, input).stats(&mut stats).on(engine).map(Some)
+            }
+            (Workload::MatMul { job, input }, Some(product)) => Run::new(job, input)
+                .output(product)
+                .stats(&mut stats)
+                .on(engine)
+                .map(|()| None),
+            (Workload::MatMul { .. }, None) => unreachable!("a product is made for matmul"),
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        let cpu = match (cpu_before, CpuSnapshot::take(pids)) {
+            (Some(before), Some(after)) => before.until(&after),
+            _ => CpuShare::default(),
+        };
+        let memory = sampler.stop();
+        let outcome = match (result?, product) {
+            (Some(counts), _) => Outcome::Counts(counts),
+            (None, Some(product)) => Outcome::Product(product),
+            (None, None) => unreachable!("word count returns counts"),
+        };
+        Ok(Measured {
+            seconds,
+            outcome,
+            stats,
+            memory,
+            cpu,
+        })
+    }
+}
+
+/// Why `got` is not the reference result, if it is not.
+fn difference(reference: &Outcome, got: &Outcome) -> Option<String> {
+    match (reference, got) {
+        (Outcome::Counts(want), Outcome::Counts(got)) => (want != got).then(|| {
+            let missing = want.iter().find(|&(word, n)| got.get(word) != n);
+            let word = missing.map_or_else(
+                || "(a word the sequential engine did not count)".to_string(),
+                |(word, n)| format!("{:?}: {n} sequentially, {}", String::from_utf8_lossy(word), got.get(word)),
+            );
+            format!(
+                "word counts differ: {} words / {} distinct sequentially, {} / {} here; first difference {word}",
+                want.total(),
+                want.distinct(),
+                got.total(),
+                got.distinct()
+            )
+        }),
+        (Outcome::Product(want), Outcome::Product(got)) => {
+            let (want, got) = (want.bytes(), got.bytes());
+            if want == got {
+                return None;
+            }
+            let at = want.iter().zip(got).position(|(a, b)| a != b).unwrap_or(want.len().min(got.len()));
+            Some(format!(
+                "products differ: first different byte {at} (element {}) of {}",
+                at / 8,
+                want.len()
+            ))
+        }
+        _ => Some("different kinds of result".to_string()),
+    }
+}
+
+/// Everything measured for one workload.
+struct Study {
+    rows: Vec<Row>,
+    samples: u64,
+    sampling: Duration,
+    /// CPU time during the runs.
+    cpu: CpuShare,
+    /// Seconds of all runs together.
+    run_time: f64,
+}
+
+/// Runs every configuration `runs` times on `workload`, engines started once
+/// per configuration; every result is checked against the sequential one.
+fn measure(workload: &Workload, configs: &[Config], runs: u32, bar: &RunsBar) -> Result<Study, Failure> {
+    let name = workload.name();
+    let mut reference: Option<Outcome> = None;
+    let mut sequential_median = f64::NAN;
+    let mut study = Study {
+        rows: Vec::new(),
+        samples: 0,
+        sampling: Duration::ZERO,
+        cpu: CpuShare::default(),
+        run_time: 0.0,
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    for &config in configs {
+        let (label, workers) = (config.label(), config.workers());
+        let context = || format!("{name}: {label} with {workers} worker(s)");
+        bar.message(format!("{name}: {label} x{workers}: starting"));
+        let started = Instant::now();
+        let engine = config
+            .start()
+            .with_context(|| format!("{}: starting the engine", context()))?;
+        let start = started.elapsed().as_secs_f64();
+        let pids = pids(&engine);
+        let (mut times, mut stats, mut peak) = (Vec::new(), Vec::new(), None::<u64>);
+        let mut cpu = CpuShare::default();
+        for run in 1..=runs {
+            bar.message(format!("{name}: {label} x{workers}: run {run}/{runs}"));
+            let measured = workload
+                .run_once(&engine, &pids)
+                .with_context(|| format!("{}, run {run}", context()))?;
+            match &reference {
+                None => reference = Some(measured.outcome),
+                Some(want) => {
+                    if let Some(why) = difference(want, &measured.outcome) {
+                        return Err(anyhow!(
+                            "{}, run {run}: the result is not the sequential engine's: {why}",
+                            context()
+                        )
+                        .into());
+                    }
+                }
+            }
+            times.push(measured.seconds);
+            stats.push(measured.stats);
+            if let Some(bytes) = measured.memory.peak_bytes {
+                peak = Some(peak.map_or(bytes, |p| p.max(bytes)));
+            }
+            study.samples += u64::from(measured.memory.samples);
+            study.sampling += measured.memory.sampling;
+            cpu += measured.cpu;
+            bar.run_done();
+        }
+        drop(engine);
+        let median = report::median(&times);
+        let run_time: f64 = times.iter().sum();
+        study.cpu += cpu;
+        study.run_time += run_time;
+        if matches!(config, Config::Sequential) {
+            sequential_median = median;
+        }
+        study.rows.push(Row {
+            workload: name.to_string(),
+            engine: label.to_string(),
+            workers,
+            speedup: sequential_median / median,
+            throughput: workload.throughput(median),
+            peak_pss: peak,
+            start,
+            stats: StatsSummary::of(&stats),
+            // /proc counts CPU time in ticks (10 ms): too coarse for shorter runs.
+            others_cpu: (run_time >= 0.5).then(|| cpu.others / (cores * run_time)),
+            times,
+        });
+    }
+    Ok(study)
+}
+
+fn word_count_workload(megabytes: u64, seed: u64) -> Result<(Workload, f64), Failure> {
+    let bytes = megabytes * 1_000_000;
+    // The generated text and its copy in shared memory.
+    cli::check_fits_in_memory(2 * u128::from(bytes), &format!("--text-mb {megabytes}"))?;
+    let started = Instant::now();
+    let text = corpus::generate(bytes as usize, DEFAULT_VOCABULARY, seed);
+    let mut input = Input::new();
+    input.push_bytes(&text);
+    drop(text);
+    let job = WordCount {
+        mode: SplitMode::Words,
+    };
+    Ok((
+        Workload::WordCount { job, input },
+        started.elapsed().as_secs_f64(),
+    ))
+}
+
+fn matmul_workload(n: u64, seed: u64) -> Result<(Workload, f64), Failure> {
+    // A and B, their copies in shared memory, and C.
+    let matrix = u128::from(n) * u128::from(n) * 8;
+    cli::check_fits_in_memory(5 * matrix, &format!("--size {n}"))?;
+    let n = n as usize;
+    let started = Instant::now();
+    let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut input = Input::new();
+    for _ in 0..2 {
+        let data: Vec<f64> = (0..n * n).map(|_| rng.random_range(-1.0f64..1.0)).collect();
+        input.push_slice(&data);
+    }
+    let operand = |segment| Operand {
+        segment,
+        offset: 0,
+        fortran: false,
+    };
+    let job = MatMul {
+        dtype: Dtype::F64,
+        m: n,
+        k: n,
+        n,
+        a: operand(0),
+        b: operand(1),
+    };
+    Ok((Workload::MatMul { job, input }, started.elapsed().as_secs_f64()))
+}
+
+/// The default output directory: `speedup/` in the cargo target directory
+/// this program was built in (`target/release/speedup` -> `target/speedup`),
+/// else `target/speedup` under the current directory.
+fn default_out() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let profile = exe.parent()?;
+            let name = profile.file_name()?.to_str()?;
+            matches!(name, "release" | "debug").then(|| profile.parent().map(|t| t.join("speedup")))?
+        })
+        .unwrap_or_else(|| PathBuf::from("target").join("speedup"))
+}
+
+fn run(args: Args) -> Result<(), Failure> {
+    let wall = Instant::now();
+    let text_mb = args.text_mb.unwrap_or(if args.quick { 16 } else { 300 });
+    let size = args.size.unwrap_or(if args.quick { 512 } else { 2048 });
+    let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 });
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let max_workers = args.max_workers.map_or(cores, |n| n as usize);
+    let out_dir = args.out.clone().unwrap_or_else(default_out);
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("creating {}", out_dir.display()))
+        .bad_input()?;
+
+    let configs = Config::all(max_workers);
+    let bar = RunsBar::new(2 * configs.len() as u64 * u64::from(runs));
+    let mut stdout = io::stdout().lock();
+    writeln!(
+        stdout,
+        "speedup: {cores} core(s); workers 1 to {max_workers}; {runs} run(s) per engine and worker count"
+    )?;
+
+    let mut studies = Vec::new();
+    // One workload at a time, so that the memory of one is not in the other's figures.
+    for which in 0..2 {
+        bar.message(if which == 0 {
+            format!("generating {text_mb} MB of text")
+        } else {
+            format!("generating two {size} x {size} matrices")
+        });
+        let (workload, setup) = if which == 0 {
+            word_count_workload(text_mb, args.seed)?
+        } else {
+            matmul_workload(size, args.seed)?
+        };
+        bar.suspend(|| match &workload {
+            Workload::WordCount { input, .. } => writeln!(
+                stdout,
+                "word count: {:.1} MB of generated text (vocabulary {DEFAULT_VOCABULARY}, seed {}, --split words) in {setup:.2} s",
+                input.total_bytes() as f64 / 1e6,
+                args.seed
+            ),
+            Workload::MatMul { .. } => writeln!(
+                stdout,
+                "matmul: two random {size} x {size} f64 matrices (seed {}) in {setup:.2} s; {:.1} GFLOP per multiply",
+                args.seed,
+                2.0 * (size as f64).powi(3) / 1e9
+            ),
+        })?;
+        studies.push((measure(&workload, &configs, runs, &bar)?, workload.name()));
+    }
+    bar.finish();
+
+    let rows: Vec<Row> = studies.iter().flat_map(|(s, _)| s.rows.iter().cloned()).collect();
+    writeln!(stdout)?;
+    report::write_table(&mut stdout, &rows)?;
+    writeln!(
+        stdout,
+        "\nspeedup: sequential median / median. efficiency: speedup / workers. peak PSS: the largest sum of the \
+         proportional set sizes of the coordinator and its workers during a run (shared pages counted once). \
+         start s: starting the engine (worker processes or thread pool), not part of any run. others %: CPU \
+         time of other programs on this machine during the runs, as a share of all {cores} core(s) (- when \
+         the runs were too short to tell)."
+    )?;
+    let (samples, sampling) = studies.iter().fold((0, Duration::ZERO), |(n, t), (s, _)| {
+        (n + s.samples, t + s.sampling)
+    });
+    writeln!(
+        stdout,
+        "memory: {samples} samples of /proc/PID/smaps_rollup, at most every {} ms and at least {} times a \
+         sample's cost apart; {:.2} ms per sample on average",
+        SAMPLE_INTERVAL.as_millis(),
+        memory::COST_FACTOR,
+        sampling.as_secs_f64() * 1e3 / samples.max(1) as f64
+    )?;
+    let (mut cpu, mut run_time) = (CpuShare::default(), 0.0);
+    for (study, _) in &studies {
+        cpu += study.cpu;
+        run_time += study.run_time;
+    }
+    let others = cpu.others / (cores as f64 * run_time).max(1e-9);
+    writeln!(
+        stdout,
+        "cpu: during the {run_time:.1} s of runs, this study used {:.1} core-seconds, other programs {:.1} \
+         ({:.0}% of the machine), the hypervisor stole {:.1}",
+        cpu.ours,
+        cpu.others,
+        100.0 * others,
+        cpu.steal
+    )?;
+    if others > 0.05 {
+        writeln!(
+            stdout,
+            "warning: other programs competed for the cores during the runs: the times above are disturbed \
+             (see the others % column); run again on a quiet machine"
+        )?;
+    }
+
+    // Amdahl's law over the processes engine.
+    writeln!(
+        stdout,
+        "\nAmdahl's law T(N) = T1 * (s + (1 - s) / N), least squares for s over the processes (shared memory) medians:"
+    )?;
+    let mut fits = Vec::new();
+    for (study, name) in &studies {
+        let fit = fit_amdahl(&mut stdout, study, name, cores)?;
+        fits.push(fit);
+    }
+
+    // Where the time goes, at the largest worker count.
+    writeln!(
+        stdout,
+        "\nWhere the time goes at {max_workers} worker(s) (coop::JobStats, medians over {runs} run(s); split, \
+         dispatch and merge run in the coordinator, one after the other: the serial part):"
+    )?;
+    for ((study, _), fit) in studies.iter().zip(&fits) {
+        for engine in ["processes", "processes/messages"] {
+            let Some(row) = study
+                .rows
+                .iter()
+                .find(|r| r.engine == engine && r.workers == max_workers)
+            else {
+                continue;
+            };
+            report::write_breakdown(&mut stdout, &[row])?;
+            if let Some(fit) = fit
+                && engine == "processes"
+                && row.stats.total > 0.0
+            {
+                writeln!(
+                    stdout,
+                    "    serial pieces / T1 = {:.2}% (the fitted s is {:.2}%)",
+                    100.0 * row.stats.serial() / fit.t1,
+                    100.0 * fit.serial
+                )?;
+            }
+        }
+    }
+
+    // Files.
+    let csv_path = out_dir.join("speedup.csv");
+    let mut csv =
+        BufWriter::new(File::create(&csv_path).with_context(|| format!("creating {}", csv_path.display()))?);
+    report::write_csv(&mut csv, &rows)?;
+    csv.flush()
+        .with_context(|| format!("writing {}", csv_path.display()))?;
+    let svg_path = out_dir.join("speedup.svg");
+    let panels: Vec<Panel> = studies
+        .iter()
+        .map(|(study, name)| panel(study, name, max_workers))
+        .collect();
+    plot::speedup_svg(&svg_path, &panels, max_workers)
+        .with_context(|| format!("writing {}", svg_path.display()))?;
+    writeln!(
+        stdout,
+        "\nwrote {}\nwrote {}\ntotal wall time {:.1} s",
+        csv_path.display(),
+        svg_path.display(),
+        wall.elapsed().as_secs_f64()
+    )?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Fits and prints Amdahl's law for one workload; returns the fit relative to
+/// the processes engine at one worker.
+fn fit_amdahl(
+    out: &mut impl Write,
+    study: &Study,
+    name: &str,
+    cores: usize,
+) -> io::Result<Option<amdahl::Fit>> {
+    let processes: Vec<(f64, f64)> = study
+        .rows
+        .iter()
+        .filter(|r| r.engine == "processes")
+        .map(|r| (r.workers as f64, r.summary().median))
+        .collect();
+    // Past the core count, more workers only share the same cores: not what
+    // the law describes. Use those points only when there are no others.
+    let within: Vec<(f64, f64)> = processes
+        .iter()
+        .copied()
+        .filter(|&(n, _)| n <= cores as f64)
+        .collect();
+    let (points, note) = if within.iter().any(|&(n, _)| n > 1.0) {
+        (within, format!("1 to {} workers", cores.min(processes.len())))
+    } else {
+        (
+            processes.clone(),
+            "all worker counts, oversubscribed ones included".to_string(),
+        )
+    };
+    let t1 = processes
+        .iter()
+        .find(|&&(n, _)| n == 1.0)
+        .map(|&(_, t)| t)
+        .unwrap_or(f64::NAN);
+    let sequential = study
+        .rows
+        .iter()
+        .find(|r| r.engine == "sequential")
+        .map_or(f64::NAN, |r| r.summary().median);
+    let describe = |fit: &amdahl::Fit| {
+        let caveat = if fit.serial > 1.0 {
+            " (above 1: more workers took longer, which the law does not describe; projected with s = 1)"
+        } else if fit.serial < 0.0 {
+            " (below 0: better than linear; projected with s = 0)"
+        } else {
+            ""
+        };
+        format!(
+            "s = {:.4}, rms error of the fit {:.1}%{caveat}; projected speedup on 8 cores {:.2}x, 16: {:.2}x, 64: {:.2}x",
+            fit.serial,
+            100.0 * fit.rms_relative_error,
+            fit.speedup(8.0),
+            fit.speedup(16.0),
+            fit.speedup(64.0)
+        )
+    };
+    let fit = amdahl::fit(t1, &points);
+    match &fit {
+        Some(fit) => {
+            writeln!(
+                out,
+                "  {name}: T1 = processes at 1 worker ({t1:.3} s), {note}:\n    {}",
+                describe(fit)
+            )?;
+            if let Some(against) = amdahl::fit(sequential, &points) {
+                writeln!(
+                    out,
+                    "  {name}: T1 = sequential ({sequential:.3} s), so that the cost of processes counts as serial:\n    {}",
+                    describe(&against)
+                )?;
+            }
+        }
+        None => writeln!(
+            out,
+            "  {name}: no fit: needs the processes engine at more than one worker (--max-workers)"
+        )?,
+    }
+    Ok(fit)
+}
+
+/// The chart panel of one workload: a line per engine.
+fn panel(study: &Study, name: &str, max_workers: usize) -> Panel {
+    let mut series = vec![Series {
+        label: "sequential (baseline)".to_string(),
+        points: vec![(1.0, 1.0), (max_workers.max(2) as f64, 1.0)],
+        measured: false,
+    }];
+    for engine in ["threads", "processes", "processes/messages"] {
+        series.push(Series {
+            label: engine.to_string(),
+            points: study
+                .rows
+                .iter()
+                .filter(|r| r.engine == engine)
+                .map(|r| (r.workers as f64, r.speedup))
+                .collect(),
+            measured: true,
+        });
+    }
+    Panel {
+        title: format!("{name}: speedup over sequential"),
+        series,
+    }
+}

@@ -1,0 +1,228 @@
+//! End-to-end test of the `speedup` binary on a tiny study: the table, the
+//! Amdahl fit, the time breakdown, the CSV file and the SVG chart.
+
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use coop_examples::study::report::CSV_COLUMNS;
+
+const SPEEDUP: &str = env!("CARGO_BIN_EXE_speedup");
+
+const ENGINES: [&str; 4] = ["sequential", "threads", "processes", "processes/messages"];
+const WORKLOADS: [&str; 2] = ["word count", "matmul"];
+
+/// A hung study fails its test instead of hanging the suite.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs the binary and collects what it printed, killing it after [`TIMEOUT`]
+/// (its workers die with it).
+fn speedup(args: &[&str]) -> Output {
+    let mut child = Command::new(SPEEDUP)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting speedup");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            pipe.read_to_end(&mut bytes).map(|_| bytes).unwrap_or_default()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("speedup {args:?} ran longer than {TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "exit: {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The table's cells: columns are separated by at least two spaces.
+fn cells(line: &str) -> Vec<&str> {
+    line.split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+#[test]
+fn quick_study_prints_the_table_and_writes_csv_and_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("nested").join("out");
+    let started = Instant::now();
+    let output = speedup(&[
+        "--quick",
+        "--text-mb",
+        "2",
+        "--size",
+        "128",
+        "--max-workers",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(
+        took < Duration::from_secs(60),
+        "took {took:?}\n{}",
+        describe(&output)
+    );
+
+    // The table: a row per workload, engine and worker count.
+    let header = text
+        .lines()
+        .position(|l| l.starts_with("workload") && l.contains("median s") && l.contains("peak PSS MB"))
+        .unwrap_or_else(|| panic!("no table header\n{}", describe(&output)));
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(header + 2)
+        .take_while(|l| !l.trim().is_empty())
+        .map(cells)
+        .collect();
+    assert_eq!(rows.len(), 2 * (1 + 3 * 2), "{text}");
+    for workload in WORKLOADS {
+        for engine in ENGINES {
+            let workers: &[&str] = if engine == "sequential" {
+                &["1"]
+            } else {
+                &["1", "2"]
+            };
+            for &n in workers {
+                let row = rows
+                    .iter()
+                    .find(|r| r[0] == workload && r[1] == engine && r[2] == n)
+                    .unwrap_or_else(|| panic!("no row {workload} / {engine} / {n}\n{text}"));
+                assert_eq!(row.len(), 12, "{row:?}");
+                let median: f64 = row[3].parse().unwrap();
+                assert!(median >= 0.0, "{row:?}");
+                let unit = if workload == "matmul" { "GFLOP/s" } else { "MB/s" };
+                assert!(row[8].ends_with(unit), "{row:?}");
+                if engine == "sequential" {
+                    assert_eq!(row[6], "1.00", "{row:?}");
+                }
+            }
+        }
+    }
+
+    // Amdahl's law, fitted per workload, with projections.
+    assert!(text.contains("Amdahl's law"), "{text}");
+    for workload in WORKLOADS {
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| {
+                l.trim_start()
+                    .starts_with(&format!("{workload}: T1 = processes at 1 worker"))
+            })
+            .unwrap_or_else(|| panic!("no Amdahl fit for {workload}\n{text}"));
+        let fit = lines[at + 1].trim_start();
+        assert!(
+            fit.starts_with("s = ") && fit.contains("projected speedup on 8 cores"),
+            "{fit}"
+        );
+        assert!(fit.contains("16: ") && fit.contains("64: "), "{fit}");
+        let s: f64 = fit["s = ".len()..].split(',').next().unwrap().parse().unwrap();
+        assert!(s.is_finite(), "{fit}");
+    }
+    // Where the time goes, for the processes engine at 2 workers.
+    for workload in WORKLOADS {
+        assert!(
+            text.contains(&format!("{workload} / processes / 2 workers")),
+            "{text}"
+        );
+    }
+    for piece in ["split", "dispatch", "merge", "messages"] {
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(piece)),
+            "{piece}\n{text}"
+        );
+    }
+
+    // The CSV: header, one line per table row, numbers that parse.
+    let csv_path = out.join("speedup.csv");
+    assert!(text.contains(&csv_path.display().to_string()), "{text}");
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    let mut lines = csv.lines();
+    let mut expected: Vec<String> = CSV_COLUMNS.iter().map(|c| c.to_string()).collect();
+    expected.push("time_1_s".to_string());
+    assert_eq!(lines.next().unwrap(), expected.join(","));
+    let records: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(records.len(), rows.len(), "{csv}");
+    for (record, row) in records.iter().zip(&rows) {
+        assert_eq!(record.len(), expected.len(), "{record:?}");
+        assert_eq!(&record[..3], &row[..3]);
+        let median: f64 = record[3].parse().unwrap();
+        let time: f64 = record[expected.len() - 1].parse().unwrap();
+        assert_eq!(median, time, "one run: its time is the median");
+        let speedup: f64 = record[6].parse().unwrap();
+        assert!(speedup > 0.0, "{record:?}");
+        assert!(matches!(record[9], "MB/s" | "GFLOP/s"), "{record:?}");
+    }
+    // Messages carry the input; shared memory carries only ranges.
+    let sent = |engine: &str| -> f64 {
+        let record = records
+            .iter()
+            .find(|r| r[0] == "word count" && r[1] == engine && r[2] == "2")
+            .unwrap();
+        record[16].parse().unwrap()
+    };
+    assert!(sent("processes/messages") >= 2e6, "{csv}");
+    assert!(sent("processes") < 1e5, "{csv}");
+
+    // The chart.
+    let svg_path = out.join("speedup.svg");
+    assert!(text.contains(&svg_path.display().to_string()), "{text}");
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.contains("<svg"), "not an SVG");
+    for label in ["word count", "matmul", "processes/messages", "ideal (y = x)"] {
+        assert!(svg.contains(label), "{label} missing from the chart");
+    }
+}
+
+#[test]
+fn bad_arguments_end_with_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    for args in [
+        &["--runs", "0"][..],
+        &["--max-workers", "0"],
+        &["--size", "x"],
+        &["--no-such-flag"],
+        &["--quick", "--out", file.to_str().unwrap()],
+    ] {
+        let output = speedup(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", describe(&output));
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?}: {}", describe(&output));
+    }
+}
