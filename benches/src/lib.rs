@@ -11,6 +11,8 @@ use coop::prelude::*;
 use coop_examples::words::WordCounts;
 use serde::{Deserialize, Serialize};
 
+pub mod peer;
+
 /// Every job a bench binary's workers may run; pass it to [`coop::init`].
 pub fn jobs() -> Vec<JobEntry> {
     vec![coop::register::<Empty>(), coop::register::<Touch>()]

@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 
-use rustc_hash::FxHashMap;
-use serde::de::{SeqAccess, Visitor};
+use rayon::prelude::*;
+use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -103,12 +103,602 @@ pub fn is_ascii_separator(mode: SplitMode, b: u8) -> bool {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Hashing.
+//
+// Keys of at most `INLINE` (16) bytes are handled as one `u128`: the bytes in
+// little-endian order, zero-padded. Their hash is one folded multiply of the two
+// halves (seeded, with the length mixed in so that "a" and "a\0" differ). Longer
+// keys go through a slower loop over 8-byte words. A key's hash depends only on
+// its bytes, whichever path computed it.
+// ---------------------------------------------------------------------------
+
+/// Longest key stored inside its slot; longer keys live in the shard's arena.
+const INLINE: usize = 16;
+
+const SEED0: u64 = 0x243f_6a88_85a3_08d3;
+const SEED1: u64 = 0x1319_8a2e_0370_7344;
+const SEED2: u64 = 0xa409_3822_299f_31d0;
+const SEED3: u64 = 0x082e_fa98_ec4e_6c89;
+
+/// The 128-bit product of `a` and `b`, its halves xored.
+#[inline(always)]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+/// Hash of a key of `len <= INLINE` bytes whose zero-padded little-endian
+/// value is `key`.
+#[inline(always)]
+fn hash_inline(key: u128, len: usize) -> u64 {
+    fold_mul(key as u64 ^ SEED0, (key >> 64) as u64 ^ SEED1 ^ len as u64)
+}
+
+/// Hash of a key of more than `INLINE` bytes.
+#[inline(never)]
+fn hash_long(word: &[u8]) -> u64 {
+    debug_assert!(word.len() > INLINE);
+    let mut h = SEED2 ^ word.len() as u64;
+    let mut words = word.chunks_exact(8);
+    for w in &mut words {
+        h = fold_mul(h ^ u64::from_le_bytes(w.try_into().expect("8 bytes")), SEED3);
+    }
+    // The last 8 bytes (overlapping what came before: the length is hashed).
+    let last = u64::from_le_bytes(word[word.len() - 8..].try_into().expect("8 bytes"));
+    fold_mul(h ^ last ^ SEED0, SEED1)
+}
+
+/// The zero-padded little-endian value of a key of at most `INLINE` bytes.
+#[inline(always)]
+fn inline_key(word: &[u8]) -> u128 {
+    let mut buf = [0u8; INLINE];
+    buf[..word.len()].copy_from_slice(word);
+    u128::from_le_bytes(buf)
+}
+
+/// Hash of any key.
+#[inline]
+fn hash_word(word: &[u8]) -> u64 {
+    if word.len() <= INLINE {
+        hash_inline(inline_key(word), word.len())
+    } else {
+        hash_long(word)
+    }
+}
+
+/// Number of shards of a table (a power of two): the top `SHARD_BITS` bits of a
+/// key's hash pick its shard; merges and decoding run shard by shard in parallel.
+const SHARD_BITS: u32 = 6;
+const SHARDS: usize = 1 << SHARD_BITS;
+
+/// Tables (or pairs) smaller than this are merged and decoded on one thread.
+const PARALLEL_MIN: usize = 1 << 14;
+
+#[inline(always)]
+fn shard_of(hash: u64) -> usize {
+    (hash >> (64 - SHARD_BITS)) as usize
+}
+
+/// What a slot stores besides its key and count: the key's length (saturated
+/// to `u32::MAX`) in the high half, the low 32 bits of its hash in the low half.
+/// The slot index is taken from these low bits, so that growing a table never
+/// hashes a key again. Equal keys have equal tags.
+#[inline(always)]
+fn tag(hash: u64, len: usize) -> u64 {
+    (len.min(u32::MAX as usize) as u64) << 32 | (hash & 0xFFFF_FFFF)
+}
+
+/// Whether a tag is that of a key stored in the arena.
+#[inline(always)]
+fn is_long(tag: u64) -> bool {
+    (tag >> 32) as usize > INLINE
+}
+
+/// One entry of an open-addressing table: 32 bytes, two per cache line.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(32))]
+struct Slot {
+    /// An inline key: its bytes, zero-padded. A long key: its offset in the
+    /// arena (little-endian `u64`) then its length (little-endian `u64`).
+    key: [u8; INLINE],
+    /// See [`tag`].
+    tag: u64,
+    /// Zero for an empty slot (no stored word has a count of zero).
+    count: u64,
+}
+
+impl Slot {
+    /// Where a long key's bytes lie in the arena.
+    #[inline]
+    fn long_range(&self) -> Range<usize> {
+        let v = u128::from_le_bytes(self.key);
+        let start = v as u64 as usize;
+        start..start + (v >> 64) as u64 as usize
+    }
+}
+
+/// One shard of a table: linear probing over slots, with long keys in one
+/// byte arena. Capacity is zero or a power of two; at most 3/4 of the slots
+/// are occupied.
+#[derive(Debug, Clone, Default)]
+struct Shard {
+    slots: Vec<Slot>,
+    /// Occupied slots.
+    len: usize,
+    /// Most occupied slots before the table grows.
+    limit: usize,
+    /// The bytes of the long keys, one after the other.
+    arena: Vec<u8>,
+}
+
+/// Fewest slots of a shard that holds anything.
+const MIN_SLOTS: usize = 16;
+
+/// Most occupied slots for `capacity` slots.
+#[inline]
+fn limit_of(capacity: usize) -> usize {
+    capacity / 4 * 3
+}
+
+impl Shard {
+    /// An empty shard with room for `n` keys.
+    fn with_capacity(n: usize) -> Shard {
+        let mut shard = Shard::default();
+        if n > 0 {
+            let mut capacity = MIN_SLOTS;
+            while limit_of(capacity) < n {
+                capacity *= 2;
+            }
+            shard.slots = vec![Slot::default(); capacity];
+            shard.limit = limit_of(capacity);
+        }
+        shard
+    }
+
+    /// The bytes of the key of an occupied slot.
+    #[inline]
+    fn key_of<'a>(&'a self, slot: &'a Slot) -> &'a [u8] {
+        if is_long(slot.tag) {
+            &self.arena[slot.long_range()]
+        } else {
+            &slot.key[..(slot.tag >> 32) as usize]
+        }
+    }
+
+    /// Occupied slots.
+    fn occupied(&self) -> impl Iterator<Item = &Slot> + '_ {
+        self.slots.iter().filter(|s| s.count != 0)
+    }
+
+    /// Doubles the capacity (or allocates the first slots).
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self) {
+        let capacity = (self.slots.len() * 2).max(MIN_SLOTS);
+        let old = std::mem::replace(&mut self.slots, vec![Slot::default(); capacity]);
+        self.limit = limit_of(capacity);
+        for slot in old.into_iter().filter(|s| s.count != 0) {
+            self.put_new(slot);
+        }
+    }
+
+    /// Stores a slot whose key is not in the table, where there is room.
+    #[inline]
+    fn put_new(&mut self, slot: Slot) {
+        let mask = self.slots.len() - 1;
+        let mut i = slot.tag as usize & mask;
+        while self.slots[i].count != 0 {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = slot;
+    }
+
+    /// Stores a slot whose key is not in the table, growing it first if full.
+    #[inline]
+    fn insert_new(&mut self, slot: Slot) {
+        if self.len >= self.limit {
+            self.grow();
+        }
+        self.put_new(slot);
+        self.len += 1;
+    }
+
+    /// Adds `n` (not zero) to the count of the inline key `key` whose tag is `tag`.
+    #[inline(always)]
+    fn add_inline(&mut self, key: u128, tag: u64, n: u64) {
+        if !self.slots.is_empty() {
+            let mask = self.slots.len() - 1;
+            let mut i = tag as usize & mask;
+            loop {
+                let slot = &mut self.slots[i];
+                if slot.count == 0 {
+                    break;
+                }
+                if slot.tag == tag && u128::from_le_bytes(slot.key) == key {
+                    slot.count += n;
+                    return;
+                }
+                i = (i + 1) & mask;
+            }
+            if self.len < self.limit {
+                self.slots[i] = Slot {
+                    key: key.to_le_bytes(),
+                    tag,
+                    count: n,
+                };
+                self.len += 1;
+                return;
+            }
+        }
+        self.insert_new(Slot {
+            key: key.to_le_bytes(),
+            tag,
+            count: n,
+        });
+    }
+
+    /// Adds `n` (not zero) to the count of the long key `word` whose tag is `tag`.
+    #[inline(never)]
+    fn add_long(&mut self, word: &[u8], tag: u64, n: u64) {
+        if !self.slots.is_empty() {
+            let mask = self.slots.len() - 1;
+            let mut i = tag as usize & mask;
+            loop {
+                let slot = &mut self.slots[i];
+                if slot.count == 0 {
+                    break;
+                }
+                if slot.tag == tag && self.arena[slot.long_range()] == *word {
+                    self.slots[i].count += n;
+                    return;
+                }
+                i = (i + 1) & mask;
+            }
+        }
+        let start = self.arena.len() as u128;
+        self.arena.extend_from_slice(word);
+        self.insert_new(Slot {
+            key: (start | (word.len() as u128) << 64).to_le_bytes(),
+            tag,
+            count: n,
+        });
+    }
+
+    /// Adds `n` (not zero) to the count of `word`, whose hash is `hash`.
+    #[inline]
+    fn add_hashed(&mut self, word: &[u8], hash: u64, n: u64) {
+        let tag = tag(hash, word.len());
+        if word.len() <= INLINE {
+            self.add_inline(inline_key(word), tag, n);
+        } else {
+            self.add_long(word, tag, n);
+        }
+    }
+
+    /// Count of `word`, whose hash is `hash` (zero if absent).
+    fn get(&self, word: &[u8], hash: u64) -> u64 {
+        if self.slots.is_empty() {
+            return 0;
+        }
+        let tag = tag(hash, word.len());
+        let mask = self.slots.len() - 1;
+        let mut i = tag as usize & mask;
+        loop {
+            let slot = &self.slots[i];
+            if slot.count == 0 {
+                return 0;
+            }
+            if slot.tag == tag && self.key_of(slot) == word {
+                return slot.count;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Adds the counts of `other` (the same shard of another table).
+    fn merge(&mut self, mut other: Shard) {
+        if self.len < other.len {
+            std::mem::swap(self, &mut other);
+        }
+        if other.len == 0 {
+            return;
+        }
+        for slot in other.occupied() {
+            if is_long(slot.tag) {
+                self.add_long(&other.arena[slot.long_range()], slot.tag, slot.count);
+            } else {
+                self.add_inline(u128::from_le_bytes(slot.key), slot.tag, slot.count);
+            }
+        }
+    }
+}
+
+/// Zero-padding masks of inline keys: `KEY_MASK[len]` keeps the first `len` bytes.
+static KEY_MASK: [u128; INLINE + 1] = {
+    let mut t = [0u128; INLINE + 1];
+    let mut len = 1;
+    while len <= INLINE {
+        t[len] = u128::MAX >> (8 * (INLINE - len));
+        len += 1;
+    }
+    t
+};
+
+/// Asks the CPU to start loading the cache line that holds `slots[i]`, if any.
+#[inline(always)]
+fn prefetch(slots: &[Slot], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let p = slots.as_ptr().wrapping_add(i) as *const i8;
+        // SAFETY: a prefetch is only a hint: it never faults, whatever the
+        // address (which is computed without dereferencing anything), and SSE
+        // is part of the x86_64 baseline.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (slots, i);
+}
+
+/// Inline keys found by a scan, waiting to be counted: their slots are
+/// prefetched when they are pushed, so that the cache misses of a batch
+/// overlap instead of following one another.
+struct Batch {
+    keys: [u128; BATCH],
+    tags: [u64; BATCH],
+    shards: [u8; BATCH],
+    len: usize,
+}
+
+/// Keys in a [`Batch`].
+const BATCH: usize = 64;
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            keys: [0; BATCH],
+            tags: [0; BATCH],
+            shards: [0; BATCH],
+            len: 0,
+        }
+    }
+
+    /// Adds one occurrence of the inline key `key` (`len` bytes, zero-padded).
+    #[inline(always)]
+    fn push(&mut self, shards: &mut [Shard; SHARDS], key: u128, len: usize) {
+        let hash = hash_inline(key, len);
+        let shard = shard_of(hash);
+        let tag = tag(hash, len);
+        let slots = &shards[shard].slots;
+        prefetch(slots, tag as usize & slots.len().wrapping_sub(1));
+        let k = self.len;
+        self.keys[k] = key;
+        self.tags[k] = tag;
+        self.shards[k] = shard as u8;
+        self.len = k + 1;
+        if k + 1 == BATCH {
+            self.flush(shards);
+        }
+    }
+
+    /// Counts the keys of the batch.
+    #[inline(always)]
+    fn flush(&mut self, shards: &mut [Shard; SHARDS]) {
+        for k in 0..self.len.min(BATCH) {
+            shards[self.shards[k] as usize % SHARDS].add_inline(self.keys[k], self.tags[k], 1);
+        }
+        self.len = 0;
+    }
+}
+
+/// Adds `n` (not zero) occurrences of `word`.
+#[inline]
+fn add_word(shards: &mut [Shard; SHARDS], word: &[u8], n: u64) {
+    let hash = hash_word(word);
+    shards[shard_of(hash)].add_hashed(word, hash, n);
+}
+
+// ---------------------------------------------------------------------------
+// Tokenizing, 16 bytes at a time with SWAR (SIMD within a register) masks: each
+// function below maps 8 bytes to a word whose byte `i` has its top bit set when
+// byte `i` of the input belongs to the class, and every other bit clear.
+// ---------------------------------------------------------------------------
+
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Top bit of each byte of `x` that is one of the six ASCII whitespace bytes.
+#[inline(always)]
+fn swar_space(x: u64) -> u64 {
+    let low7 = x & !HI;
+    let z = x ^ (0x20 * LO);
+    // A byte of `z` is zero (the byte is a space) iff neither its low 7 bits
+    // nor its top bit are set. No carry crosses bytes: 0x7F + 0x7F < 0x100.
+    let space = !(((z & !HI) + !HI) | z) & HI;
+    // 0x09 <= byte <= 0x0D, for bytes below 0x80.
+    let control = (low7 + (0x80 - 0x09) * LO) & !(low7 + (0x80 - 0x0E) * LO) & !x & HI;
+    space | control
+}
+
+/// For [`SplitMode::Words`]: (ASCII bytes that are not alphanumeric, bytes
+/// >= 0x80, `x` with its ASCII uppercase letters lowercased).
+#[inline(always)]
+fn swar_word(x: u64) -> (u64, u64, u64) {
+    let high = x & HI;
+    let low7 = x & !HI;
+    // Letters of either case become lowercase; other bytes may change too,
+    // which is why only `letter` bytes take the folded value.
+    let folded = low7 | (0x20 * LO);
+    let letter = (folded + (0x80 - b'a' as u64) * LO) & !(folded + (0x80 - b'z' as u64 - 1) * LO) & !x & HI;
+    let digit = (low7 + (0x80 - b'0' as u64) * LO) & !(low7 + (0x80 - b'9' as u64 - 1) * LO) & !x & HI;
+    let separator = !(letter | digit | high) & HI;
+    // Setting bit 5 of a letter lowercases it (0x80 >> 2 == 0x20).
+    (separator, high, x | letter >> 2)
+}
+
+/// The top bits of the 8 bytes of a SWAR mask, as bits 0 to 7.
+#[inline(always)]
+fn movemask(m: u64) -> u32 {
+    ((m >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u32
+}
+
+/// The 16 bytes at `i`, as two little-endian words.
+#[inline(always)]
+fn load16(buf: &[u8], i: usize) -> (u64, u64) {
+    let w: &[u8; 16] = buf[i..i + 16].try_into().expect("16 bytes");
+    let (a, b) = w.split_at(8);
+    (
+        u64::from_le_bytes(a.try_into().expect("8 bytes")),
+        u64::from_le_bytes(b.try_into().expect("8 bytes")),
+    )
+}
+
+/// Counts whitespace-separated tokens of `buf` starting at `i`, while 16 bytes
+/// can be read at the current position; returns where it stopped (a token
+/// start or a whitespace byte, at most 15 bytes before the end).
+fn scan_whitespace(shards: &mut [Shard; SHARDS], batch: &mut Batch, buf: &[u8], mut i: usize) -> usize {
+    while i + 16 <= buf.len() {
+        let (w0, w1) = load16(buf, i);
+        let space = movemask(swar_space(w0)) | movemask(swar_space(w1)) << 8;
+        if space & 1 != 0 {
+            // In whitespace: to the next token (or 16 bytes on).
+            i += (!space).trailing_zeros().min(16) as usize;
+            continue;
+        }
+        if space == 0 {
+            // A token of 16 bytes or more.
+            let end = buf[i + 16..]
+                .iter()
+                .position(|&b| IS_SPACE[b as usize])
+                .map_or(buf.len(), |p| i + 16 + p);
+            add_word(shards, &buf[i..end], 1);
+            i = end;
+            continue;
+        }
+        let len = space.trailing_zeros() as usize;
+        let key = (u128::from(w1) << 64 | u128::from(w0)) & KEY_MASK[len];
+        batch.push(shards, key, len);
+        // The next token in these 16 bytes, if any.
+        let next = !space & (0xFFFF << len) & 0xFFFF;
+        i += if next != 0 {
+            next.trailing_zeros() as usize
+        } else {
+            16
+        };
+    }
+    i
+}
+
+/// Counts the words of a run of `buf` that holds no ASCII separator (in Words
+/// mode) but may hold bytes >= 0x80 or uppercase letters.
+fn count_run(shards: &mut [Shard; SHARDS], run: &[u8], scratch: &mut Vec<u8>) {
+    if !run.is_ascii() {
+        count_non_ascii_run(shards, run, scratch);
+    } else if run.iter().any(u8::is_ascii_uppercase) {
+        scratch.clear();
+        scratch.extend(run.iter().map(|&b| ASCII_LOWER[b as usize]));
+        add_word(shards, scratch, 1);
+    } else {
+        add_word(shards, run, 1);
+    }
+}
+
+/// Counts the words of a run that holds no ASCII separator but at least one
+/// byte >= 0x80. Since an ASCII byte never belongs to a multi-byte sequence
+/// and always ends an invalid one, decoding the run on its own gives the
+/// same characters as decoding the whole text with `from_utf8_lossy`.
+#[inline(never)]
+fn count_non_ascii_run(shards: &mut [Shard; SHARDS], run: &[u8], scratch: &mut Vec<u8>) {
+    scratch.clear();
+    for chunk in run.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_ascii() {
+                // Within a run every ASCII byte is alphanumeric.
+                scratch.push(ASCII_LOWER[c as usize]);
+            } else if c.is_alphanumeric() {
+                let mut buf = [0u8; 4];
+                for l in c.to_lowercase() {
+                    scratch.extend_from_slice(l.encode_utf8(&mut buf).as_bytes());
+                }
+            } else if !scratch.is_empty() {
+                add_word(shards, scratch, 1);
+                scratch.clear();
+            }
+        }
+        // Invalid bytes (one or more U+FFFD) end the current word.
+        if !chunk.invalid().is_empty() && !scratch.is_empty() {
+            add_word(shards, scratch, 1);
+            scratch.clear();
+        }
+    }
+    if !scratch.is_empty() {
+        add_word(shards, scratch, 1);
+        scratch.clear();
+    }
+}
+
+/// Counts the words ([`SplitMode::Words`]) of `buf` starting at `i`, while 16
+/// bytes can be read at the current position; returns where it stopped (a
+/// word start or a separator, at most 15 bytes before the end).
+fn scan_words(
+    shards: &mut [Shard; SHARDS],
+    batch: &mut Batch,
+    buf: &[u8],
+    mut i: usize,
+    scratch: &mut Vec<u8>,
+) -> usize {
+    while i + 16 <= buf.len() {
+        let (w0, w1) = load16(buf, i);
+        let (sep0, high0, lower0) = swar_word(w0);
+        let (sep1, high1, lower1) = swar_word(w1);
+        let sep = movemask(sep0) | movemask(sep1) << 8;
+        if sep & 1 != 0 {
+            i += (!sep).trailing_zeros().min(16) as usize;
+            continue;
+        }
+        if sep == 0 {
+            // A run of 16 bytes or more.
+            let end = buf[i + 16..]
+                .iter()
+                .position(|&b| WORD_CLASS[b as usize] == SEP)
+                .map_or(buf.len(), |p| i + 16 + p);
+            count_run(shards, &buf[i..end], scratch);
+            i = end;
+            continue;
+        }
+        let len = sep.trailing_zeros() as usize;
+        let high = movemask(high0) | movemask(high1) << 8;
+        if high & ((1 << len) - 1) != 0 {
+            count_non_ascii_run(shards, &buf[i..i + len], scratch);
+        } else {
+            let key = (u128::from(lower1) << 64 | u128::from(lower0)) & KEY_MASK[len];
+            batch.push(shards, key, len);
+        }
+        let next = !sep & (0xFFFF << len) & 0xFFFF;
+        i += if next != 0 {
+            next.trailing_zeros() as usize
+        } else {
+            16
+        };
+    }
+    i
+}
+
 /// Word -> count table, the per-worker partial of word count.
 ///
+/// A hash table of its own: 64 shards (picked by the top bits of a key's hash)
+/// of open addressing with linear probing; each 32-byte slot holds the key's
+/// tag (length and hash bits) and count, and the key itself when it has at
+/// most 16 bytes (longer keys live in the shard's byte arena), so that a lookup
+/// usually touches one cache line and counting allocates nothing per word.
+/// Merges and decoding work shard by shard, in parallel for large tables.
+///
 /// Invariant: no word has a count of zero.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct WordCounts {
-    map: FxHashMap<Box<[u8]>, u64>,
+    /// Empty, or `SHARDS` shards.
+    shards: Vec<Shard>,
 }
 
 impl WordCounts {
@@ -119,173 +709,153 @@ impl WordCounts {
 
     /// An empty table with room for `capacity` distinct words.
     pub fn with_capacity(capacity: usize) -> Self {
-        Self {
-            map: FxHashMap::with_capacity_and_hasher(capacity, Default::default()),
+        if capacity == 0 {
+            return Self::default();
         }
+        // Shards fill unevenly: some slack over an even share.
+        let share = capacity / SHARDS + capacity / SHARDS / 8 + 1;
+        Self {
+            shards: (0..SHARDS).map(|_| Shard::with_capacity(share)).collect(),
+        }
+    }
+
+    /// The shards, made if there were none.
+    fn shards_mut(&mut self) -> &mut [Shard; SHARDS] {
+        if self.shards.is_empty() {
+            self.shards = (0..SHARDS).map(|_| Shard::default()).collect();
+        }
+        self.shards.as_mut_slice().try_into().expect("SHARDS shards")
     }
 
     /// Counts the words of `text` (a piece that starts and ends at word
     /// boundaries) and adds them.
     pub fn count(&mut self, mode: SplitMode, text: &[u8]) {
+        if text.is_empty() {
+            return;
+        }
+        let shards = self.shards_mut();
+        // The bulk, then the last few bytes copied into a buffer padded with
+        // spaces (a separator in both modes), so that the same scan can read
+        // 16 bytes at every position.
+        let mut tail = [b' '; 32];
+        let mut batch = Batch::new();
         match mode {
-            SplitMode::Words => self.count_words(text),
-            SplitMode::Whitespace => self.count_whitespace(text),
-        }
-    }
-
-    /// [`SplitMode::Words`]: ASCII runs go through the class table; runs that
-    /// contain a byte >= 0x80 are decoded.
-    fn count_words(&mut self, text: &[u8]) {
-        let mut scratch: Vec<u8> = Vec::with_capacity(64);
-        let n = text.len();
-        let mut i = 0;
-        while i < n {
-            // Skip ASCII separators.
-            while i < n && WORD_CLASS[text[i] as usize] == SEP {
-                i += 1;
+            SplitMode::Words => {
+                let mut scratch = Vec::new();
+                let i = scan_words(shards, &mut batch, text, 0, &mut scratch);
+                tail[..text.len() - i].copy_from_slice(&text[i..]);
+                scan_words(shards, &mut batch, &tail, 0, &mut scratch);
             }
-            if i == n {
-                break;
-            }
-            // A run of bytes that are not ASCII separators.
-            let start = i;
-            let mut flags = 0u8;
-            while i < n {
-                let class = WORD_CLASS[text[i] as usize];
-                if class == SEP {
-                    break;
-                }
-                flags |= class;
-                i += 1;
-            }
-            let run = &text[start..i];
-            if flags & NON_ASCII != 0 {
-                self.count_non_ascii_run(run, &mut scratch);
-            } else if flags & UPPER != 0 {
-                scratch.clear();
-                scratch.extend(run.iter().map(|&b| ASCII_LOWER[b as usize]));
-                self.add_one(&scratch);
-            } else {
-                self.add_one(run);
+            SplitMode::Whitespace => {
+                let i = scan_whitespace(shards, &mut batch, text, 0);
+                tail[..text.len() - i].copy_from_slice(&text[i..]);
+                scan_whitespace(shards, &mut batch, &tail, 0);
             }
         }
-    }
-
-    /// Counts the words of a run that holds no ASCII separator but at least one
-    /// byte >= 0x80. Since an ASCII byte never belongs to a multi-byte sequence
-    /// and always ends an invalid one, decoding the run on its own gives the
-    /// same characters as decoding the whole text with `from_utf8_lossy`.
-    fn count_non_ascii_run(&mut self, run: &[u8], scratch: &mut Vec<u8>) {
-        scratch.clear();
-        for chunk in run.utf8_chunks() {
-            for c in chunk.valid().chars() {
-                if c.is_ascii() {
-                    // Within a run every ASCII byte is alphanumeric.
-                    scratch.push(ASCII_LOWER[c as usize]);
-                } else if c.is_alphanumeric() {
-                    let mut buf = [0u8; 4];
-                    for l in c.to_lowercase() {
-                        scratch.extend_from_slice(l.encode_utf8(&mut buf).as_bytes());
-                    }
-                } else if !scratch.is_empty() {
-                    self.add_one(scratch);
-                    scratch.clear();
-                }
-            }
-            // Invalid bytes (one or more U+FFFD) end the current word.
-            if !chunk.invalid().is_empty() && !scratch.is_empty() {
-                self.add_one(scratch);
-                scratch.clear();
-            }
-        }
-        if !scratch.is_empty() {
-            self.add_one(scratch);
-            scratch.clear();
-        }
-    }
-
-    /// [`SplitMode::Whitespace`]: runs of non-whitespace bytes, raw.
-    fn count_whitespace(&mut self, text: &[u8]) {
-        let n = text.len();
-        let mut i = 0;
-        while i < n {
-            while i < n && IS_SPACE[text[i] as usize] {
-                i += 1;
-            }
-            if i == n {
-                break;
-            }
-            let start = i;
-            while i < n && !IS_SPACE[text[i] as usize] {
-                i += 1;
-            }
-            self.add_one(&text[start..i]);
-        }
-    }
-
-    /// Adds one occurrence of `word`, allocating only if it is new.
-    #[inline]
-    fn add_one(&mut self, word: &[u8]) {
-        if let Some(c) = self.map.get_mut(word) {
-            *c += 1;
-        } else {
-            self.map.insert(word.into(), 1);
-        }
-    }
-
-    /// Adds `n` occurrences of an owned word (no allocation).
-    fn add_owned(&mut self, word: Box<[u8]>, n: u64) {
-        if n != 0 {
-            *self.map.entry(word).or_insert(0) += n;
-        }
+        batch.flush(shards);
     }
 
     /// Adds `other` into `self` (associative and commutative).
     pub fn merge(&mut self, mut other: WordCounts) {
-        if self.map.len() < other.map.len() {
-            std::mem::swap(&mut self.map, &mut other.map);
+        if other.shards.is_empty() {
+            return;
         }
-        self.map.reserve(other.map.len());
-        for (word, n) in other.map {
-            *self.map.entry(word).or_insert(0) += n;
+        if self.shards.is_empty() {
+            std::mem::swap(self, &mut other);
+            return;
+        }
+        if self.distinct().min(other.distinct()) >= PARALLEL_MIN {
+            self.shards
+                .par_iter_mut()
+                .zip(other.shards)
+                .for_each(|(into, from)| into.merge(from));
+        } else {
+            for (into, from) in self.shards.iter_mut().zip(other.shards) {
+                into.merge(from);
+            }
         }
     }
 
     /// Adds `n` occurrences of `word` (a no-op when `n` is zero).
     pub fn add(&mut self, word: &[u8], n: u64) {
-        if n == 0 {
-            return;
+        if n != 0 {
+            add_word(self.shards_mut(), word, n);
         }
-        if let Some(c) = self.map.get_mut(word) {
-            *c += n;
-        } else {
-            self.map.insert(word.into(), n);
+    }
+
+    /// A table of the given (word, count) pairs: repeated words are summed and
+    /// zero counts dropped. Large inputs are hashed and inserted in parallel,
+    /// shard by shard.
+    fn from_pairs(pairs: &[(&[u8], u64)]) -> WordCounts {
+        let mut out = WordCounts::new();
+        if pairs.len() < PARALLEL_MIN {
+            for &(word, n) in pairs {
+                out.add(word, n);
+            }
+            return out;
         }
+        let hashes: Vec<u64> = pairs.par_iter().map(|(w, _)| hash_word(w)).collect();
+        // Entries grouped by shard (a counting sort).
+        let mut starts = [0usize; SHARDS + 1];
+        for &h in &hashes {
+            starts[shard_of(h) + 1] += 1;
+        }
+        for s in 0..SHARDS {
+            starts[s + 1] += starts[s];
+        }
+        let mut next = starts;
+        let mut order = vec![0u32; pairs.len()];
+        for (k, &h) in hashes.iter().enumerate() {
+            let s = shard_of(h);
+            order[next[s]] = k as u32;
+            next[s] += 1;
+        }
+        out.shards = (0..SHARDS)
+            .into_par_iter()
+            .map(|s| {
+                let members = &order[starts[s]..starts[s + 1]];
+                let mut shard = Shard::with_capacity(members.len());
+                for &k in members {
+                    let (word, n) = pairs[k as usize];
+                    if n != 0 {
+                        shard.add_hashed(word, hashes[k as usize], n);
+                    }
+                }
+                shard
+            })
+            .collect();
+        out
     }
 
     /// Number of distinct words.
     pub fn distinct(&self) -> usize {
-        self.map.len()
+        self.shards.iter().map(|s| s.len).sum()
     }
 
     /// Whether no word has been counted.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.distinct() == 0
     }
 
     /// Sum of the counts: the number of words counted.
     pub fn total(&self) -> u64 {
-        self.map.values().sum()
+        self.iter().map(|(_, n)| n).sum()
     }
 
     /// Count of `word` (zero if absent).
     pub fn get(&self, word: &[u8]) -> u64 {
-        self.map.get(word).copied().unwrap_or(0)
+        if self.shards.is_empty() {
+            return 0;
+        }
+        let hash = hash_word(word);
+        self.shards[shard_of(hash)].get(word, hash)
     }
 
     /// All (word, count) pairs, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], u64)> + '_ {
-        self.map.iter().map(|(w, &n)| (&**w, n))
+        self.shards
+            .iter()
+            .flat_map(|shard| shard.occupied().map(move |slot| (shard.key_of(slot), slot.count)))
     }
 
     /// All (word, count) pairs sorted by count descending, then by word bytes
@@ -317,6 +887,30 @@ impl WordCounts {
     }
 }
 
+/// Equal when they hold the same (word, count) pairs.
+impl PartialEq for WordCounts {
+    fn eq(&self, other: &Self) -> bool {
+        self.distinct() == other.distinct() && self.iter().all(|(w, n)| other.get(w) == n)
+    }
+}
+
+impl Eq for WordCounts {}
+
+/// A map from words (escaped where not printable ASCII) to counts.
+impl fmt::Debug for WordCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Word<'a>(&'a [u8]);
+        impl fmt::Debug for Word<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "\"{}\"", self.0.escape_ascii())
+            }
+        }
+        f.debug_map()
+            .entries(self.iter().map(|(w, n)| (Word(w), n)))
+            .finish()
+    }
+}
+
 /// Order of [`WordCounts::sorted`]: count descending, then word ascending.
 fn rank(a: &(&[u8], u64), b: &(&[u8], u64)) -> std::cmp::Ordering {
     b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0))
@@ -331,50 +925,87 @@ impl Serialize for BytesRef<'_> {
     }
 }
 
-/// A word deserialized from a byte string (or a sequence of bytes, or a string).
-struct ByteBuf(Vec<u8>);
-
-impl<'de> Deserialize<'de> for ByteBuf {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ByteBuf;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a byte string")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v.to_vec()))
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v.as_bytes().to_vec()))
-            }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v.into_bytes()))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ByteBuf, A::Error> {
-                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-                while let Some(b) = seq.next_element::<u8>()? {
-                    v.push(b);
-                }
-                Ok(ByteBuf(v))
-            }
-        }
-        deserializer.deserialize_byte_buf(V)
-    }
-}
-
 /// Serialized as a sequence of `(word, count)` pairs, the word as a byte
 /// string (`serialize_bytes`), in no particular order.
 impl Serialize for WordCounts {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(Some(self.map.len()))?;
-        for (word, &n) in &self.map {
+        let mut seq = serializer.serialize_seq(Some(self.distinct()))?;
+        for (word, n) in self.iter() {
             seq.serialize_element(&(BytesRef(word), n))?;
         }
         seq.end()
+    }
+}
+
+/// A decoded word: borrowed from the deserializer's input when it allows it
+/// (postcard's `from_bytes` does), else copied into one arena.
+#[derive(Clone, Copy)]
+enum WordRef<'de> {
+    Borrowed(&'de [u8]),
+    Arena(usize, usize),
+}
+
+/// Decodes one word (a byte string, a sequence of bytes, or a string).
+struct WordSeed<'a>(&'a mut Vec<u8>);
+
+impl<'de> DeserializeSeed<'de> for WordSeed<'_> {
+    type Value = WordRef<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<WordRef<'de>, D::Error> {
+        deserializer.deserialize_bytes(self)
+    }
+}
+
+impl<'de> Visitor<'de> for WordSeed<'_> {
+    type Value = WordRef<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a byte string")
+    }
+    fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<WordRef<'de>, E> {
+        Ok(WordRef::Borrowed(v))
+    }
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<WordRef<'de>, E> {
+        Ok(WordRef::Borrowed(v.as_bytes()))
+    }
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<WordRef<'de>, E> {
+        let start = self.0.len();
+        self.0.extend_from_slice(v);
+        Ok(WordRef::Arena(start, v.len()))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<WordRef<'de>, E> {
+        self.visit_bytes(v.as_bytes())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<WordRef<'de>, A::Error> {
+        let start = self.0.len();
+        while let Some(b) = seq.next_element::<u8>()? {
+            self.0.push(b);
+        }
+        Ok(WordRef::Arena(start, self.0.len() - start))
+    }
+}
+
+/// Decodes one `(word, count)` pair.
+struct EntrySeed<'a>(&'a mut Vec<u8>);
+
+impl<'de> DeserializeSeed<'de> for EntrySeed<'_> {
+    type Value = (WordRef<'de>, u64);
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_tuple(2, self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntrySeed<'_> {
+    type Value = (WordRef<'de>, u64);
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a (word bytes, count) pair")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let word = seq
+            .next_element_seed(WordSeed(self.0))?
+            .ok_or_else(|| serde::de::Error::invalid_length(0, &self))?;
+        let n = seq
+            .next_element::<u64>()?
+            .ok_or_else(|| serde::de::Error::invalid_length(1, &"a (word bytes, count) pair"))?;
+        Ok((word, n))
     }
 }
 
@@ -389,11 +1020,19 @@ impl<'de> Deserialize<'de> for WordCounts {
                 f.write_str("a sequence of (word bytes, count) pairs")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<WordCounts, A::Error> {
-                let mut wc = WordCounts::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
-                while let Some((ByteBuf(word), n)) = seq.next_element::<(ByteBuf, u64)>()? {
-                    wc.add_owned(word.into_boxed_slice(), n);
+                let mut arena = Vec::new();
+                let mut entries = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(entry) = seq.next_element_seed(EntrySeed(&mut arena))? {
+                    entries.push(entry);
                 }
-                Ok(wc)
+                let pairs: Vec<(&[u8], u64)> = entries
+                    .into_iter()
+                    .map(|(word, n)| match word {
+                        WordRef::Borrowed(w) => (w, n),
+                        WordRef::Arena(start, len) => (&arena[start..start + len], n),
+                    })
+                    .collect();
+                Ok(WordCounts::from_pairs(&pairs))
             }
         }
         deserializer.deserialize_seq(V)
@@ -823,6 +1462,242 @@ mod tests {
             let sorted = wc.sorted();
             prop_assert_eq!(wc.top(k), sorted[..k.min(sorted.len())].to_vec());
             prop_assert_eq!(wc.total(), reference_counts(Words, &text).values().sum::<u64>());
+        }
+    }
+
+    // ---- The table itself, against a BTreeMap model. ----
+
+    type Model = BTreeMap<Vec<u8>, u64>;
+
+    /// Keys of every kind: empty, short, exactly `INLINE` and `INLINE + 1`
+    /// bytes, long, with zero bytes and trailing zeros (which zero-padding must
+    /// not confuse with shorter keys), and non-UTF-8 bytes.
+    fn any_key() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(prop::sample::select(vec![b'a', b'b', 0u8, 0xff]), 0..4),
+            prop::collection::vec(any::<u8>(), 0..=INLINE),
+            prop::collection::vec(prop::sample::select(vec![b'x', 0u8]), INLINE - 1..=INLINE + 2),
+            prop::collection::vec(any::<u8>(), INLINE + 1..64),
+        ]
+    }
+
+    /// `n` distinct keys of lengths 1 to 40: enough of them force many
+    /// growths and fill every shard.
+    fn many_keys(n: usize, salt: u8) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| {
+                let base = format!("{i:x}-{salt}");
+                let len = 1 + (i * 7 + salt as usize) % 40;
+                let mut key: Vec<u8> = base.bytes().cycle().take(len.max(base.len())).collect();
+                if i % 5 == 0 {
+                    key.push(0);
+                }
+                key
+            })
+            .collect()
+    }
+
+    fn table_of(adds: &[(Vec<u8>, u64)]) -> (WordCounts, Model) {
+        let mut table = WordCounts::new();
+        let mut model = Model::new();
+        for (key, n) in adds {
+            table.add(key, *n);
+            if *n != 0 {
+                *model.entry(key.clone()).or_insert(0) += n;
+            }
+        }
+        (table, model)
+    }
+
+    fn check_table(table: &WordCounts, model: &Model) -> Result<(), TestCaseError> {
+        prop_assert_eq!(&table.to_btree(), model);
+        prop_assert_eq!(table.distinct(), model.len());
+        prop_assert_eq!(table.is_empty(), model.is_empty());
+        prop_assert_eq!(table.total(), model.values().sum::<u64>());
+        for (key, &n) in model {
+            prop_assert_eq!(table.get(key), n, "get {:?}", key);
+            let mut longer = key.clone();
+            longer.push(0);
+            prop_assert_eq!(table.get(&longer), model.get(&longer).copied().unwrap_or(0));
+        }
+        prop_assert_eq!(table.iter().count(), model.len());
+        Ok(())
+    }
+
+    fn round_trips(table: &WordCounts) -> Result<(), TestCaseError> {
+        let bytes = postcard::to_allocvec(table).unwrap();
+        let back: WordCounts = postcard::from_bytes(&bytes).unwrap();
+        prop_assert_eq!(&back, table);
+        let json = serde_json::to_string(table).unwrap();
+        let back: WordCounts = serde_json::from_str(&json).unwrap();
+        prop_assert_eq!(&back, table);
+        // A reader: nothing can be borrowed from the input.
+        let back: WordCounts = serde_json::from_reader(json.as_bytes()).unwrap();
+        prop_assert_eq!(&back, table);
+        Ok(())
+    }
+
+    #[test]
+    fn growth_and_parallel_paths_match_the_model() {
+        // Over PARALLEL_MIN distinct words: parallel merges and decoding.
+        let keys = many_keys(3 * PARALLEL_MIN, 1);
+        let adds: Vec<(Vec<u8>, u64)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), 1 + i as u64 % 3))
+            .collect();
+        let (a, model_a) = table_of(&adds);
+        check_table(&a, &model_a).unwrap();
+        // Half the keys shared, half new, with long ones among both.
+        let other = many_keys(3 * PARALLEL_MIN, 2);
+        let adds_b: Vec<(Vec<u8>, u64)> = keys[..PARALLEL_MIN * 2]
+            .iter()
+            .chain(&other[..PARALLEL_MIN * 2])
+            .map(|k| (k.clone(), 5))
+            .collect();
+        let (b, model_b) = table_of(&adds_b);
+        let mut model = model_a.clone();
+        for (k, n) in &model_b {
+            *model.entry(k.clone()).or_insert(0) += n;
+        }
+        let mut ab = a.clone();
+        ab.merge(b.clone());
+        check_table(&ab, &model).unwrap();
+        let mut ba = b.clone();
+        ba.merge(a.clone());
+        assert_eq!(ab, ba);
+        round_trips(&ab).unwrap();
+        let sized = WordCounts::with_capacity(model.len());
+        let mut sized_ab = sized.clone();
+        sized_ab.merge(a);
+        sized_ab.merge(b);
+        assert_eq!(sized_ab, ab);
+        // Every shard is used, and evenly: the hash's top bits are mixed.
+        let per_shard: Vec<usize> = ab.shards.iter().map(|s| s.len).collect();
+        let mean = ab.distinct() / SHARDS;
+        assert!(
+            per_shard.iter().all(|&n| n > mean * 3 / 4 && n < mean * 5 / 4),
+            "{per_shard:?}"
+        );
+    }
+
+    #[test]
+    fn decoding_sums_repeats_and_drops_zeros() {
+        let pairs = vec![
+            (BytesRef(b"a"), 1u64),
+            (BytesRef(b"a"), 2),
+            (BytesRef(b"zero"), 0),
+            (BytesRef(&[7; 40]), 3),
+            (BytesRef(&[7; 40]), 4),
+            (BytesRef(b""), 1),
+        ];
+        let bytes = postcard::to_allocvec(&pairs).unwrap();
+        let table: WordCounts = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            table.to_btree(),
+            map(&[("a", 3), ("", 1)])
+                .into_iter()
+                .chain([(vec![7; 40], 7)])
+                .collect()
+        );
+        // Strings, escaped (not borrowed) and not.
+        let table: WordCounts = serde_json::from_str(r#"[["a\nb", 2], ["ab", 1], [[97, 98], 1]]"#).unwrap();
+        assert_eq!(table.to_btree(), map(&[("a\nb", 2), ("ab", 2)]));
+        assert!(serde_json::from_str::<WordCounts>(r#"[["a"]]"#).is_err());
+        assert!(postcard::from_bytes::<WordCounts>(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn swar_classes_match_the_tables() {
+        for b in 0..=255u8 {
+            for at in 0..8 {
+                // The byte among others of every class.
+                for fill in [b'a', b' ', 0x80, b'Z', 0, 0xff] {
+                    let mut bytes = [fill; 8];
+                    bytes[at] = b;
+                    let x = u64::from_le_bytes(bytes);
+                    let (sep, high, lower) = swar_word(x);
+                    let space = swar_space(x);
+                    for (i, &c) in bytes.iter().enumerate() {
+                        let bit = |m: u64| m >> (8 * i + 7) & 1 == 1;
+                        assert_eq!(bit(space), is_space(c), "{c:#x}");
+                        assert_eq!(bit(sep), WORD_CLASS[c as usize] == SEP, "{c:#x}");
+                        assert_eq!(bit(high), c >= 0x80, "{c:#x}");
+                        if WORD_CLASS[c as usize] & (KEEP | UPPER) != 0 {
+                            assert_eq!(lower.to_le_bytes()[i], c.to_ascii_lowercase(), "{c:#x}");
+                        }
+                        assert_eq!(movemask(space) >> i & 1 == 1, is_space(c));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn debug_lists_words() {
+        let mut wc = WordCounts::new();
+        wc.add(b"a\xff", 2);
+        assert_eq!(format!("{wc:?}"), r#"{"a\xff": 2}"#);
+    }
+
+    /// Text made of words of 0 to 40 bytes (ASCII of both cases, digits,
+    /// accented letters, invalid bytes) between separators of both modes: long
+    /// tokens, tokens across the 16-byte windows and the tail.
+    fn long_word_text() -> impl Strategy<Value = Vec<u8>> {
+        let letters: Vec<&'static [u8]> =
+            vec![b"a", b"q", b"Z", b"7", "é".as_bytes(), "Σ".as_bytes(), b"\xff"];
+        let word = prop::collection::vec(prop::sample::select(letters), 0..40).prop_map(|v| v.concat());
+        let sep: Vec<&'static [u8]> =
+            vec![b" ", b"  ", b"\n", b", ", b".", b"\x0c", b"   \t\t\r\n    \n    "];
+        prop::collection::vec((word, prop::sample::select(sep)), 0..40).prop_map(|v| {
+            v.into_iter()
+                .flat_map(|(w, s)| w.into_iter().chain(s.iter().copied()))
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn table_matches_model(adds in prop::collection::vec((any_key(), 0u64..4), 0..200)) {
+            let (table, model) = table_of(&adds);
+            check_table(&table, &model)?;
+            round_trips(&table)?;
+        }
+
+        #[test]
+        fn merge_matches_model(
+            a in prop::collection::vec((any_key(), 0u64..4), 0..150),
+            b in prop::collection::vec((any_key(), 0u64..4), 0..150),
+            extra in 0usize..3000,
+        ) {
+            // Many more keys in one of the two (growth while merging, every
+            // shard non-empty on one side only or on both).
+            let mut b = b;
+            b.extend(many_keys(extra, 3).into_iter().map(|k| (k, 1)));
+            let (ta, ma) = table_of(&a);
+            let (tb, mb) = table_of(&b);
+            let mut model = ma;
+            for (k, n) in mb {
+                *model.entry(k).or_insert(0) += n;
+            }
+            let mut ab = ta.clone();
+            ab.merge(tb.clone());
+            check_table(&ab, &model)?;
+            let mut ba = tb;
+            ba.merge(ta);
+            prop_assert_eq!(&ba, &ab);
+            let mut empty = WordCounts::new();
+            empty.merge(ab.clone());
+            prop_assert_eq!(&empty, &ab);
+            round_trips(&ab)?;
+        }
+
+        #[test]
+        fn long_words_match_reference(mode in any_mode(), text in long_word_text(), p in 1usize..6) {
+            prop_assert_eq!(counts(mode, &text).to_btree(), reference_counts(mode, &text));
+            check_split(mode, &text, p)?;
         }
     }
 }
