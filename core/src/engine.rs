@@ -3,10 +3,9 @@
 
 use std::ops::Range;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-use rayon::prelude::*;
 
 use crate::error::{Error, Result, TaskIndex};
 use crate::input::{Input, SharedOutput};
@@ -362,17 +361,46 @@ impl Threads {
 }
 
 impl Engine for Threads {
+    /// Like the pool's workers: each thread takes the next task when idle and
+    /// folds every task it runs into its own partial; the partials of the
+    /// threads are merged at the end.
     fn execute<J: Job>(&self, run: Run<'_, J>) -> Result<J::Partial> {
         in_process(run, self.workers(), |local, work| {
-            self.pool.install(|| {
-                work.into_par_iter()
-                    .with_max_len(1) // one task at a time: tasks are already coarse
-                    .try_fold(J::Partial::default, |mut partial, (index, task, tile)| {
-                        local.map(index, task, tile, &mut partial)?;
-                        Ok(partial)
-                    })
-                    .try_reduce(J::Partial::default, |a, b| Ok(local.merge(a, b)))
-            })
+            let work: Vec<Mutex<Option<LocalTask<'_, '_, J>>>> =
+                work.into_iter().map(|task| Mutex::new(Some(task))).collect();
+            let next = AtomicUsize::new(0);
+            let failed = AtomicBool::new(false);
+            let partials = self.pool.broadcast(|_| -> Result<Option<J::Partial>> {
+                let mut partial = None;
+                while !failed.load(Ordering::Relaxed) {
+                    let Some(slot) = work.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        break;
+                    };
+                    let taken = slot
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .take();
+                    let Some((index, task, tile)) = taken else {
+                        continue;
+                    };
+                    let partial = partial.get_or_insert_with(J::Partial::default);
+                    if let Err(err) = local.map(index, task, tile, partial) {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(err);
+                    }
+                }
+                Ok(partial)
+            });
+            let mut merged: Option<J::Partial> = None;
+            for partial in partials {
+                if let Some(partial) = partial? {
+                    merged = Some(match merged {
+                        Some(into) => local.merge(into, partial),
+                        None => partial,
+                    });
+                }
+            }
+            Ok(merged.unwrap_or_default())
         })
     }
 

@@ -82,7 +82,7 @@ pub(super) fn run_job<J: Job>(
         attempts: vec![0; total],
         done: vec![false; total],
         done_count: 0,
-        result: J::Partial::default(),
+        result: None,
         stats: JobStats {
             tasks: total,
             split: plan.split,
@@ -147,7 +147,8 @@ struct JobState<'a, J: Job> {
     /// Whether each task's result is merged or folded in a live worker.
     done: Vec<bool>,
     done_count: usize,
-    result: J::Partial,
+    /// Merged partials so far.
+    result: Option<J::Partial>,
     stats: JobStats,
 }
 
@@ -156,7 +157,7 @@ impl<J: Job> JobState<'_, J> {
         loop {
             self.dispatch(state);
             if self.finished(state) {
-                return Ok(std::mem::take(&mut self.result));
+                return Ok(self.result.take().unwrap_or_default());
             }
             if let Some(timeout) = config.task_timeout {
                 for slot in &mut state.slots {
@@ -382,7 +383,11 @@ impl<J: Job> JobState<'_, J> {
                     what: "decode a worker's partial",
                     message: err.to_string(),
                 })?;
-                self.job.merge(&mut self.result, partial);
+                match &mut self.result {
+                    Some(result) => self.job.merge(result, partial),
+                    // The first partial is the result so far: no merge needed.
+                    None => self.result = Some(partial),
+                }
                 self.stats.merge += merging.elapsed();
                 slot.folded.clear();
                 slot.flushing = false;
