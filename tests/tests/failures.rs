@@ -52,6 +52,10 @@ fn main() {
             worker_killed_between_jobs_is_replaced,
         ),
         Trial::test("hung_task_times_out", hung_task_times_out),
+        Trial::test(
+            "worker_without_the_token_is_refused",
+            worker_without_the_token_is_refused,
+        ),
         Trial::test("coordinator_killed_leaves_no_worker", || {
             coordinator_dies_leaving_no_worker(Signal::SIGKILL, false)
         }),
@@ -296,5 +300,33 @@ fn coordinator_dies_leaving_no_worker(signal: Signal, to_group: bool) -> Result<
             "worker {pid} left behind"
         );
     }
+    Ok(())
+}
+
+/// A process that connects with the wrong token (here: a real worker whose
+/// token a wrapper replaced) is refused and named; nothing hangs.
+fn worker_without_the_token_is_refused() -> Result<(), Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let wrapper = dir.path().join("forge-token");
+    let real = std::env::current_exe()?;
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nCOOP_WORKER_TOKEN=forged exec '{}'\n", real.display()),
+    )?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o700))?;
+    // Another test thread forking while the script was being written may hold
+    // it open for a moment ("text file busy"): try again then.
+    let mut err = Pool::builder().workers(1).program(&wrapper).build().unwrap_err();
+    for _ in 0..20 {
+        if !matches!(err, Error::Spawn { .. }) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        err = Pool::builder().workers(1).program(&wrapper).build().unwrap_err();
+    }
+    let message = err.to_string();
+    assert!(matches!(err, Error::Handshake { .. }), "{message}");
+    assert!(message.contains("without its token"), "{message}");
     Ok(())
 }

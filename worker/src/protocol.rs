@@ -16,6 +16,11 @@ pub const ENV_SERVER: &str = "COOP_WORKER_SERVER";
 /// check it was not orphaned between `fork` and `prctl`.
 pub const ENV_PARENT: &str = "COOP_WORKER_PARENT";
 
+/// Environment variable holding a random token the worker must present in its
+/// hello: proof that it was started by this coordinator, since anyone who can
+/// reach the rendezvous socket could connect.
+pub const ENV_TOKEN: &str = "COOP_WORKER_TOKEN";
+
 /// Partials at most this large travel inline in the message; larger ones go
 /// through a shared-memory region (one copy, no serialization by ipc-channel).
 pub const INLINE_PAYLOAD_MAX: usize = 64 * 1024;
@@ -125,6 +130,8 @@ pub enum FromWorker {
     Hello {
         /// The worker's pid, checked against the spawned child.
         pid: u32,
+        /// The token from [`ENV_TOKEN`].
+        token: String,
         /// Channel on which the worker receives [`ToWorker`] messages.
         to_worker: IpcSender<ToWorker>,
         /// Channel on which the worker receives the bytes of [`Chunk`]s.

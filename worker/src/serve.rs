@@ -13,8 +13,8 @@ use crate::job::{JobEntry, JobInstance};
 use crate::output::Output;
 use crate::panic::{capture_panics, panic_message};
 use crate::protocol::{
-    Chunk, ENV_PARENT, ENV_SERVER, Failure, FromWorker, OutputDesc, Payload, Rejection, SegmentDesc, Tile,
-    ToWorker,
+    Chunk, ENV_PARENT, ENV_SERVER, ENV_TOKEN, Failure, FromWorker, OutputDesc, Payload, Rejection,
+    SegmentDesc, Tile, ToWorker,
 };
 use crate::region::Region;
 
@@ -28,14 +28,16 @@ pub fn run_if_worker(jobs: &[JobEntry]) {
         return;
     };
     let parent = env::var(ENV_PARENT).ok().and_then(|p| p.parse::<i32>().ok());
+    let token = env::var(ENV_TOKEN).unwrap_or_default();
     // SAFETY: we are at the top of `main` (documented contract of `coop::init`),
     // so no other thread reads the environment concurrently. The variables are
     // removed so that programs the job itself starts are not taken for workers.
     unsafe {
         env::remove_var(ENV_SERVER);
         env::remove_var(ENV_PARENT);
+        env::remove_var(ENV_TOKEN);
     }
-    let code = match serve(server, parent, jobs) {
+    let code = match serve(server, parent, token, jobs) {
         Ok(()) => 0,
         Err(err) => {
             eprintln!("coop worker {}: {err}", process::id());
@@ -47,7 +49,7 @@ pub fn run_if_worker(jobs: &[JobEntry]) {
 
 type WorkerError = Box<dyn std::error::Error>;
 
-fn serve(server: OsString, parent: Option<i32>, jobs: &[JobEntry]) -> Result<(), WorkerError> {
+fn serve(server: OsString, parent: Option<i32>, token: String, jobs: &[JobEntry]) -> Result<(), WorkerError> {
     die_with_parent(parent)?;
     // Ctrl-C reaches the whole foreground process group; the coordinator
     // decides what happens to its workers (they die with it in any case).
@@ -61,6 +63,7 @@ fn serve(server: OsString, parent: Option<i32>, jobs: &[JobEntry]) -> Result<(),
     let (bulk, bulk_in) = ipc::bytes_channel()?;
     to_coordinator.send(FromWorker::Hello {
         pid: process::id(),
+        token,
         to_worker,
         bulk,
     })?;

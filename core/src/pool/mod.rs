@@ -134,6 +134,15 @@ impl PoolBuilder {
         self
     }
 
+    /// The executable started as each worker (default: this program itself).
+    /// It must call [`crate::init`] first in `main` with the jobs it will be
+    /// asked to run; it is started with no arguments. Meant for wrappers and
+    /// tests: most programs keep the default.
+    pub fn program(mut self, path: impl Into<PathBuf>) -> Self {
+        self.program = Some(path.into());
+        self
+    }
+
     /// How workers get their input: shared memory (default) or messages.
     pub fn ipc(mut self, ipc: Ipc) -> Self {
         self.ipc = ipc;

@@ -10,7 +10,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use coop_worker::ipc_channel::ipc::{IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender};
-use coop_worker::protocol::{ENV_PARENT, ENV_SERVER, FromWorker, ToWorker};
+use coop_worker::protocol::{ENV_PARENT, ENV_SERVER, ENV_TOKEN, FromWorker, ToWorker};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
@@ -111,17 +111,76 @@ fn spawn_batch(config: &SpawnConfig, count: usize) -> Vec<Result<Started>> {
     started
         .into_iter()
         .map(|started| {
-            let (server, name, child) = started?;
-            handshake(server, name, child, config.handshake_timeout)
+            let child = started?;
+            handshake(child, config.handshake_timeout)
         })
         .collect()
 }
 
-fn start_child(config: &SpawnConfig) -> Result<(IpcOneShotServer<FromWorker>, String, Child)> {
+/// A child started and not yet connected.
+struct Pending {
+    server: IpcOneShotServer<FromWorker>,
+    /// The rendezvous socket's path.
+    name: String,
+    child: Child,
+    token: String,
+}
+
+/// Unix socket paths longer than this are silently truncated by the kernel.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Makes the rendezvous socket's directory private (ipc-channel creates it
+/// with the umask's mode, typically 0755) and checks that the socket is where
+/// only this user can reach it, and that its path is short enough to work.
+/// Even in the moment before the change, others cannot connect: that takes
+/// write permission on the socket, which the umask does not give them.
+fn secure_rendezvous(name: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let refuse = |why: String| Error::Os {
+        context: "securing the rendezvous socket",
+        source: std::io::Error::other(why),
+    };
+    if name.len() > MAX_SOCKET_PATH {
+        return Err(refuse(format!(
+            "{name} is longer than {MAX_SOCKET_PATH} bytes: set TMPDIR to a shorter directory"
+        )));
+    }
+    let dir = Path::new(name).parent().unwrap_or(Path::new("/"));
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|err| refuse(format!("{}: {err}", dir.display())))?;
+    for (path, forbidden) in [(dir, 0o077), (Path::new(name), 0o022)] {
+        let mode = std::fs::metadata(path)
+            .map_err(|err| refuse(format!("{}: {err}", path.display())))?
+            .permissions()
+            .mode();
+        if mode & forbidden != 0 {
+            return Err(refuse(format!(
+                "{} is open to other users (mode {:o})",
+                path.display(),
+                mode & 0o777
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// 128 random bits, hex.
+fn new_token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|err| Error::Os {
+        context: "drawing a worker token",
+        source: std::io::Error::other(err.to_string()),
+    })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn start_child(config: &SpawnConfig) -> Result<Pending> {
     let (server, name) = IpcOneShotServer::<FromWorker>::new().map_err(|source| Error::Os {
         context: "creating a rendezvous socket",
         source,
     })?;
+    secure_rendezvous(&name)?;
+    let token = new_token()?;
     let mut command = Command::new(&config.program);
     if let Some(name) = std::env::args_os().next() {
         // Shown by `ps` instead of "/proc/self/exe".
@@ -129,6 +188,7 @@ fn start_child(config: &SpawnConfig) -> Result<(IpcOneShotServer<FromWorker>, St
     }
     let child = command
         .env(ENV_SERVER, &name)
+        .env(ENV_TOKEN, &token)
         .env(ENV_PARENT, std::process::id().to_string())
         .stdin(Stdio::null())
         .spawn()
@@ -137,7 +197,12 @@ fn start_child(config: &SpawnConfig) -> Result<(IpcOneShotServer<FromWorker>, St
             source,
         })?;
     tracing::debug!(pid = child.id(), "worker process started");
-    Ok((server, name, child))
+    Ok(Pending {
+        server,
+        name,
+        child,
+        token,
+    })
 }
 
 /// Why the watchdog broke a handshake.
@@ -146,12 +211,13 @@ enum Verdict {
     TimedOut,
 }
 
-fn handshake(
-    server: IpcOneShotServer<FromWorker>,
-    name: String,
-    mut child: Child,
-    timeout: Duration,
-) -> Result<Started> {
+fn handshake(pending: Pending, timeout: Duration) -> Result<Started> {
+    let Pending {
+        server,
+        name,
+        mut child,
+        token,
+    } = pending;
     let pid = child.id();
     let finished = Arc::new(AtomicBool::new(false));
     // `accept` has no timeout and blocks forever if the child dies before it
@@ -174,10 +240,11 @@ fn handshake(
             rx,
             FromWorker::Hello {
                 pid: hello_pid,
+                token: hello_token,
                 to_worker,
                 bulk,
             },
-        )) if hello_pid == pid => Ok((
+        )) if hello_pid == pid && hello_token == token => Ok((
             Worker {
                 pid,
                 child,
@@ -186,6 +253,20 @@ fn handshake(
             },
             rx,
         )),
+        Ok((_, FromWorker::Hello { pid: hello_pid, .. })) => {
+            // Someone else reached the socket first, or the child lied: drop it.
+            tracing::warn!(
+                pid,
+                hello_pid,
+                "a process connected without the worker's token; dropped"
+            );
+            Err(failure(
+                &mut child,
+                format!(
+                    "a process (pid {hello_pid}) connected in its place without its token; it was dropped"
+                ),
+            ))
+        }
         Ok((_, other)) => Err(failure(
             &mut child,
             format!("sent {} instead of its hello", message_kind(&other)),
