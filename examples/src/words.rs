@@ -104,17 +104,21 @@ pub fn is_ascii_separator(mode: SplitMode, b: u8) -> bool {
 }
 
 // ---------------------------------------------------------------------------
-// Hashing.
+// Hashing and keys.
 //
-// Keys of at most `INLINE` (16) bytes are handled as one `u128`: the bytes in
-// little-endian order, zero-padded. Their hash is one folded multiply of the two
-// halves (seeded, with the length mixed in so that "a" and "a\0" differ). Longer
-// keys go through a slower loop over 8-byte words. A key's hash depends only on
-// its bytes, whichever path computed it.
+// A key of at most `INLINE` (15) bytes is handled as one `u128`, its *inline
+// value*: the bytes in little-endian order, zero-padded, with the length in
+// byte 15. Its hash is one folded multiply of the two halves. Longer keys go
+// through a slower loop over 8-byte words. A key's hash depends only on its
+// bytes, whichever path computed it.
 // ---------------------------------------------------------------------------
 
 /// Longest key stored inside its slot; longer keys live in the shard's arena.
-const INLINE: usize = 16;
+const INLINE: usize = 15;
+
+/// Byte 15 of a slot's key for a key that lives in the arena (inline keys
+/// have their length there, at most `INLINE`).
+const LONG: u8 = 0xFF;
 
 const SEED0: u64 = 0x243f_6a88_85a3_08d3;
 const SEED1: u64 = 0x1319_8a2e_0370_7344;
@@ -128,11 +132,10 @@ fn fold_mul(a: u64, b: u64) -> u64 {
     (p as u64) ^ ((p >> 64) as u64)
 }
 
-/// Hash of a key of `len <= INLINE` bytes whose zero-padded little-endian
-/// value is `key`.
+/// Hash of an inline key, from its inline value.
 #[inline(always)]
-fn hash_inline(key: u128, len: usize) -> u64 {
-    fold_mul(key as u64 ^ SEED0, (key >> 64) as u64 ^ SEED1 ^ len as u64)
+fn hash_inline(key: u128) -> u64 {
+    fold_mul(key as u64 ^ SEED0, (key >> 64) as u64 ^ SEED1)
 }
 
 /// Hash of a key of more than `INLINE` bytes.
@@ -149,26 +152,47 @@ fn hash_long(word: &[u8]) -> u64 {
     fold_mul(h ^ last ^ SEED0, SEED1)
 }
 
-/// The zero-padded little-endian value of a key of at most `INLINE` bytes.
+/// The inline value of a key of at most `INLINE` bytes, read without a loop
+/// or a copy: overlapping loads of its first and last bytes.
 #[inline(always)]
 fn inline_key(word: &[u8]) -> u128 {
-    let mut buf = [0u8; INLINE];
-    buf[..word.len()].copy_from_slice(word);
-    u128::from_le_bytes(buf)
+    let len = word.len();
+    debug_assert!(len <= INLINE);
+    let (lo, hi) = if len >= 8 {
+        let lo = u64::from_le_bytes(word[..8].try_into().expect("8 bytes"));
+        // Bytes 8.. of the word: the last 8 bytes, shifted down past those
+        // that `lo` holds (by 8 * (16 - len) bits, 8 to 64).
+        let last = u64::from_le_bytes(word[len - 8..].try_into().expect("8 bytes"));
+        (lo, (last >> 8) >> (8 * (INLINE - len)))
+    } else if len >= 4 {
+        let first = u32::from_le_bytes(word[..4].try_into().expect("4 bytes"));
+        let last = u32::from_le_bytes(word[len - 4..].try_into().expect("4 bytes"));
+        (u64::from(first) | u64::from(last) << (8 * (len - 4)), 0)
+    } else if len > 0 {
+        let (a, b, c) = (word[0], word[len / 2], word[len - 1]);
+        (
+            u64::from(a) | u64::from(b) << (8 * (len / 2)) | u64::from(c) << (8 * (len - 1)),
+            0,
+        )
+    } else {
+        (0, 0)
+    };
+    u128::from(lo) | u128::from(hi) << 64 | (len as u128) << 120
 }
 
 /// Hash of any key.
 #[inline]
 fn hash_word(word: &[u8]) -> u64 {
     if word.len() <= INLINE {
-        hash_inline(inline_key(word), word.len())
+        hash_inline(inline_key(word))
     } else {
         hash_long(word)
     }
 }
 
 /// Number of shards of a table (a power of two): the top `SHARD_BITS` bits of a
-/// key's hash pick its shard; merges and decoding run shard by shard in parallel.
+/// key's hash pick its shard (its low bits, the slot); merges and decoding run
+/// shard by shard in parallel.
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
 
@@ -180,41 +204,29 @@ fn shard_of(hash: u64) -> usize {
     (hash >> (64 - SHARD_BITS)) as usize
 }
 
-/// What a slot stores besides its key and count: the key's length (saturated
-/// to `u32::MAX`) in the high half, the low 32 bits of its hash in the low half.
-/// The slot index is taken from these low bits, so that growing a table never
-/// hashes a key again. Equal keys have equal tags.
-#[inline(always)]
-fn tag(hash: u64, len: usize) -> u64 {
-    (len.min(u32::MAX as usize) as u64) << 32 | (hash & 0xFFFF_FFFF)
-}
-
-/// Whether a tag is that of a key stored in the arena.
-#[inline(always)]
-fn is_long(tag: u64) -> bool {
-    (tag >> 32) as usize > INLINE
-}
-
-/// One entry of an open-addressing table: 32 bytes, two per cache line.
+/// One entry of an open-addressing table: 24 bytes.
 #[derive(Debug, Clone, Copy, Default)]
-#[repr(C, align(32))]
+#[repr(C)]
 struct Slot {
-    /// An inline key: its bytes, zero-padded. A long key: its offset in the
-    /// arena (little-endian `u64`) then its length (little-endian `u64`).
-    key: [u8; INLINE],
-    /// See [`tag`].
-    tag: u64,
+    /// An inline key: its inline value, little-endian. A long key: its offset
+    /// in the arena (8 bytes), its length (7 bytes), then `LONG`.
+    key: [u8; 16],
     /// Zero for an empty slot (no stored word has a count of zero).
     count: u64,
 }
 
 impl Slot {
+    #[inline(always)]
+    fn is_long(&self) -> bool {
+        self.key[15] == LONG
+    }
+
     /// Where a long key's bytes lie in the arena.
     #[inline]
     fn long_range(&self) -> Range<usize> {
         let v = u128::from_le_bytes(self.key);
         let start = v as u64 as usize;
-        start..start + (v >> 64) as u64 as usize
+        start..start + ((v >> 64) as u64 & 0x00FF_FFFF_FFFF_FFFF) as usize
     }
 }
 
@@ -241,6 +253,27 @@ fn limit_of(capacity: usize) -> usize {
     capacity / 4 * 3
 }
 
+/// Asks the CPU to start loading the cache lines of `slots[i]`, if any.
+#[inline(always)]
+fn prefetch(slots: &[Slot], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let first = slots.as_ptr().wrapping_add(i) as *const i8;
+        // A slot may straddle two cache lines.
+        let last = first.wrapping_add(std::mem::size_of::<Slot>() - 1);
+        // SAFETY: a prefetch is only a hint: it never faults, whatever the
+        // address (computed here without dereferencing anything), and SSE is
+        // part of the x86_64 baseline.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(first);
+            _mm_prefetch::<_MM_HINT_T0>(last);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (slots, i);
+}
+
 impl Shard {
     /// An empty shard with room for `n` keys.
     fn with_capacity(n: usize) -> Shard {
@@ -259,10 +292,20 @@ impl Shard {
     /// The bytes of the key of an occupied slot.
     #[inline]
     fn key_of<'a>(&'a self, slot: &'a Slot) -> &'a [u8] {
-        if is_long(slot.tag) {
+        if slot.is_long() {
             &self.arena[slot.long_range()]
         } else {
-            &slot.key[..(slot.tag >> 32) as usize]
+            &slot.key[..slot.key[15] as usize]
+        }
+    }
+
+    /// The hash of the key of an occupied slot.
+    #[inline]
+    fn hash_of(&self, slot: &Slot) -> u64 {
+        if slot.is_long() {
+            hash_long(&self.arena[slot.long_range()])
+        } else {
+            hash_inline(u128::from_le_bytes(slot.key))
         }
     }
 
@@ -279,15 +322,16 @@ impl Shard {
         let old = std::mem::replace(&mut self.slots, vec![Slot::default(); capacity]);
         self.limit = limit_of(capacity);
         for slot in old.into_iter().filter(|s| s.count != 0) {
-            self.put_new(slot);
+            self.put_new(slot, self.hash_of(&slot));
         }
     }
 
-    /// Stores a slot whose key is not in the table, where there is room.
+    /// Stores a slot whose key (of hash `hash`) is not in the table, where
+    /// there is room.
     #[inline]
-    fn put_new(&mut self, slot: Slot) {
+    fn put_new(&mut self, slot: Slot, hash: u64) {
         let mask = self.slots.len() - 1;
-        let mut i = slot.tag as usize & mask;
+        let mut i = hash as usize & mask;
         while self.slots[i].count != 0 {
             i = (i + 1) & mask;
         }
@@ -296,26 +340,27 @@ impl Shard {
 
     /// Stores a slot whose key is not in the table, growing it first if full.
     #[inline]
-    fn insert_new(&mut self, slot: Slot) {
+    fn insert_new(&mut self, slot: Slot, hash: u64) {
         if self.len >= self.limit {
             self.grow();
         }
-        self.put_new(slot);
+        self.put_new(slot, hash);
         self.len += 1;
     }
 
-    /// Adds `n` (not zero) to the count of the inline key `key` whose tag is `tag`.
+    /// Adds `n` (not zero) to the count of the inline key of inline value
+    /// `key` and hash `hash`.
     #[inline(always)]
-    fn add_inline(&mut self, key: u128, tag: u64, n: u64) {
+    fn add_inline(&mut self, key: u128, hash: u64, n: u64) {
         if !self.slots.is_empty() {
             let mask = self.slots.len() - 1;
-            let mut i = tag as usize & mask;
+            let mut i = hash as usize & mask;
             loop {
                 let slot = &mut self.slots[i];
                 if slot.count == 0 {
                     break;
                 }
-                if slot.tag == tag && u128::from_le_bytes(slot.key) == key {
+                if u128::from_le_bytes(slot.key) == key {
                     slot.count += n;
                     return;
                 }
@@ -324,32 +369,34 @@ impl Shard {
             if self.len < self.limit {
                 self.slots[i] = Slot {
                     key: key.to_le_bytes(),
-                    tag,
                     count: n,
                 };
                 self.len += 1;
                 return;
             }
         }
-        self.insert_new(Slot {
+        let slot = Slot {
             key: key.to_le_bytes(),
-            tag,
             count: n,
-        });
+        };
+        self.insert_new(slot, hash);
     }
 
-    /// Adds `n` (not zero) to the count of the long key `word` whose tag is `tag`.
+    /// Adds `n` (not zero) to the count of the long key `word` of hash `hash`.
     #[inline(never)]
-    fn add_long(&mut self, word: &[u8], tag: u64, n: u64) {
+    fn add_long(&mut self, word: &[u8], hash: u64, n: u64) {
         if !self.slots.is_empty() {
             let mask = self.slots.len() - 1;
-            let mut i = tag as usize & mask;
+            let mut i = hash as usize & mask;
             loop {
-                let slot = &mut self.slots[i];
+                let slot = &self.slots[i];
                 if slot.count == 0 {
                     break;
                 }
-                if slot.tag == tag && self.arena[slot.long_range()] == *word {
+                if slot.is_long()
+                    && slot.long_range().len() == word.len()
+                    && self.arena[slot.long_range()] == *word
+                {
                     self.slots[i].count += n;
                     return;
                 }
@@ -358,21 +405,23 @@ impl Shard {
         }
         let start = self.arena.len() as u128;
         self.arena.extend_from_slice(word);
-        self.insert_new(Slot {
-            key: (start | (word.len() as u128) << 64).to_le_bytes(),
-            tag,
-            count: n,
-        });
+        let key = start | (word.len() as u128) << 64 | u128::from(LONG) << 120;
+        self.insert_new(
+            Slot {
+                key: key.to_le_bytes(),
+                count: n,
+            },
+            hash,
+        );
     }
 
     /// Adds `n` (not zero) to the count of `word`, whose hash is `hash`.
     #[inline]
     fn add_hashed(&mut self, word: &[u8], hash: u64, n: u64) {
-        let tag = tag(hash, word.len());
         if word.len() <= INLINE {
-            self.add_inline(inline_key(word), tag, n);
+            self.add_inline(inline_key(word), hash, n);
         } else {
-            self.add_long(word, tag, n);
+            self.add_long(word, hash, n);
         }
     }
 
@@ -381,15 +430,14 @@ impl Shard {
         if self.slots.is_empty() {
             return 0;
         }
-        let tag = tag(hash, word.len());
         let mask = self.slots.len() - 1;
-        let mut i = tag as usize & mask;
+        let mut i = hash as usize & mask;
         loop {
             let slot = &self.slots[i];
             if slot.count == 0 {
                 return 0;
             }
-            if slot.tag == tag && self.key_of(slot) == word {
+            if self.key_of(slot) == word {
                 return slot.count;
             }
             i = (i + 1) & mask;
@@ -404,11 +452,28 @@ impl Shard {
         if other.len == 0 {
             return;
         }
-        for slot in other.occupied() {
-            if is_long(slot.tag) {
-                self.add_long(&other.arena[slot.long_range()], slot.tag, slot.count);
-            } else {
-                self.add_inline(u128::from_le_bytes(slot.key), slot.tag, slot.count);
+        // Slots taken 64 at a time: the occupied ones are picked without a
+        // branch, their slots here prefetched, then they are added.
+        let mut picked = [0u8; 64];
+        let mut hashes = [0u64; 64];
+        for block in other.slots.chunks(64) {
+            let mut n = 0;
+            for (k, slot) in block.iter().enumerate() {
+                picked[n] = k as u8;
+                n += usize::from(slot.count != 0);
+            }
+            let mask = self.slots.len().wrapping_sub(1);
+            for (&k, hash) in picked[..n].iter().zip(&mut hashes) {
+                *hash = other.hash_of(&block[k as usize]);
+                prefetch(&self.slots, *hash as usize & mask);
+            }
+            for (&k, &hash) in picked[..n].iter().zip(&hashes) {
+                let slot = &block[k as usize];
+                if slot.is_long() {
+                    self.add_long(&other.arena[slot.long_range()], hash, slot.count);
+                } else {
+                    self.add_inline(u128::from_le_bytes(slot.key), hash, slot.count);
+                }
             }
         }
     }
@@ -419,26 +484,17 @@ static KEY_MASK: [u128; INLINE + 1] = {
     let mut t = [0u128; INLINE + 1];
     let mut len = 1;
     while len <= INLINE {
-        t[len] = u128::MAX >> (8 * (INLINE - len));
+        t[len] = u128::MAX >> (8 * (16 - len));
         len += 1;
     }
     t
 };
 
-/// Asks the CPU to start loading the cache line that holds `slots[i]`, if any.
+/// The inline value of the first `len` (at most `INLINE`) of the 16 bytes
+/// `lo`, `hi` (little-endian).
 #[inline(always)]
-fn prefetch(slots: &[Slot], i: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let p = slots.as_ptr().wrapping_add(i) as *const i8;
-        // SAFETY: a prefetch is only a hint: it never faults, whatever the
-        // address (which is computed without dereferencing anything), and SSE
-        // is part of the x86_64 baseline.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (slots, i);
+fn inline_value(lo: u64, hi: u64, len: usize) -> u128 {
+    (u128::from(hi) << 64 | u128::from(lo)) & KEY_MASK[len] | (len as u128) << 120
 }
 
 /// Inline keys found by a scan, waiting to be counted: their slots are
@@ -446,8 +502,7 @@ fn prefetch(slots: &[Slot], i: usize) {
 /// overlap instead of following one another.
 struct Batch {
     keys: [u128; BATCH],
-    tags: [u64; BATCH],
-    shards: [u8; BATCH],
+    hashes: [u64; BATCH],
     len: usize,
 }
 
@@ -458,24 +513,20 @@ impl Batch {
     fn new() -> Batch {
         Batch {
             keys: [0; BATCH],
-            tags: [0; BATCH],
-            shards: [0; BATCH],
+            hashes: [0; BATCH],
             len: 0,
         }
     }
 
-    /// Adds one occurrence of the inline key `key` (`len` bytes, zero-padded).
+    /// Adds one occurrence of the inline key of inline value `key`.
     #[inline(always)]
-    fn push(&mut self, shards: &mut [Shard; SHARDS], key: u128, len: usize) {
-        let hash = hash_inline(key, len);
-        let shard = shard_of(hash);
-        let tag = tag(hash, len);
-        let slots = &shards[shard].slots;
-        prefetch(slots, tag as usize & slots.len().wrapping_sub(1));
+    fn push(&mut self, shards: &mut [Shard; SHARDS], key: u128) {
+        let hash = hash_inline(key);
+        let slots = &shards[shard_of(hash)].slots;
+        prefetch(slots, hash as usize & slots.len().wrapping_sub(1));
         let k = self.len;
         self.keys[k] = key;
-        self.tags[k] = tag;
-        self.shards[k] = shard as u8;
+        self.hashes[k] = hash;
         self.len = k + 1;
         if k + 1 == BATCH {
             self.flush(shards);
@@ -486,7 +537,8 @@ impl Batch {
     #[inline(always)]
     fn flush(&mut self, shards: &mut [Shard; SHARDS]) {
         for k in 0..self.len.min(BATCH) {
-            shards[self.shards[k] as usize % SHARDS].add_inline(self.keys[k], self.tags[k], 1);
+            let hash = self.hashes[k];
+            shards[shard_of(hash)].add_inline(self.keys[k], hash, 1);
         }
         self.len = 0;
     }
@@ -576,9 +628,9 @@ fn scan_whitespace(shards: &mut [Shard; SHARDS], batch: &mut Batch, buf: &[u8], 
             i = end;
             continue;
         }
+        // At most 15 (= INLINE): a whitespace byte is among the 16.
         let len = space.trailing_zeros() as usize;
-        let key = (u128::from(w1) << 64 | u128::from(w0)) & KEY_MASK[len];
-        batch.push(shards, key, len);
+        batch.push(shards, inline_value(w0, w1, len));
         // The next token in these 16 bytes, if any.
         let next = !space & (0xFFFF << len) & 0xFFFF;
         i += if next != 0 {
@@ -672,8 +724,7 @@ fn scan_words(
         if high & ((1 << len) - 1) != 0 {
             count_non_ascii_run(shards, &buf[i..i + len], scratch);
         } else {
-            let key = (u128::from(lower1) << 64 | u128::from(lower0)) & KEY_MASK[len];
-            batch.push(shards, key, len);
+            batch.push(shards, inline_value(lower0, lower1, len));
         }
         let next = !sep & (0xFFFF << len) & 0xFFFF;
         i += if next != 0 {
@@ -688,10 +739,11 @@ fn scan_words(
 /// Word -> count table, the per-worker partial of word count.
 ///
 /// A hash table of its own: 64 shards (picked by the top bits of a key's hash)
-/// of open addressing with linear probing; each 32-byte slot holds the key's
-/// tag (length and hash bits) and count, and the key itself when it has at
-/// most 16 bytes (longer keys live in the shard's byte arena), so that a lookup
-/// usually touches one cache line and counting allocates nothing per word.
+/// of open addressing with linear probing; each 24-byte slot holds a count and
+/// the key itself with its length when it has at most 15 bytes (longer keys
+/// live in the shard's byte arena), so that a lookup usually touches one cache
+/// line and counting allocates nothing per word. The tokenizers read 16 bytes
+/// at a time and prefetch the slots of the next 64 words while they count.
 /// Merges and decoding work shard by shard, in parallel for large tables.
 ///
 /// Invariant: no word has a count of zero.
@@ -1630,6 +1682,26 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn inline_values_pad_with_zeros_and_hold_the_length() {
+        for len in 0..=INLINE {
+            let word: Vec<u8> = (0..len as u8)
+                .map(|b| b.wrapping_mul(37).wrapping_add(0xC1))
+                .collect();
+            let mut padded = [0u8; 16];
+            padded[..len].copy_from_slice(&word);
+            padded[15] = len as u8;
+            let expected = u128::from_le_bytes(padded);
+            assert_eq!(inline_key(&word), expected, "len {len}");
+            // From two words read past the end, as the tokenizers do.
+            let mut window = [0xEEu8; 16];
+            window[..len].copy_from_slice(&word);
+            let (lo, hi) = load16(&window, 0);
+            assert_eq!(inline_value(lo, hi, len), expected, "len {len}");
+            assert_eq!(hash_word(&word), hash_inline(expected));
         }
     }
 
