@@ -840,7 +840,7 @@ impl WordCounts {
     /// shard by shard.
     fn from_pairs(pairs: &[(&[u8], u64)]) -> WordCounts {
         let mut out = WordCounts::new();
-        if pairs.len() < PARALLEL_MIN {
+        if pairs.len() < PARALLEL_MIN || u32::try_from(pairs.len()).is_err() {
             for &(word, n) in pairs {
                 out.add(word, n);
             }
