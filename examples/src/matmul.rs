@@ -95,7 +95,13 @@ impl Job for MatMul {
     type Partial = ();
 
     fn split(&self, _: &Input, hint: usize) -> Vec<Range<usize>> {
-        let step = self.m.div_ceil(hint.max(1)).max(1);
+        // Each task packs all of B again (matrixmultiply packs per call), so
+        // tasks stay large, up to 512 rows, as long as each worker (hint /
+        // DEFAULT_TASKS_PER_WORKER of them) still gets two, for balance.
+        let hint = hint.max(1);
+        let workers = hint.div_ceil(coop::DEFAULT_TASKS_PER_WORKER);
+        let balanced = self.m / (2 * workers);
+        let step = self.m.div_ceil(hint).max(balanced.min(512)).max(1);
         (0..self.m)
             .step_by(step)
             .map(|r| r..(r + step).min(self.m))
