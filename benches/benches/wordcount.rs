@@ -6,15 +6,8 @@
 //!   [`WordCounts`] in both split modes, with the same chunking, on a 2-thread
 //!   and a 1-thread rayon pool (throughput in bytes of text);
 //! - `wordcount_merge`: merging 16 partials (the counts of 16 slices of the
-//!   corpus) into one, as the coordinator does with one partial per worker;
-//!   what the coordinator of a 2-worker pool does at the end of a job,
-//!   decoding the partials of the two halves of the corpus and merging them;
-//!   and the postcard encoding and decoding of one of the 16 partials.
-//!   `postcard_decode` keeps its tables until criterion drops a batch of
-//!   them, so that each decode writes fresh memory (page faults included), as
-//!   a coordinator does; `postcard_decode_warm` drops each table inside the
-//!   timing, so that the allocator hands the same memory back: the decoding
-//!   work alone.
+//!   corpus) into one, as the coordinator does with one partial per worker,
+//!   and the postcard encoding and decoding of one partial.
 //!
 //! The corpus and partials are made once, lazily, outside the timing.
 
@@ -113,31 +106,6 @@ fn partials() -> &'static [WordCounts] {
     })
 }
 
-/// The counts (Words mode) of the two halves of the corpus, postcard-encoded:
-/// the partials of a 2-worker pool, as the coordinator receives them.
-fn encoded_halves() -> &'static [Vec<u8>] {
-    static HALVES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
-    HALVES.get_or_init(|| {
-        let text = corpus();
-        let halves: Vec<Vec<u8>> = peer::chunks(text, text.len().div_ceil(2))
-            .into_par_iter()
-            .map(|range| {
-                let mut counts = WordCounts::new();
-                counts.count(SplitMode::Words, &text[range]);
-                postcard::to_allocvec(&counts).expect("encoding")
-            })
-            .collect();
-        eprintln!(
-            "encoded halves: {} + {} bytes; one sixteenth: {} distinct words, {} bytes encoded",
-            halves[0].len(),
-            halves[1].len(),
-            partials()[0].distinct(),
-            postcard::to_allocvec(&partials()[0]).expect("encoding").len(),
-        );
-        halves
-    })
-}
-
 fn merge(c: &mut Criterion) {
     let mut group = c.benchmark_group("wordcount_merge");
     group.sampling_mode(SamplingMode::Flat);
@@ -155,21 +123,6 @@ fn merge(c: &mut Criterion) {
             BatchSize::PerIteration,
         );
     });
-    group.bench_function(BenchmarkId::new("decode_and_merge_halves", 2), |b| {
-        let halves = encoded_halves();
-        b.iter_with_large_drop(|| {
-            let mut into: Option<WordCounts> = None;
-            for bytes in halves {
-                let part = postcard::from_bytes::<WordCounts>(black_box(bytes)).expect("decoding");
-                // As the coordinator does: the first partial is moved in.
-                match &mut into {
-                    Some(into) => into.merge(part),
-                    None => into = Some(part),
-                }
-            }
-            into
-        });
-    });
     let distinct = OnceLock::new();
     let distinct = || *distinct.get_or_init(|| partials()[0].distinct() as u64);
     group.throughput(Throughput::Elements(distinct()));
@@ -181,10 +134,6 @@ fn merge(c: &mut Criterion) {
     group.bench_function("postcard_decode", |b| {
         let bytes = encoded.get_or_init(|| postcard::to_allocvec(&partials()[0]).expect("encoding"));
         b.iter_with_large_drop(|| postcard::from_bytes::<WordCounts>(black_box(bytes)).expect("decoding"));
-    });
-    group.bench_function("postcard_decode_warm", |b| {
-        let bytes = encoded.get_or_init(|| postcard::to_allocvec(&partials()[0]).expect("encoding"));
-        b.iter(|| drop(postcard::from_bytes::<WordCounts>(black_box(bytes)).expect("decoding")));
     });
     group.finish();
 }
