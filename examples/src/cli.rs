@@ -170,6 +170,30 @@ impl From<IpcKind> for coop::Ipc {
     }
 }
 
+/// The engine options both binaries take: `--workers`, `--engine`, `--ipc`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
+    /// Number of workers (default: one per core).
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=coop::MAX_WORKERS as u64))]
+    pub workers: Option<u64>,
+
+    /// What runs the job.
+    #[arg(long, value_enum, default_value_t = EngineKind::Processes)]
+    pub engine: EngineKind,
+
+    /// How the processes engine moves data: workers map the input and write
+    /// output in place, or every task's input and output travels in messages.
+    #[arg(long, value_enum, default_value_t = IpcKind::SharedMemory)]
+    pub ipc: IpcKind,
+}
+
+impl EngineArgs {
+    /// Starts the engine these options describe.
+    pub fn start(&self) -> coop::Result<AnyEngine> {
+        AnyEngine::start(self.engine, self.workers.map(|w| w as usize), self.ipc)
+    }
+}
+
 /// One of coop's engines, chosen at run time.
 #[derive(Debug)]
 pub enum AnyEngine {

@@ -10,7 +10,7 @@ use anyhow::anyhow;
 use clap::Parser;
 use coop::Sequential;
 use coop::prelude::*;
-use coop_examples::cli::{self, AnyEngine, BadInput, EngineKind, Failure, IpcKind, ProgressBar};
+use coop_examples::cli::{self, AnyEngine, BadInput, EngineArgs, Failure, ProgressBar};
 use coop_examples::matmul::{MatMul, Operand};
 use coop_examples::npy::{self, Dtype, ShapeDisplay};
 use rand::{RngExt, SeedableRng};
@@ -44,18 +44,8 @@ struct Args {
     #[arg(long, requires = "size")]
     check: bool,
 
-    /// Number of workers (default: one per core).
-    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=coop::MAX_WORKERS as u64))]
-    workers: Option<u64>,
-
-    /// What runs the job.
-    #[arg(long, value_enum, default_value_t = EngineKind::Processes)]
-    engine: EngineKind,
-
-    /// How the processes engine moves data: workers map the input and write
-    /// output in place, or every task's input and output travels in messages.
-    #[arg(long, value_enum, default_value_t = IpcKind::SharedMemory)]
-    ipc: IpcKind,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -158,7 +148,7 @@ fn multiply_files(args: &Args, a_path: &Path, b_path: &Path) -> Result<(), Failu
         .map_err(|e| anyhow!("{}: {e}", out_path.display()))
         .bad_input()?;
 
-    let engine = AnyEngine::start(args.engine, args.workers.map(|w| w as usize), args.ipc)?;
+    let engine = args.engine.start()?;
     let started = Instant::now();
     let c = multiply(&engine, &job, &input)?;
     let seconds = started.elapsed().as_secs_f64();
@@ -231,7 +221,7 @@ fn multiply_random(args: &Args, n: usize) -> Result<(), Failure> {
         b: c_order(1),
     };
 
-    let engine = AnyEngine::start(args.engine, args.workers.map(|w| w as usize), args.ipc)?;
+    let engine = args.engine.start()?;
     let started = Instant::now();
     let c = multiply(&engine, &job, &input)?;
     let seconds = started.elapsed().as_secs_f64();

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use coop::prelude::*;
-use coop_examples::cli::{self, AnyEngine, BadInput, EngineKind, Failure, IpcKind, ProgressBar};
+use coop_examples::cli::{self, BadInput, EngineArgs, Failure, ProgressBar};
 use coop_examples::wordcount::WordCount;
 use coop_examples::words::{SplitMode, WordCounts};
 
@@ -20,18 +20,8 @@ struct Args {
     /// Files to count; "-" or nothing reads standard input.
     files: Vec<PathBuf>,
 
-    /// Number of workers (default: one per core).
-    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=coop::MAX_WORKERS as u64))]
-    workers: Option<u64>,
-
-    /// What runs the job.
-    #[arg(long, value_enum, default_value_t = EngineKind::Processes)]
-    engine: EngineKind,
-
-    /// How the processes engine moves data: workers map the input and write
-    /// output in place, or every task's input and output travels in messages.
-    #[arg(long, value_enum, default_value_t = IpcKind::SharedMemory)]
-    ipc: IpcKind,
+    #[command(flatten)]
+    engine: EngineArgs,
 
     /// What a word is: runs of alphanumeric characters, lowercased (words), or
     /// runs of bytes between ASCII whitespace, as they are (whitespace, like `wc -w`).
@@ -94,7 +84,7 @@ fn run(args: Args) -> Result<(), Failure> {
     }
 
     let started = Instant::now();
-    let engine = AnyEngine::start(args.engine, args.workers.map(|w| w as usize), args.ipc)?;
+    let engine = args.engine.start()?;
     let bar = ProgressBar::default();
     let report = |p| bar.report(p);
     let counts: WordCounts = Run::new(&WordCount { mode }, &input)
