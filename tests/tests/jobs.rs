@@ -172,6 +172,28 @@ fn values(count: usize, seed: u64) -> Vec<f64> {
         .collect()
 }
 
+/// A and B (f64, both in the same order) in two shared segments, and the job
+/// multiplying them.
+fn matmul_of(a: &[f64], b: &[f64], (m, k, n): (usize, usize, usize), fortran: bool) -> (Input, MatMul) {
+    let mut input = Input::new();
+    input.push_slice(a);
+    input.push_slice(b);
+    let op = |segment| Operand {
+        segment,
+        offset: 0,
+        fortran,
+    };
+    let job = MatMul {
+        dtype: Dtype::F64,
+        m,
+        k,
+        n,
+        a: op(0),
+        b: op(1),
+    };
+    (input, job)
+}
+
 fn matmul_odd_shapes() -> Result<(), Failed> {
     let pool = Pool::builder().workers(3).build()?;
     let threads = Threads::new(2)?;
@@ -187,22 +209,7 @@ fn matmul_odd_shapes() -> Result<(), Failed> {
         (5, 5, 0),
     ] {
         let (a, b) = (values(m * k, 1), values(k * n, 2));
-        let mut input = Input::new();
-        input.push_slice(&a);
-        input.push_slice(&b);
-        let op = |segment| Operand {
-            segment,
-            offset: 0,
-            fortran: false,
-        };
-        let job = MatMul {
-            dtype: Dtype::F64,
-            m,
-            k,
-            n,
-            a: op(0),
-            b: op(1),
-        };
+        let (input, job) = matmul_of(&a, &b, (m, k, n), false);
         let mut products = Vec::new();
         for engine in 0..3 {
             let mut c = SharedOutput::new(job.output_len());
@@ -378,22 +385,7 @@ fn messages_match_shared_memory() -> Result<(), Failed> {
         (1, 1, 1, false),
     ] {
         let (a, b) = (values(m * k, 7), values(k * n, 8));
-        let mut input = Input::new();
-        input.push_slice(&a);
-        input.push_slice(&b);
-        let op = |segment| Operand {
-            segment,
-            offset: 0,
-            fortran,
-        };
-        let job = MatMul {
-            dtype: Dtype::F64,
-            m,
-            k,
-            n,
-            a: op(0),
-            b: op(1),
-        };
+        let (input, job) = matmul_of(&a, &b, (m, k, n), fortran);
         let mut outputs = Vec::new();
         for pool in [&shared, &messages] {
             let mut c = SharedOutput::new(job.output_len());
