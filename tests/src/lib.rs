@@ -9,6 +9,8 @@ use coop::JobEntry;
 use coop::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub mod leaks;
+
 /// Every job a test binary's workers may run (not [`Unregistered`]).
 pub fn jobs() -> Vec<JobEntry> {
     vec![
