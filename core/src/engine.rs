@@ -249,6 +249,9 @@ fn in_process<J: Job>(
         merging: AtomicU64::new(0),
     };
     let result = execute(&local, work);
+    // A file that shrank mid-job was read as zeros: that, not the result (or
+    // an error it caused), is the outcome.
+    input.check_files_intact()?;
     if let Some(stats) = stats {
         *stats = JobStats {
             tasks: plan.tasks.len(),

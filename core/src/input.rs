@@ -62,8 +62,10 @@ impl Input {
     /// an empty-looking file (as in /proc) is read into shared memory. A
     /// directory is an error.
     ///
-    /// The file must not be truncated while a job reads it: touching pages past
-    /// its new end raises `SIGBUS` (in a worker, a lost task).
+    /// The file should not be truncated while a job reads it. If it is, reads
+    /// of the lost bytes find zeros (instead of a `SIGBUS` that would kill the
+    /// reader), and the job ends with [`Error::Input`]: the file shrank while
+    /// it was being read.
     pub fn push_file(&mut self, path: impl AsRef<Path>) -> Result<usize> {
         let path = path.as_ref();
         let input_error = |source| Error::Input {
@@ -150,6 +152,22 @@ impl Input {
         &mut self.regions
     }
 
+    /// Checks, after a job, that every mapped file still holds the bytes that
+    /// were mapped: [`Error::Input`] naming the first file that shrank while
+    /// the job read it (its lost bytes were read as zeros, so the result is
+    /// wrong). Engines call it when a job ends, whatever its outcome.
+    pub(crate) fn check_files_intact(&self) -> Result<()> {
+        for region in &self.regions {
+            if let (Some(path), Err(source)) = (region.path(), region.check_file()) {
+                return Err(Error::Input {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn describe(&self) -> Vec<SegmentDesc> {
         self.regions.iter().map(Region::describe).collect()
     }
@@ -215,5 +233,87 @@ impl SharedOutput {
         // workers only while they run a job that borrows this output mutably,
         // and workers drop their mapping when the job ends.
         unsafe { self.region.deref_mut() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Range;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::engine::{Run, Sequential, Threads};
+    use crate::job::Job;
+
+    /// Sums the bytes of segment 0, page by page; the first task truncates
+    /// the file to one page before it reads anything.
+    #[derive(Serialize, Deserialize)]
+    struct ShrinkThenSum {
+        path: std::path::PathBuf,
+    }
+
+    impl Job for ShrinkThenSum {
+        const NAME: &'static str = "shrink-then-sum";
+        type Task = Range<usize>;
+        type Partial = u64;
+
+        fn split(&self, input: &Input, _: usize) -> Vec<Range<usize>> {
+            let len = input.bytes(0).len();
+            (0..len).step_by(4096).map(|s| s..(s + 4096).min(len)).collect()
+        }
+
+        fn map(
+            &self,
+            task: &Range<usize>,
+            input: &Input,
+            _: &mut [u8],
+            sum: &mut u64,
+        ) -> std::result::Result<(), crate::TaskError> {
+            if task.start == 0 {
+                File::options().write(true).open(&self.path)?.set_len(4096)?;
+            }
+            *sum += input.bytes(0)[task.clone()]
+                .iter()
+                .map(|&b| u64::from(b))
+                .sum::<u64>();
+            Ok(())
+        }
+
+        fn merge(&self, into: &mut u64, other: u64) {
+            *into += other;
+        }
+    }
+
+    #[test]
+    fn a_file_that_shrinks_during_a_job_is_an_input_error_not_a_crash() {
+        for threads in [false, true] {
+            let path = std::env::temp_dir().join(format!("coop-input-{}-{threads}", std::process::id()));
+            std::fs::write(&path, vec![1u8; 64 * 4096]).unwrap();
+            let mut input = Input::new();
+            input.push_file(&path).unwrap();
+            input.push_bytes(b"not a file");
+            input.check_files_intact().unwrap();
+            let job = ShrinkThenSum { path: path.clone() };
+            let run = Run::new(&job, &input).tasks_per_worker(1);
+            let result = if threads {
+                run.on(&Threads::new(2).unwrap())
+            } else {
+                run.on(&Sequential)
+            };
+            let err = result.unwrap_err();
+            assert!(matches!(err, Error::Input { .. }), "{err:?}");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{}: file shrank from {} to 4096 bytes while it was being read",
+                    path.display(),
+                    64 * 4096
+                )
+            );
+            // Reads of the lost bytes found zeros.
+            assert!(input.bytes(0)[4096..].iter().all(|&b| b == 0));
+            std::fs::remove_file(&path).unwrap();
+        }
     }
 }

@@ -16,6 +16,7 @@ mod panic;
 pub mod protocol;
 mod region;
 mod serve;
+mod sigbus;
 
 pub use job::{JobEntry, JobInstance, OpenJob};
 pub use output::Output;

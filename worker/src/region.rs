@@ -8,6 +8,7 @@ use ipc_channel::ipc::IpcSharedMemory;
 use memmap2::{Mmap, MmapMut};
 
 use crate::protocol::SegmentDesc;
+use crate::sigbus;
 
 /// One input segment, mapped into this process: a shared-memory region or a
 /// memory-mapped file. Coordinator and workers each hold their own mapping of
@@ -20,14 +21,24 @@ pub struct Region {
 #[derive(Debug)]
 enum Backing {
     Shared(IpcSharedMemory),
-    /// `map` is `None` for an empty file, which cannot be mapped.
+    /// `map` is `None` for an empty file, which cannot be mapped. `file`
+    /// stays open so that [`Region::check_file`] sees the same file.
     File {
         path: PathBuf,
-        map: Option<Mmap>,
+        file: File,
+        map: Option<FileMap>,
     },
     /// Anonymous memory, zeroed and allocated page by page as it is written;
     /// `None` when empty.
     Private(Option<MmapMut>),
+}
+
+/// A file mapping and its `SIGBUS` guard. The guard is declared first, so
+/// it is dropped (unregistered) before the memory is unmapped.
+#[derive(Debug)]
+struct FileMap {
+    guard: sigbus::Guard,
+    map: Mmap,
 }
 
 impl Region {
@@ -41,8 +52,9 @@ impl Region {
     /// Maps a regular file read-only. `path` should be absolute if the region
     /// is to be described to workers, whose working directory may differ.
     ///
-    /// The file must not be truncated while mapped: reading pages past its new
-    /// end raises `SIGBUS` in the process that touches them.
+    /// If the file is truncated while mapped, reading pages past its new end
+    /// would raise `SIGBUS` in the process that touches them: a guard answers
+    /// those reads with zeros instead, and [`Region::check_file`] reports it.
     pub fn map_file(path: &Path) -> io::Result<Self> {
         let file = File::open(path)?;
         let meta = file.metadata()?;
@@ -54,23 +66,60 @@ impl Region {
         } else {
             // SAFETY: the mapping is read-only and private to this Region; the
             // input contract (documented on `Input::push_file`) is that the file
-            // is not modified while a job reads it.
+            // is not modified while a job reads it. If it is truncated anyway,
+            // the guard registered below turns the SIGBUS of a read past the
+            // new end into zeros, and `check_file` reports the change.
             let map = unsafe { Mmap::map(&file)? };
-            Some(map)
+            let guard = sigbus::Guard::register(map.as_ptr(), map.len());
+            Some(FileMap { guard, map })
         };
         Ok(Region {
             backing: Backing::File {
                 path: path.to_path_buf(),
+                file,
                 map,
             },
         })
+    }
+
+    /// The path of a mapped file; `None` for other segments.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.backing {
+            Backing::File { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// For a mapped file, checks that it still holds every byte that was
+    /// mapped: an error if it is shorter now, or if a read past its end was
+    /// answered with zeros (it shrank, and may have grown back since). The
+    /// message does not name the file ([`Region::path`] does). Other segments
+    /// are always fine.
+    pub fn check_file(&self) -> io::Result<()> {
+        let Backing::File { file, map, .. } = &self.backing else {
+            return Ok(());
+        };
+        let mapped = self.bytes().len() as u64;
+        let now = file.metadata()?.len();
+        if now < mapped {
+            return Err(io::Error::other(format!(
+                "file shrank from {mapped} to {now} bytes while it was being read"
+            )));
+        }
+        if map.as_ref().is_some_and(|m| m.guard.faulted()) {
+            return Err(io::Error::other(format!(
+                "file was truncated while it was being read ({mapped} bytes when mapped, \
+                 {now} now; reads past its end found nothing)"
+            )));
+        }
+        Ok(())
     }
 
     /// The segment's bytes.
     pub fn bytes(&self) -> &[u8] {
         match &self.backing {
             Backing::Shared(region) => region,
-            Backing::File { map: Some(map), .. } => map,
+            Backing::File { map: Some(map), .. } => &map.map,
             Backing::File { map: None, .. } => &[],
             Backing::Private(Some(map)) => map,
             Backing::Private(None) => &[],
@@ -149,5 +198,59 @@ impl Region {
             }
             SegmentDesc::Private { len } => Region::private(len as usize),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_file_reads_zeros_and_fails_the_check() {
+        let path = std::env::temp_dir().join(format!("coop-region-{}-shrink", std::process::id()));
+        std::fs::write(&path, vec![b'a'; 3 * 4096 + 10]).unwrap();
+        let region = Region::map_file(&path).unwrap();
+        assert_eq!(region.path(), Some(path.as_path()));
+        region.check_file().unwrap();
+
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        let err = region.check_file().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "file shrank from 12298 to 4096 bytes while it was being read"
+        );
+        // The lost pages read as zeros, in this process, instead of SIGBUS.
+        let bytes = region.bytes();
+        assert_eq!(bytes.len(), 3 * 4096 + 10);
+        assert!(bytes[..4096].iter().all(|&b| b == b'a'));
+        assert!(bytes[4096..].iter().all(|&b| b == 0));
+
+        // Grown back to its size: the zeros read are still reported.
+        std::fs::write(&path, vec![b'b'; 3 * 4096 + 10]).unwrap();
+        let err = region.check_file().unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("file was truncated while it was being read"),
+            "{err}"
+        );
+        drop(region);
+
+        // A fresh mapping of the same file is intact again; growth is fine.
+        let region = Region::map_file(&path).unwrap();
+        std::fs::write(&path, vec![b'c'; 4 * 4096]).unwrap();
+        region.check_file().unwrap();
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn other_segments_have_no_file_to_check() {
+        let region = Region::private(100).unwrap();
+        assert_eq!(region.path(), None);
+        region.check_file().unwrap();
     }
 }
