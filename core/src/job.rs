@@ -102,7 +102,20 @@ static INITIALIZED: AtomicBool = AtomicBool::new(false);
 /// ```
 pub fn init(jobs: &[JobEntry]) {
     coop_worker::run_if_worker(jobs);
+    #[cfg(feature = "mpi")]
+    let _ = REGISTERED.set(jobs.to_vec());
     INITIALIZED.store(true, Ordering::Release);
+}
+
+/// The jobs listed in [`init`]: what the ranks of an MPI job serve
+/// ([`crate::Mpi`]), which start after `init` returned.
+#[cfg(feature = "mpi")]
+static REGISTERED: std::sync::OnceLock<Vec<JobEntry>> = std::sync::OnceLock::new();
+
+/// The jobs listed in the first call of [`init`] (none before it).
+#[cfg(feature = "mpi")]
+pub(crate) fn registered() -> &'static [JobEntry] {
+    REGISTERED.get().map_or(&[], Vec::as_slice)
 }
 
 pub(crate) fn initialized() -> bool {
@@ -163,6 +176,10 @@ impl<J: Job> JobInstance for Instance<J> {
 
     fn output(&self) -> &Output {
         &self.output
+    }
+
+    fn output_mut(&mut self) -> &mut Output {
+        &mut self.output
     }
 
     fn take_partial(&mut self) -> Result<Vec<u8>, String> {

@@ -142,6 +142,13 @@ pub use input::{Input, SharedOutput};
 pub use job::{Job, TaskError, init, register};
 pub use pool::{DEFAULT_RETRIES, Ipc, MAX_WORKERS, Pool, PoolBuilder};
 
+/// Fault injection for tests (feature `fault-injection`): see
+/// [`PoolBuilder::inject_fault`].
+#[cfg(feature = "fault-injection")]
+pub mod fault {
+    pub use coop_worker::fault::{Behaviour, Fault, Point};
+}
+
 /// The names most programs need: `use coop::prelude::*;`.
 pub mod prelude {
     pub use crate::{Engine, Input, Job, Pool, Progress, Run, SharedOutput, TaskError};

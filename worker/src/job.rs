@@ -20,6 +20,9 @@ pub trait JobInstance {
     /// The job's output.
     fn output(&self) -> &Output;
 
+    /// The job's output, writable (fault injection scribbles over tiles).
+    fn output_mut(&mut self) -> &mut Output;
+
     /// Encodes the partial folded so far and resets it to empty.
     fn take_partial(&mut self) -> Result<Vec<u8>, String>;
 }

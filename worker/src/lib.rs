@@ -7,9 +7,11 @@
 //! - [`Region`]: an input segment (shared memory, a mapped file, or private memory).
 //! - [`Output`]: where a worker writes output tiles (shared or private).
 //! - [`JobInstance`], [`JobEntry`]: the type-erased job a worker runs.
+//! - [`fault`]: fault injection for tests (feature `fault-injection`).
 //! - [`run_if_worker`]: handshake, parent-death signal, the task loop, panic capture.
 #![deny(missing_docs)]
 
+pub mod fault;
 mod job;
 mod output;
 mod panic;

@@ -9,6 +9,7 @@ use ipc_channel::ipc::{self, IpcBytesReceiver, IpcReceiver, IpcSender};
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::unistd::{Pid, getppid};
 
+use crate::fault::{self, Aftermath, Fault, Garbage, Point};
 use crate::job::{JobEntry, JobInstance};
 use crate::output::Output;
 use crate::panic::{capture_panics, panic_message};
@@ -29,6 +30,7 @@ pub fn run_if_worker(jobs: &[JobEntry]) {
     };
     let parent = env::var(ENV_PARENT).ok().and_then(|p| p.parse::<i32>().ok());
     let token = env::var(ENV_TOKEN).unwrap_or_default();
+    let faults = Faults(Fault::from_env());
     // SAFETY: we are at the top of `main` (documented contract of `coop::init`),
     // so no other thread reads the environment concurrently. The variables are
     // removed so that programs the job itself starts are not taken for workers.
@@ -36,8 +38,9 @@ pub fn run_if_worker(jobs: &[JobEntry]) {
         env::remove_var(ENV_SERVER);
         env::remove_var(ENV_PARENT);
         env::remove_var(ENV_TOKEN);
+        env::remove_var(fault::ENV_FAULT);
     }
-    let code = match serve(server, parent, token, jobs) {
+    let code = match serve(server, parent, token, jobs, &faults) {
         Ok(()) => 0,
         Err(err) => {
             eprintln!("coop worker {}: {err}", process::id());
@@ -49,7 +52,26 @@ pub fn run_if_worker(jobs: &[JobEntry]) {
 
 type WorkerError = Box<dyn std::error::Error>;
 
-fn serve(server: OsString, parent: Option<i32>, token: String, jobs: &[JobEntry]) -> Result<(), WorkerError> {
+/// The fault this worker was started with, if any (tests only).
+struct Faults(Option<Fault>);
+
+impl Faults {
+    /// Strikes if the fault fires here; returns what is left to do with the channel.
+    fn at(&self, point: Point, task: Option<u32>) -> Option<Aftermath> {
+        let fault = self.0.as_ref()?;
+        fault
+            .fires(point, task)
+            .then(|| fault::strike(point, fault.behaviour))
+    }
+}
+
+fn serve(
+    server: OsString,
+    parent: Option<i32>,
+    token: String,
+    jobs: &[JobEntry],
+    faults: &Faults,
+) -> Result<(), WorkerError> {
     die_with_parent(parent)?;
     // Ctrl-C reaches the whole foreground process group; the coordinator
     // decides what happens to its workers (they die with it in any case).
@@ -58,7 +80,11 @@ fn serve(server: OsString, parent: Option<i32>, token: String, jobs: &[JobEntry]
     capture_panics();
 
     let server = server.into_string().map_err(|_| "rendezvous name is not UTF-8")?;
-    let to_coordinator = IpcSender::<FromWorker>::connect(server)?;
+    let early = faults.at(Point::BeforeConnect, None);
+    let mut to_coordinator = IpcSender::<FromWorker>::connect(server)?;
+    if let Some(aftermath) = early.or_else(|| faults.at(Point::Handshake, None)) {
+        to_coordinator = carry_out(aftermath, to_coordinator)?;
+    }
     let (to_worker, from_coordinator) = ipc::channel::<ToWorker>()?;
     let (bulk, bulk_in) = ipc::bytes_channel()?;
     to_coordinator.send(FromWorker::Hello {
@@ -72,7 +98,23 @@ fn serve(server: OsString, parent: Option<i32>, token: String, jobs: &[JobEntry]
         bulk: bulk_in,
         tx: to_coordinator,
     };
-    task_loop(jobs, &channels)
+    task_loop(jobs, channels, faults)
+}
+
+/// The rest of a fault that leaves the worker running: garbage on the channel
+/// (then the worker goes on, until the coordinator kills it), or a closed
+/// channel and an idle process.
+fn carry_out(aftermath: Aftermath, tx: IpcSender<FromWorker>) -> Result<IpcSender<FromWorker>, WorkerError> {
+    match aftermath {
+        Aftermath::SendGarbage => {
+            tx.clone().to_opaque().to::<Garbage>().send(Garbage::new())?;
+            Ok(tx)
+        }
+        Aftermath::CloseChannel => {
+            drop(tx);
+            fault::idle()
+        }
+    }
 }
 
 /// Makes the kernel kill this process when the thread that spawned it exits,
@@ -105,8 +147,8 @@ struct Channels {
     tx: IpcSender<FromWorker>,
 }
 
-fn task_loop(jobs: &[JobEntry], channels: &Channels) -> Result<(), WorkerError> {
-    let Channels { rx, bulk, tx } = channels;
+fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(), WorkerError> {
+    let Channels { rx, bulk, mut tx } = channels;
     let mut current: Option<OpenJob> = None;
     loop {
         let message = match rx.recv() {
@@ -151,26 +193,46 @@ fn task_loop(jobs: &[JobEntry], channels: &Channels) -> Result<(), WorkerError> 
                 let Some(open) = current.as_mut().filter(|o| o.id == job && !o.failed) else {
                     continue;
                 };
-                let reply = match receive_chunks(open.instance.as_mut(), &data) {
-                    Err(message) => failed(open, task, Failure::Error(message)),
-                    Ok(()) => run_task(open, task, &spec),
+                let (reply, aftermath) = match receive_chunks(open.instance.as_mut(), &data) {
+                    Err(message) => (failed(open, task, Failure::Error(message)), None),
+                    Ok(()) => run_task(open, task, &spec, faults),
                 };
-                tx.send(reply)?;
+                match aftermath {
+                    Some(aftermath) => tx = carry_out(aftermath, tx)?,
+                    None => tx.send(reply)?,
+                }
             }
             ToWorker::Flush { job } => {
                 let Some(open) = current.as_mut().filter(|o| o.id == job && !o.failed) else {
                     continue;
                 };
-                let outcome = panic::catch_unwind(AssertUnwindSafe(|| open.instance.take_partial()));
+                let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+                    let bytes = open.instance.take_partial()?;
+                    Ok((bytes, faults.at(Point::Partial, None)))
+                }));
                 let reply = match outcome {
-                    Ok(Ok(bytes)) => FromWorker::Partial {
-                        job,
-                        data: Payload::new(bytes),
-                    },
+                    Ok(Ok((bytes, aftermath))) => {
+                        let bytes = match aftermath {
+                            Some(Aftermath::SendGarbage) => fault::GARBAGE_PARTIAL.to_vec(),
+                            Some(Aftermath::CloseChannel) => {
+                                drop(tx);
+                                fault::idle()
+                            }
+                            None => bytes,
+                        };
+                        FromWorker::Partial {
+                            job,
+                            data: Payload::new(bytes),
+                        }
+                    }
                     Ok(Err(message)) => failed(open, u32::MAX, Failure::Error(message)),
                     Err(payload) => failed(open, u32::MAX, Failure::Panic(panic_message(&*payload))),
                 };
+                let sent_partial = matches!(reply, FromWorker::Partial { .. });
                 tx.send(reply)?;
+                if sent_partial && let Some(aftermath) = faults.at(Point::AfterPartial, None) {
+                    tx = carry_out(aftermath, tx)?;
+                }
             }
             ToWorker::EndJob { job } => {
                 if current.as_ref().is_some_and(|o| o.id == job) {
@@ -204,10 +266,22 @@ fn receive_chunks(instance: &mut dyn JobInstance, data: &[(&Chunk, Vec<u8>)]) ->
 }
 
 /// Runs one task, catching panics; with a private output, the reply carries
-/// the tile the task wrote.
-fn run_task(open: &mut OpenJob, task: u32, spec: &[u8]) -> FromWorker {
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| open.instance.run_task(spec)));
-    match outcome {
+/// the tile the task wrote. An injected fault in the task leaves the rest of
+/// it to the caller.
+fn run_task(open: &mut OpenJob, task: u32, spec: &[u8], faults: &Faults) -> (FromWorker, Option<Aftermath>) {
+    let mut aftermath = None;
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        let range = open.instance.run_task(spec)?;
+        aftermath = faults.at(Point::Task, Some(task));
+        if let Some(fault) = &faults.0
+            && fault.fires(Point::Tile, Some(task))
+        {
+            scribble(open.instance.as_mut(), range.clone());
+            aftermath = Some(fault::strike(Point::Tile, fault.behaviour));
+        }
+        Ok(range)
+    }));
+    let reply = match outcome {
         Ok(Ok(range)) => {
             let output = open.instance.output();
             let tile = output.is_private().then(|| Tile {
@@ -222,6 +296,20 @@ fn run_task(open: &mut OpenJob, task: u32, spec: &[u8]) -> FromWorker {
         }
         Ok(Err(message)) => failed(open, task, Failure::Error(message)),
         Err(payload) => failed(open, task, Failure::Panic(panic_message(&*payload))),
+    };
+    (reply, aftermath)
+}
+
+/// A worker dying while writing a tile: the first half of the task's tile is
+/// overwritten with garbage, as if the worker died halfway through it.
+fn scribble(instance: &mut dyn JobInstance, range: std::ops::Range<usize>) {
+    // SAFETY: `range` is this task's own output range, which the coordinator
+    // checked is disjoint from every other task's; the task has just written
+    // it and nothing else touches it until the task is reported done.
+    let bytes = unsafe { instance.output_mut().bytes_mut() };
+    if let Some(tile) = bytes.get_mut(range) {
+        let half = tile.len() / 2;
+        tile[..half].fill(0xEE);
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use coop_worker::ipc_channel::ipc::{IpcReceiverSet, IpcSelectionResult};
-use coop_worker::protocol::ToWorker;
+use coop_worker::protocol::{FromWorker, ToWorker};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -92,6 +92,7 @@ pub struct PoolBuilder {
     handshake_timeout: Duration,
     program: Option<PathBuf>,
     ipc: Ipc,
+    fault: Option<spawn::InjectedFault>,
 }
 
 impl Default for PoolBuilder {
@@ -103,6 +104,7 @@ impl Default for PoolBuilder {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             program: None,
             ipc: Ipc::default(),
+            fault: None,
         }
     }
 }
@@ -149,7 +151,20 @@ impl PoolBuilder {
         self
     }
 
-    /// Starts the workers.
+    /// Makes workers misbehave, for tests: worker `worker` (counting from 0 in
+    /// the order the pool starts them, replacements included), or every worker
+    /// if `None`, starts with `fault` (see [`crate::fault`]).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault(mut self, worker: Option<usize>, fault: crate::fault::Fault) -> Self {
+        self.fault = Some(spawn::InjectedFault {
+            worker,
+            fault: fault.to_string(),
+        });
+        self
+    }
+
+    /// Starts the workers. A worker that fails to start is tried again, up
+    /// to [`retries`](Self::retries) times, before the error is returned.
     pub fn build(self) -> Result<Pool> {
         let workers = self
             .workers
@@ -166,11 +181,23 @@ impl PoolBuilder {
         let spawner = Spawner::new(SpawnConfig {
             program,
             handshake_timeout: self.handshake_timeout,
+            fault: self.fault,
         })?;
         let mut state = State::new()?;
-        for worker in spawner.spawn(workers) {
-            // On error, `state` drops and reaps the workers already started.
-            state.add(worker?)?;
+        let mut missing = workers;
+        for attempt in 0..=self.retries {
+            for worker in spawner.spawn(missing) {
+                match worker {
+                    Ok(worker) => state.add(worker)?,
+                    // On error, `state` drops and reaps the workers already started.
+                    Err(err) if attempt == self.retries => return Err(err),
+                    Err(err) => tracing::warn!(%err, "a worker failed to start; trying again"),
+                }
+            }
+            missing = workers - state.slots.len();
+            if missing == 0 {
+                break;
+            }
         }
         tracing::info!(workers, elapsed = ?started.elapsed(), "pool started");
         Ok(Pool {
@@ -254,7 +281,8 @@ struct Slot {
     open: bool,
     /// Tasks sent and not yet done, in the order the worker runs them.
     assigned: std::collections::VecDeque<usize>,
-    /// When the first of `assigned` started running.
+    /// When the first of `assigned` started running or, with none, when the
+    /// flush was sent: the task timeout counts from there.
     running_since: Option<Instant>,
     /// Tasks done whose results sit in the worker's unsent partial.
     folded: Vec<usize>,
@@ -306,13 +334,32 @@ impl State {
     fn resync(&mut self, spawner: &Spawner, target: usize) -> Result<()> {
         while let Ok(events) = self.set.try_select() {
             for event in events {
-                // Messages of earlier jobs are stale; deaths matter.
-                if let IpcSelectionResult::ChannelClosed(receiver) = event
-                    && let Some(index) = self.slot_of(receiver)
-                {
+                // Results of earlier jobs are stale; deaths, and messages that
+                // do not decode or could never be sent, mean a lost worker.
+                let (receiver, problem) = match event {
+                    IpcSelectionResult::ChannelClosed(receiver) => (receiver, None),
+                    IpcSelectionResult::MessageReceived(receiver, message) => {
+                        match message.to::<FromWorker>() {
+                            Ok(FromWorker::Hello { .. }) => {
+                                (receiver, Some("sent a second hello".to_string()))
+                            }
+                            Ok(_) => continue,
+                            Err(err) => (
+                                receiver,
+                                Some(format!("sent a message that does not decode: {err}")),
+                            ),
+                        }
+                    }
+                };
+                if let Some(index) = self.slot_of(receiver) {
                     let slot = self.slots.swap_remove(index);
+                    let pid = slot.worker.pid;
+                    if let Some(problem) = &problem {
+                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                        tracing::warn!(pid, problem, "worker killed between jobs");
+                    }
                     let status = reap(slot.worker, Duration::from_millis(100));
-                    tracing::warn!(status = %describe(status), "worker died between jobs");
+                    tracing::warn!(pid, status = %describe(status), "worker lost between jobs");
                 }
             }
         }

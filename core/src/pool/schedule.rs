@@ -2,12 +2,13 @@
 //! from dead workers. The coordinator never blocks on a worker: it waits only
 //! in `try_select_timeout` on all workers' channels at once, with a deadline.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use coop_worker::ipc_channel::TrySelectError;
-use coop_worker::ipc_channel::ipc::IpcSelectionResult;
+use coop_worker::ipc_channel::ipc::{IpcBytesSender, IpcSelectionResult};
 use coop_worker::protocol::{Chunk, Failure, FromWorker, OutputDesc, Rejection, SegmentDesc, Tile, ToWorker};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -83,6 +84,7 @@ pub(super) fn run_job<J: Job>(
         done: vec![false; total],
         done_count: 0,
         result: None,
+        feeders: HashMap::new(),
         stats: JobStats {
             tasks: total,
             split: plan.split,
@@ -90,12 +92,34 @@ pub(super) fn run_job<J: Job>(
             ..JobStats::default()
         },
     };
-    let outcome = if total == 0 {
-        Ok(J::Partial::default())
-    } else {
-        job.drive(state, spawner, config)
-    };
-    end_job(state, id, outcome.is_err());
+    // With messages, input bytes are streamed to each worker by a feeder
+    // thread, so that a worker that stops reading (SIGSTOP) blocks its feeder,
+    // never the coordinator. Feeders borrow the input, hence the scope; a
+    // feeder still blocked at the end belongs to a busy worker of a failed
+    // job, which `end_job` kills, which ends the feeder.
+    let outcome = std::thread::scope(|scope| {
+        let input = job.input;
+        let feeder = |bulk: IpcBytesSender| {
+            let (chunks, incoming) = mpsc::channel::<Chunk>();
+            scope.spawn(move || {
+                for chunk in incoming {
+                    let bytes = &input.bytes(chunk.segment as usize)[chunk.offset as usize..];
+                    if bulk.send(&bytes[..chunk.len as usize]).is_err() {
+                        break; // the worker is dead: its death is handled by the coordinator
+                    }
+                }
+            });
+            chunks
+        };
+        let outcome = if total == 0 {
+            Ok(J::Partial::default())
+        } else {
+            job.drive(state, spawner, config, &feeder)
+        };
+        end_job(state, id, outcome.is_err());
+        job.feeders.clear();
+        outcome
+    });
     job.stats.total = started.elapsed();
     match &outcome {
         Ok(_) => tracing::debug!(stats = ?job.stats, "job done"),
@@ -149,13 +173,24 @@ struct JobState<'a, J: Job> {
     done_count: usize,
     /// Merged partials so far.
     result: Option<J::Partial>,
+    /// Each worker's feeder of input bytes, by pid (message passing).
+    feeders: HashMap<u32, mpsc::Sender<Chunk>>,
     stats: JobStats,
 }
 
+/// Starts a feeder thread that streams input chunks down a worker's bulk channel.
+type StartFeeder<'f> = dyn Fn(IpcBytesSender) -> mpsc::Sender<Chunk> + 'f;
+
 impl<J: Job> JobState<'_, J> {
-    fn drive(&mut self, state: &mut State, spawner: &Spawner, config: &Config) -> Result<J::Partial> {
+    fn drive(
+        &mut self,
+        state: &mut State,
+        spawner: &Spawner,
+        config: &Config,
+        feeder: &StartFeeder<'_>,
+    ) -> Result<J::Partial> {
         loop {
-            self.dispatch(state);
+            self.dispatch(state, feeder);
             if self.finished(state) {
                 return Ok(self.result.take().unwrap_or_default());
             }
@@ -217,13 +252,13 @@ impl<J: Job> JobState<'_, J> {
     /// Hands queued tasks to workers with room, and asks idle workers that hold
     /// results for their partial. A failed send means the worker is dead; its
     /// death is handled when its channel reports closed.
-    fn dispatch(&mut self, state: &mut State) {
+    fn dispatch(&mut self, state: &mut State, feeder: &StartFeeder<'_>) {
         let live = state.slots.iter().filter(|slot| slot.killed.is_none()).count();
         // Every idle worker gets a task first; a second one goes ahead only
         // while there is plenty left, so that near the end no task waits behind
         // a slow one while another worker idles. With messages, none goes
-        // ahead: its input would be streamed to a worker still busy running
-        // the previous task, and the coordinator would wait for it.
+        // ahead: its input would queue behind a task still running, in a
+        // worker that may not be the first to be free.
         let depth = if self.ipc == Ipc::Messages { 1 } else { DEPTH };
         let started = Instant::now();
         for depth in 1..=depth {
@@ -234,7 +269,7 @@ impl<J: Job> JobState<'_, J> {
                 if slot.assigned.len() < depth
                     && let Some(task) = self.queue.pop_front()
                 {
-                    self.send_task(slot, task);
+                    self.send_task(slot, task, feeder);
                 }
             }
         }
@@ -247,12 +282,14 @@ impl<J: Job> JobState<'_, J> {
             if self.queue.is_empty() && holds_work && !slot.flushing {
                 let _ = slot.worker.tx.send(ToWorker::Flush { job: self.id });
                 slot.flushing = true;
+                // Encoding and sending the partial is timed like a task.
+                slot.running_since.get_or_insert_with(Instant::now);
             }
         }
         self.stats.dispatch += started.elapsed();
     }
 
-    fn send_task(&mut self, slot: &mut Slot, task: usize) {
+    fn send_task(&mut self, slot: &mut Slot, task: usize, feeder: &StartFeeder<'_>) {
         if !slot.open {
             let (input, output) = match self.ipc {
                 Ipc::SharedMemory => (
@@ -294,16 +331,16 @@ impl<J: Job> JobState<'_, J> {
             spec: self.specs[task].clone(),
             chunks: chunks.clone(),
         });
-        if sent.is_ok() {
-            for chunk in &chunks {
-                let start = chunk.offset as usize;
-                let bytes = &self.input.bytes(chunk.segment as usize)[start..start + chunk.len as usize];
-                self.stats.bytes_to_workers += bytes.len() as u64;
-                // A dead worker fails the send; its death is handled when its
-                // channel reports closed.
-                if slot.worker.bulk.send(bytes).is_err() {
-                    break;
-                }
+        if sent.is_ok() && !chunks.is_empty() {
+            let feed = self
+                .feeders
+                .entry(slot.worker.pid)
+                .or_insert_with(|| feeder(slot.worker.bulk.clone()));
+            for chunk in chunks {
+                self.stats.bytes_to_workers += chunk.len;
+                // A feeder that is gone had a dead worker, whose death is
+                // handled when its channel reports closed.
+                let _ = feed.send(chunk);
             }
         }
         if slot.assigned.is_empty() {
@@ -346,7 +383,7 @@ impl<J: Job> JobState<'_, J> {
                     return Ok(());
                 }
                 slot.assigned.pop_front();
-                slot.running_since = (!slot.assigned.is_empty()).then(Instant::now);
+                slot.running_since = (!slot.assigned.is_empty() || slot.flushing).then(Instant::now);
                 slot.folded.push(task);
                 if !self.done[task] {
                     self.done[task] = true;
@@ -378,11 +415,17 @@ impl<J: Job> JobState<'_, J> {
                 }
                 let merging = Instant::now();
                 self.stats.bytes_from_workers += data.bytes().len() as u64;
-                let partial: J::Partial = postcard::from_bytes(data.bytes()).map_err(|err| Error::Codec {
-                    job: J::NAME,
-                    what: "decode a worker's partial",
-                    message: err.to_string(),
-                })?;
+                // A partial that does not decode is a worker gone wrong: it is
+                // killed and its tasks run again (a bounded number of times).
+                let partial: J::Partial = match postcard::from_bytes(data.bytes()) {
+                    Ok(partial) => partial,
+                    Err(err) => {
+                        slot.kill(Kill::Breach(format!(
+                            "sent a partial that does not decode: {err}"
+                        )));
+                        return Ok(());
+                    }
+                };
                 match &mut self.result {
                     Some(result) => self.job.merge(result, partial),
                     // The first partial is the result so far: no merge needed.
@@ -391,6 +434,7 @@ impl<J: Job> JobState<'_, J> {
                 self.stats.merge += merging.elapsed();
                 slot.folded.clear();
                 slot.flushing = false;
+                slot.running_since = (!slot.assigned.is_empty()).then(Instant::now);
             }
             FromWorker::JobRejected { job, reason } if job == self.id => {
                 return Err(match reason {
@@ -455,6 +499,7 @@ impl<J: Job> JobState<'_, J> {
     ) -> Result<()> {
         let slot = state.slots.remove(index);
         let pid = slot.worker.pid;
+        self.feeders.remove(&pid);
         let status = reap(slot.worker, EXIT_GRACE);
         let cause = match &slot.killed {
             Some(kill) => kill.to_string(),

@@ -34,6 +34,15 @@ pub(crate) type Started = (Worker, IpcReceiver<FromWorker>);
 pub(crate) struct SpawnConfig {
     pub(crate) program: PathBuf,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) fault: Option<InjectedFault>,
+}
+
+/// A fault for the worker started `worker`-th (all workers if `None`), in
+/// its text form (`coop_worker::fault::Fault`); tests only.
+#[derive(Debug, Clone)]
+pub(crate) struct InjectedFault {
+    pub(crate) worker: Option<usize>,
+    pub(crate) fault: String,
 }
 
 type Reply = mpsc::Sender<Vec<Result<Started>>>;
@@ -54,8 +63,10 @@ impl Spawner {
         let thread = thread::Builder::new()
             .name("coop-spawner".into())
             .spawn(move || {
+                let mut started = 0;
                 for (count, reply) in incoming {
-                    let _ = reply.send(spawn_batch(&config, count));
+                    let _ = reply.send(spawn_batch(&config, started..started + count));
+                    started += count;
                 }
             })
             .map_err(|source| Error::Os {
@@ -106,8 +117,9 @@ impl Drop for Spawner {
 
 /// Starts all children first, then completes their handshakes, so that start-up
 /// costs about one process start, not one per worker.
-fn spawn_batch(config: &SpawnConfig, count: usize) -> Vec<Result<Started>> {
-    let started: Vec<_> = (0..count).map(|_| start_child(config)).collect();
+/// `indices`: the workers' numbers in the order this pool started them.
+fn spawn_batch(config: &SpawnConfig, indices: std::ops::Range<usize>) -> Vec<Result<Started>> {
+    let started: Vec<_> = indices.map(|index| start_child(config, index)).collect();
     started
         .into_iter()
         .map(|started| {
@@ -174,7 +186,7 @@ fn new_token() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn start_child(config: &SpawnConfig) -> Result<Pending> {
+fn start_child(config: &SpawnConfig, index: usize) -> Result<Pending> {
     let (server, name) = IpcOneShotServer::<FromWorker>::new().map_err(|source| Error::Os {
         context: "creating a rendezvous socket",
         source,
@@ -185,6 +197,11 @@ fn start_child(config: &SpawnConfig) -> Result<Pending> {
     if let Some(name) = std::env::args_os().next() {
         // Shown by `ps` instead of "/proc/self/exe".
         std::os::unix::process::CommandExt::arg0(&mut command, name);
+    }
+    if let Some(injected) = &config.fault
+        && injected.worker.is_none_or(|worker| worker == index)
+    {
+        command.env(coop_worker::fault::ENV_FAULT, &injected.fault);
     }
     let child = command
         .env(ENV_SERVER, &name)
