@@ -19,6 +19,7 @@ pub fn jobs() -> Vec<JobEntry> {
         coop::register::<Sleepy>(),
         coop::register::<Misbehave>(),
         coop::register::<HoldInput>(),
+        coop::register::<BigPartial>(),
         coop_examples::wordcount::register(),
         coop_examples::matmul::register(),
     ]
@@ -262,4 +263,47 @@ pub fn pss_bytes(pid: u32) -> std::io::Result<u64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .ok_or_else(|| std::io::Error::other("no Pss line in smaps_rollup"))?;
     Ok(kib * 1024)
+}
+
+/// One task whose worker's partial is `bytes` bytes long, byte `i` being
+/// `(i % 251) as u8`: a result far larger than any message, to see what the
+/// pool does with it (see the soak tests).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BigPartial {
+    /// Length of the partial, in bytes.
+    pub bytes: usize,
+}
+
+impl BigPartial {
+    /// Whether `partial` is exactly what the task makes: the right length and
+    /// byte `i` equal to `i % 251`. On a mismatch, says where.
+    pub fn check(&self, partial: &[u8]) -> Result<(), String> {
+        if partial.len() != self.bytes {
+            return Err(format!("{} bytes, expected {}", partial.len(), self.bytes));
+        }
+        match partial.iter().enumerate().find(|&(i, &b)| b != (i % 251) as u8) {
+            Some((i, &b)) => Err(format!("byte {i} is {b}, expected {}", i % 251)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Job for BigPartial {
+    const NAME: &'static str = "test-big-partial";
+    type Task = ();
+    type Partial = Vec<u8>;
+
+    fn split(&self, _: &Input, _: usize) -> Vec<()> {
+        vec![()]
+    }
+
+    fn map(&self, _: &(), _: &Input, _: &mut [u8], partial: &mut Vec<u8>) -> Result<(), TaskError> {
+        partial.reserve_exact(self.bytes);
+        partial.extend((0..self.bytes).map(|i| (i % 251) as u8));
+        Ok(())
+    }
+
+    fn merge(&self, into: &mut Vec<u8>, other: Vec<u8>) {
+        into.extend(other);
+    }
 }
