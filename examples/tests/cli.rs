@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -166,6 +167,16 @@ fn assert_bad_input(outcome: &Outcome, case: &str) {
         "the error message is empty\n{context}"
     );
     assert_no_panic_text(outcome);
+}
+
+/// [`assert_bad_input`], and the message says `says`.
+fn assert_bad_input_says(outcome: &Outcome, case: &str, says: &str) {
+    assert_bad_input(outcome, case);
+    assert!(
+        outcome.stderr.contains(says),
+        "case `{case}`: the message should say {says:?}\n{}",
+        outcome.describe()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -383,55 +394,125 @@ fn wordcount_bad_input_is_one_line_exit_2() {
     )
     .unwrap();
 
-    let cases: Vec<(&str, ArgsFor)> = vec![
-        ("missing file", |d| argv![d.join("missing.txt")]),
-        ("missing file after a good one", |d| {
-            argv![d.join("ok.txt"), d.join("missing.txt")]
+    let cases: Vec<(&str, &str, ArgsFor)> = vec![
+        ("missing file", "missing.txt: No such file or directory", |d| {
+            argv![d.join("missing.txt")]
         }),
-        ("missing file, sequential engine", |d| {
-            argv!["--engine", "sequential", d.join("missing.txt")]
-        }),
-        ("missing file, tsv", |d| {
-            argv!["--format", "tsv", "--all", d.join("missing.txt")]
-        }),
-        ("directory", |d| argv![d.join("subdir")]),
-        ("directory after a good one", |d| {
+        (
+            "missing file after a good one",
+            "missing.txt: No such file or directory",
+            |d| argv![d.join("ok.txt"), d.join("missing.txt")],
+        ),
+        (
+            "missing file, sequential engine",
+            "missing.txt: No such file or directory",
+            |d| argv!["--engine", "sequential", d.join("missing.txt")],
+        ),
+        (
+            "missing file, tsv",
+            "missing.txt: No such file or directory",
+            |d| argv!["--format", "tsv", "--all", d.join("missing.txt")],
+        ),
+        ("directory", "subdir: is a directory", |d| argv![d.join("subdir")]),
+        ("directory after a good one", "subdir: is a directory", |d| {
             argv![d.join("ok.txt"), d.join("subdir")]
         }),
-        ("path below a regular file (ENOTDIR, fails for root too)", |d| {
-            argv![d.join("ok.txt").join("child")]
+        (
+            "path below a regular file (ENOTDIR, fails for root too)",
+            "ok.txt/child: Not a directory",
+            |d| argv![d.join("ok.txt").join("child")],
+        ),
+        ("dangling symlink", "dangling: No such file or directory", |d| {
+            argv![d.join("dangling")]
         }),
-        ("dangling symlink", |d| argv![d.join("dangling")]),
-        ("permission denied", |d| argv![d.join("noperm.txt")]),
-        ("empty file name", |_| argv![""]),
-        ("--workers 0", |d| argv!["--workers", "0", d.join("ok.txt")]),
-        ("--workers 100000", |d| {
+        ("permission denied", "noperm.txt: Permission denied", |d| {
+            argv![d.join("noperm.txt")]
+        }),
+        ("empty file name", "a value is required for '[FILES]...'", |_| {
+            argv![""]
+        }),
+        ("--workers 0", "0 is not in 1..=1024", |d| {
+            argv!["--workers", "0", d.join("ok.txt")]
+        }),
+        ("--workers 100000", "100000 is not in 1..=1024", |d| {
             argv!["--workers", "100000", d.join("ok.txt")]
         }),
-        ("--workers -1", |d| argv!["--workers", "-1", d.join("ok.txt")]),
-        ("--workers abc", |d| argv!["--workers", "abc", d.join("ok.txt")]),
-        ("--workers without value", |_| argv!["--workers"]),
-        ("unknown flag", |d| argv!["--bogus", d.join("ok.txt")]),
-        ("unknown short flag", |d| argv!["-z", d.join("ok.txt")]),
-        ("--top 3 --all", |d| {
+        ("--workers -1", "unexpected argument '-1'", |d| {
+            argv!["--workers", "-1", d.join("ok.txt")]
+        }),
+        ("--workers abc", "invalid value 'abc' for '--workers <N>'", |d| {
+            argv!["--workers", "abc", d.join("ok.txt")]
+        }),
+        (
+            "--workers without value",
+            "a value is required for '--workers <N>'",
+            |_| argv!["--workers"],
+        ),
+        ("unknown flag", "unexpected argument '--bogus'", |d| {
+            argv!["--bogus", d.join("ok.txt")]
+        }),
+        ("unknown short flag", "unexpected argument '-z'", |d| {
+            argv!["-z", d.join("ok.txt")]
+        }),
+        ("--top 3 --all", "'--top <K>' cannot be used with '--all'", |d| {
             argv!["--top", "3", "--all", d.join("ok.txt")]
         }),
-        ("--all --top 3", |d| {
+        ("--all --top 3", "'--all' cannot be used with '--top <K>'", |d| {
             argv!["--all", "--top", "3", d.join("ok.txt")]
         }),
-        ("--top -1", |d| argv!["--top", "-1", d.join("ok.txt")]),
-        ("--top x", |d| argv!["--top", "x", d.join("ok.txt")]),
-        ("unknown engine", |d| argv!["--engine", "gpu", d.join("ok.txt")]),
-        ("unknown split", |d| argv!["--split", "lines", d.join("ok.txt")]),
-        ("unknown format", |d| argv!["--format", "xml", d.join("ok.txt")]),
+        ("--top -1", "unexpected argument '-1'", |d| {
+            argv!["--top", "-1", d.join("ok.txt")]
+        }),
+        ("--top x", "invalid value 'x' for '--top <K>'", |d| {
+            argv!["--top", "x", d.join("ok.txt")]
+        }),
+        (
+            "unknown engine",
+            "invalid value 'gpu' for '--engine <ENGINE>'",
+            |d| argv!["--engine", "gpu", d.join("ok.txt")],
+        ),
+        (
+            "unknown split",
+            "invalid value 'lines' for '--split <SPLIT>'",
+            |d| argv!["--split", "lines", d.join("ok.txt")],
+        ),
+        (
+            "unknown format",
+            "invalid value 'xml' for '--format <FORMAT>'",
+            |d| argv!["--format", "xml", d.join("ok.txt")],
+        ),
+        // Readable by nobody, root included: the read fails (EIO) at offset 0.
+        (
+            "unreadable file (read fails)",
+            "/proc/self/mem: Input/output error",
+            |_| argv!["/proc/self/mem"],
+        ),
+        (
+            "missing file with a non-UTF-8 name",
+            "\u{FFFD}\u{FFFD}missing: No such file or directory",
+            |d| argv![d.join(std::ffi::OsStr::from_bytes(b"\xFF\xFEmissing"))],
+        ),
+        (
+            "--split twice",
+            "'--split <SPLIT>' cannot be used multiple times",
+            |d| argv!["--split", "words", "--split", "whitespace", d.join("ok.txt")],
+        ),
+        (
+            "--format twice",
+            "'--format <FORMAT>' cannot be used multiple times",
+            |d| argv!["--format", "tsv", "--format", "json", d.join("ok.txt")],
+        ),
+        ("--top 0 --all", "'--top <K>' cannot be used with '--all'", |d| {
+            argv!["--top", "0", "--all", d.join("ok.txt")]
+        }),
     ];
-    for (name, args) in cases {
+    for (name, says, args) in cases {
         if name == "permission denied" && std::fs::File::open(d.join("noperm.txt")).is_ok() {
             eprintln!("skipping `{name}`: this process can read a mode-000 file (root)");
             continue;
         }
         let outcome = run(WORDCOUNT, &args(d));
-        assert_bad_input(&outcome, name);
+        assert_bad_input_says(&outcome, name, says);
     }
 }
 
@@ -1258,7 +1339,30 @@ fn array_file(shape: &[usize]) -> Vec<u8> {
     out
 }
 
-type MatmulCase = (&'static str, fn(&Path, &Path) -> Vec<OsString>);
+/// A version 1.0 file with header dict `dict` (padded as numpy pads it) and
+/// `data` zero bytes.
+fn npy_dict(dict: &str, data: usize) -> Vec<u8> {
+    let mut text = dict.as_bytes().to_vec();
+    while (10 + text.len() + 1) % 64 != 0 {
+        text.push(b' ');
+    }
+    text.push(b'\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&u16::try_from(text.len()).unwrap().to_le_bytes());
+    out.extend_from_slice(&text);
+    out.resize(out.len() + data, 0);
+    out
+}
+
+/// An f8, C-order file with the shape written as `shape` and `data` zero bytes.
+fn npy_shape(shape: &str, data: usize) -> Vec<u8> {
+    npy_dict(
+        &format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}"),
+        data,
+    )
+}
+
+type MatmulCase = (&'static str, &'static str, fn(&Path, &Path) -> Vec<OsString>);
 
 #[test]
 fn matmul_bad_input_is_one_line_exit_2_and_leaves_no_file() {
@@ -1309,6 +1413,51 @@ fn matmul_bad_input_is_one_line_exit_2_and_leaves_no_file() {
         ("one_d.npy", array_file(&[3])),
         ("three_d.npy", array_file(&[2, 2, 2])),
         ("zero_d.npy", array_file(&[])),
+        ("magic_only.npy", b"\x93NUMPY".to_vec()),
+        ("v2_header_len_past_end.npy", {
+            let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
+            v2.extend_from_slice(&u32::MAX.to_le_bytes());
+            v2.extend_from_slice(&a[10..]);
+            v2
+        }),
+        (
+            "no_shape_key.npy",
+            npy_dict("{'descr': '<f8', 'fortran_order': False, }", 48),
+        ),
+        (
+            "duplicate_key.npy",
+            npy_dict(
+                "{'descr': '<f8', 'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }",
+                48,
+            ),
+        ),
+        (
+            "non_ascii_header.npy",
+            npy_dict(
+                "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), 'n\u{e9}': 1}",
+                48,
+            ),
+        ),
+        ("nul_in_header.npy", patched_header(" 'shape'", "\0'shape'")),
+        ("descr_not_a_string.npy", patched_header("'<f8'", "1.5e0")),
+        ("shape_is_a_list.npy", patched_header("(2, 3)", "[2, 3]")),
+        ("negative_dim.npy", patched_header("(2, 3)", "(-2,3)")),
+        (
+            "dim_past_usize.npy",
+            npy_shape("(99999999999999999999999, 3)", 48),
+        ),
+        (
+            "33_dims.npy",
+            npy_shape(&format!("({})", ["1"; 33].join(", ")), 8),
+        ),
+        ("shape_overflows.npy", npy_shape("(4294967296, 4294967296)", 48)),
+        (
+            "huge_shape_tiny_file.npy",
+            npy_shape("(1000000000, 1000000000)", 48),
+        ),
+        ("max_by_zero.npy", npy_shape("(18446744073709551615, 0)", 0)),
+        ("tall_empty.npy", npy_shape("(100000000, 0)", 0)),
+        ("wide_empty.npy", npy_shape("(0, 100000000)", 0)),
     ];
     for (name, bytes) in &files {
         std::fs::write(d.join(name), bytes).unwrap();
@@ -1345,22 +1494,40 @@ fn matmul_bad_input_is_one_line_exit_2_and_leaves_no_file() {
 
     // Each case gets the input folder and an empty output folder.
     let cases: Vec<MatmulCase> = vec![
-        ("no arguments", |_, _| argv![]),
-        ("one input", |d, o| argv![d.join("a.npy"), "-o", o.join("C.npy")]),
-        ("three inputs", |d, o| {
-            argv![
-                d.join("a.npy"),
-                d.join("b.npy"),
-                d.join("b.npy"),
-                "-o",
-                o.join("C.npy")
-            ]
-        }),
-        ("missing -o", |d, _| argv![d.join("a.npy"), d.join("b.npy")]),
-        ("-o without value", |d, _| {
-            argv![d.join("a.npy"), d.join("b.npy"), "-o"]
-        }),
-        ("--size with files", |d, o| {
+        (
+            "no arguments",
+            "give A.npy B.npy -o C.npy, or --size N",
+            |_, _| argv![],
+        ),
+        (
+            "one input",
+            "2 values required for '[A.npy] [B.npy]...' but 1 was provided",
+            |d, o| argv![d.join("a.npy"), "-o", o.join("C.npy")],
+        ),
+        (
+            "three inputs",
+            "2 values required for '[A.npy] [B.npy]...' but 3 were provided",
+            |d, o| {
+                argv![
+                    d.join("a.npy"),
+                    d.join("b.npy"),
+                    d.join("b.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        (
+            "missing -o",
+            "required arguments were not provided: --output <C.npy>",
+            |d, _| argv![d.join("a.npy"), d.join("b.npy")],
+        ),
+        (
+            "-o without value",
+            "a value is required for '--output <C.npy>'",
+            |d, _| argv![d.join("a.npy"), d.join("b.npy"), "-o"],
+        ),
+        ("--size with files", "'--size <N>' cannot be used with", |d, o| {
             argv![
                 "--size",
                 "4",
@@ -1370,12 +1537,22 @@ fn matmul_bad_input_is_one_line_exit_2_and_leaves_no_file() {
                 o.join("C.npy")
             ]
         }),
-        ("--size with -o", |_, o| {
-            argv!["--size", "4", "-o", o.join("C.npy")]
-        }),
-        ("--dtype without --size", |_, _| argv!["--dtype", "f32"]),
-        ("--check without --size", |_, _| argv!["--check"]),
-        ("--seed with files", |d, o| {
+        (
+            "--size with -o",
+            "'--size <N>' cannot be used with '--output <C.npy>'",
+            |_, o| argv!["--size", "4", "-o", o.join("C.npy")],
+        ),
+        (
+            "--dtype without --size",
+            "required arguments were not provided: --size <N>",
+            |_, _| argv!["--dtype", "f32"],
+        ),
+        (
+            "--check without --size",
+            "required arguments were not provided: --size <N>",
+            |_, _| argv!["--check"],
+        ),
+        ("--seed with files", "'--seed <S>' cannot be used with", |d, o| {
             argv![
                 "--seed",
                 "1",
@@ -1385,13 +1562,21 @@ fn matmul_bad_input_is_one_line_exit_2_and_leaves_no_file() {
                 o.join("C.npy")
             ]
         }),
-        ("--size -1", |_, _| argv!["--size", "-1"]),
-        ("--size abc", |_, _| argv!["--size", "abc"]),
-        ("--dtype f16", |_, _| argv!["--size", "4", "--dtype", "f16"]),
-        ("unknown flag", |d, o| {
+        ("--size -1", "unexpected argument '-1'", |_, _| {
+            argv!["--size", "-1"]
+        }),
+        ("--size abc", "invalid value 'abc' for '--size <N>'", |_, _| {
+            argv!["--size", "abc"]
+        }),
+        (
+            "--dtype f16",
+            "invalid value 'f16' for '--dtype <DTYPE>'",
+            |_, _| argv!["--size", "4", "--dtype", "f16"],
+        ),
+        ("unknown flag", "unexpected argument '--bogus'", |d, o| {
             argv!["--bogus", d.join("a.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
         }),
-        ("--workers 0", |d, o| {
+        ("--workers 0", "0 is not in 1..=1024", |d, o| {
             argv![
                 "--workers",
                 "0",
@@ -1401,7 +1586,7 @@ fn matmul_bad_input_is_one_line_exit_2_and_leaves_no_file() {
                 o.join("C.npy")
             ]
         }),
-        ("--workers 100000", |d, o| {
+        ("--workers 100000", "100000 is not in 1..=1024", |d, o| {
             argv![
                 "--workers",
                 "100000",
@@ -1411,145 +1596,359 @@ fn matmul_bad_input_is_one_line_exit_2_and_leaves_no_file() {
                 o.join("C.npy")
             ]
         }),
-        ("--workers 0 with --size", |_, _| {
+        ("--workers 0 with --size", "0 is not in 1..=1024", |_, _| {
             argv!["--size", "4", "--workers", "0"]
         }),
-        ("unknown engine", |d, o| {
-            argv![
-                "--engine",
-                "gpu",
-                d.join("a.npy"),
-                d.join("b.npy"),
-                "-o",
-                o.join("C.npy")
-            ]
-        }),
-        ("missing A", |d, o| {
+        (
+            "unknown engine",
+            "invalid value 'gpu' for '--engine <ENGINE>'",
+            |d, o| {
+                argv![
+                    "--engine",
+                    "gpu",
+                    d.join("a.npy"),
+                    d.join("b.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        ("missing A", "missing.npy: No such file or directory", |d, o| {
             argv![d.join("missing.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
         }),
-        ("missing B", |d, o| {
+        ("missing B", "missing.npy: No such file or directory", |d, o| {
             argv![d.join("a.npy"), d.join("missing.npy"), "-o", o.join("C.npy")]
         }),
-        ("A is a directory", |d, o| {
+        ("A is a directory", "subdir: is a directory", |d, o| {
             argv![d.join("subdir"), d.join("b.npy"), "-o", o.join("C.npy")]
         }),
-        ("A below a regular file", |d, o| {
+        ("A below a regular file", "a.npy/x: Not a directory", |d, o| {
             argv![d.join("a.npy").join("x"), d.join("b.npy"), "-o", o.join("C.npy")]
         }),
-        ("output folder missing", |d, o| {
-            argv![d.join("a.npy"), d.join("b.npy"), "-o", o.join("no").join("C.npy")]
-        }),
-        ("empty A", |d, o| {
+        (
+            "output folder missing",
+            "no/C.npy: No such file or directory",
+            |d, o| argv![d.join("a.npy"), d.join("b.npy"), "-o", o.join("no").join("C.npy")],
+        ),
+        ("empty A", "empty.npy: header is truncated", |d, o| {
             argv![d.join("empty.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
         }),
-        ("text file as A", |d, o| {
-            argv![d.join("text.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
-        }),
-        ("bad magic", |d, o| {
+        (
+            "text file as A",
+            "text.npy: bad magic string: not a .npy file",
+            |d, o| argv![d.join("text.npy"), d.join("b.npy"), "-o", o.join("C.npy")],
+        ),
+        ("bad magic", "bad_magic.npy: bad magic string", |d, o| {
             argv![d.join("bad_magic.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
         }),
-        ("bad version", |d, o| {
-            argv![d.join("bad_version.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
-        }),
-        ("header length past the end", |d, o| {
-            argv![
-                d.join("header_len_past_end.npy"),
-                d.join("b.npy"),
-                "-o",
-                o.join("C.npy")
-            ]
-        }),
-        ("truncated header", |d, o| {
-            argv![
-                d.join("truncated_header.npy"),
-                d.join("b.npy"),
-                "-o",
-                o.join("C.npy")
-            ]
-        }),
-        ("header cut short", |d, o| {
-            argv![
-                d.join("a.npy"),
-                d.join("header_only_prefix.npy"),
-                "-o",
-                o.join("C.npy")
-            ]
-        }),
-        ("truncated data", |d, o| {
-            argv![
-                d.join("truncated_data.npy"),
-                d.join("b.npy"),
-                "-o",
-                o.join("C.npy")
-            ]
-        }),
-        ("trailing data", |d, o| {
-            argv![
-                d.join("trailing_data.npy"),
-                d.join("b.npy"),
-                "-o",
-                o.join("C.npy")
-            ]
-        }),
-        ("garbage dict", |d, o| {
+        (
+            "bad version",
+            "bad_version.npy: unsupported format version 9.0",
+            |d, o| argv![d.join("bad_version.npy"), d.join("b.npy"), "-o", o.join("C.npy")],
+        ),
+        (
+            "header length past the end",
+            "header_len_past_end.npy: header is truncated",
+            |d, o| {
+                argv![
+                    d.join("header_len_past_end.npy"),
+                    d.join("b.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        (
+            "truncated header",
+            "truncated_header.npy: header is truncated",
+            |d, o| {
+                argv![
+                    d.join("truncated_header.npy"),
+                    d.join("b.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        (
+            "header cut short",
+            "header_only_prefix.npy: header is truncated",
+            |d, o| {
+                argv![
+                    d.join("a.npy"),
+                    d.join("header_only_prefix.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        (
+            "truncated data",
+            "truncated_data.npy: file is truncated: the header promises 48 bytes of data, the file holds 40",
+            |d, o| {
+                argv![
+                    d.join("truncated_data.npy"),
+                    d.join("b.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        (
+            "trailing data",
+            "trailing_data.npy: file has 8 bytes of trailing data",
+            |d, o| {
+                argv![
+                    d.join("trailing_data.npy"),
+                    d.join("b.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        ("garbage dict", "garbage_dict.npy: unknown key 'dexcr'", |d, o| {
             argv![d.join("garbage_dict.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
         }),
-        ("unclosed dict", |d, o| {
-            argv![
-                d.join("unclosed_dict.npy"),
-                d.join("b.npy"),
-                "-o",
-                o.join("C.npy")
-            ]
-        }),
-        ("dtype <i8", |d, o| {
+        (
+            "unclosed dict",
+            "unclosed_dict.npy: malformed header dictionary",
+            |d, o| {
+                argv![
+                    d.join("unclosed_dict.npy"),
+                    d.join("b.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        ("dtype <i8", "i8.npy: unsupported dtype '<i8'", |d, o| {
             argv![d.join("i8.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
         }),
-        ("dtype >f8", |d, o| {
-            argv![d.join("big_endian.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
-        }),
-        ("dtype <f2", |d, o| {
+        (
+            "dtype >f8",
+            "big_endian.npy: big-endian data ('>f8') is not supported",
+            |d, o| argv![d.join("big_endian.npy"), d.join("b.npy"), "-o", o.join("C.npy")],
+        ),
+        ("dtype <f2", "f2.npy: unsupported dtype '<f2'", |d, o| {
             argv![d.join("a.npy"), d.join("f2.npy"), "-o", o.join("C.npy")]
         }),
-        ("fortran_order Maybe", |d, o| {
-            argv![
-                d.join("fortran_maybe.npy"),
-                d.join("b.npy"),
-                "-o",
-                o.join("C.npy")
-            ]
-        }),
-        ("1-D array", |d, o| {
-            argv![d.join("one_d.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
-        }),
-        ("3-D array", |d, o| {
-            argv![d.join("a.npy"), d.join("three_d.npy"), "-o", o.join("C.npy")]
-        }),
-        ("0-D array", |d, o| {
-            argv![d.join("zero_d.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
-        }),
-        ("mixed dtypes f8 f4", |d, o| {
-            argv![d.join("a.npy"), d.join("b_f4.npy"), "-o", o.join("C.npy")]
-        }),
-        ("inner dimensions differ", |d, o| {
+        (
+            "fortran_order Maybe",
+            "fortran_maybe.npy: 'fortran_order' must be True or False, found Maybe",
+            |d, o| {
+                argv![
+                    d.join("fortran_maybe.npy"),
+                    d.join("b.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        (
+            "1-D array",
+            "one_d.npy: expected a 2-D array, found shape (3,)",
+            |d, o| argv![d.join("one_d.npy"), d.join("b.npy"), "-o", o.join("C.npy")],
+        ),
+        (
+            "3-D array",
+            "three_d.npy: expected a 2-D array, found shape (2, 2, 2)",
+            |d, o| argv![d.join("a.npy"), d.join("three_d.npy"), "-o", o.join("C.npy")],
+        ),
+        (
+            "0-D array",
+            "zero_d.npy: expected a 2-D array, found shape ()",
+            |d, o| argv![d.join("zero_d.npy"), d.join("b.npy"), "-o", o.join("C.npy")],
+        ),
+        (
+            "mixed dtypes f8 f4",
+            "b_f4.npy is f32: both inputs must have the same dtype",
+            |d, o| argv![d.join("a.npy"), d.join("b_f4.npy"), "-o", o.join("C.npy")],
+        ),
+        ("inner dimensions differ", "inner dimensions differ", |d, o| {
             argv![d.join("a.npy"), d.join("b_4x2.npy"), "-o", o.join("C.npy")]
         }),
-        ("inner dimensions differ, sequential", |d, o| {
-            argv![
-                "--engine",
-                "sequential",
-                d.join("a.npy"),
-                d.join("b_4x2.npy"),
-                "-o",
-                o.join("C.npy")
-            ]
+        ("magic only", "magic_only.npy: header is truncated", |d, o| {
+            argv![d.join("magic_only.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
         }),
+        (
+            "version 2.0 header length past the end",
+            "v2_header_len_past_end.npy: header is truncated",
+            |d, o| {
+                argv![
+                    d.join("v2_header_len_past_end.npy"),
+                    d.join("b.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        (
+            "no 'shape' key",
+            "no_shape_key.npy: header dictionary has no 'shape' key",
+            |d, o| argv![d.join("no_shape_key.npy"), d.join("b.npy"), "-o", o.join("C.npy")],
+        ),
+        (
+            "duplicate key",
+            "duplicate_key.npy: duplicate key 'descr'",
+            |d, o| {
+                argv![
+                    d.join("duplicate_key.npy"),
+                    d.join("b.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        (
+            "non-ASCII header",
+            "non_ascii_header.npy: header is not valid ASCII/UTF-8",
+            |d, o| {
+                argv![
+                    d.join("non_ascii_header.npy"),
+                    d.join("b.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        (
+            "NUL byte in header",
+            "nul_in_header.npy: malformed header dictionary: expected a value, found '\\0'shape'",
+            |d, o| {
+                argv![
+                    d.join("nul_in_header.npy"),
+                    d.join("b.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        (
+            "descr not a string",
+            "descr_not_a_string.npy: unsupported dtype 1.5e0",
+            |d, o| {
+                argv![
+                    d.join("descr_not_a_string.npy"),
+                    d.join("b.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        (
+            "shape is a list",
+            "shape_is_a_list.npy: 'shape' must be a tuple of integers, found [2, 3]",
+            |d, o| {
+                argv![
+                    d.join("shape_is_a_list.npy"),
+                    d.join("b.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        (
+            "negative dimension",
+            "negative_dim.npy: negative dimension -2 in shape",
+            |d, o| argv![d.join("negative_dim.npy"), d.join("b.npy"), "-o", o.join("C.npy")],
+        ),
+        (
+            "dimension past usize",
+            "dim_past_usize.npy: dimension 99999999999999999999999 in shape is too large",
+            |d, o| {
+                argv![
+                    d.join("dim_past_usize.npy"),
+                    d.join("b.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        (
+            "33 dimensions",
+            "33_dims.npy: expected a 2-D array, found a shape with more than 32 dimensions",
+            |d, o| argv![d.join("33_dims.npy"), d.join("b.npy"), "-o", o.join("C.npy")],
+        ),
+        (
+            "huge shape whose size overflows",
+            "shape_overflows.npy: shape (4294967296, 4294967296) is too large",
+            |d, o| {
+                argv![
+                    d.join("shape_overflows.npy"),
+                    d.join("b.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        (
+            "huge shape, 48 bytes of data",
+            "huge_shape_tiny_file.npy: file is truncated: the header promises 8000000000000000000 bytes of data, the file holds 48",
+            |d, o| {
+                argv![
+                    d.join("huge_shape_tiny_file.npy"),
+                    d.join("b.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        (
+            "huge shape with a zero dimension",
+            "max_by_zero.npy: shape (18446744073709551615, 0) is too large",
+            |d, o| argv![d.join("max_by_zero.npy"), d.join("b.npy"), "-o", o.join("C.npy")],
+        ),
+        (
+            "empty factors, product larger than memory",
+            "the product needs 74505806.0 GiB, more than this machine's",
+            |d, o| {
+                argv![
+                    d.join("tall_empty.npy"),
+                    d.join("wide_empty.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        (
+            "unreadable A (read fails)",
+            "/proc/self/mem: Input/output error",
+            |_, o| argv!["/proc/self/mem", "/proc/self/mem", "-o", o.join("C.npy")],
+        ),
+        (
+            "--top (a wordcount flag)",
+            "unexpected argument '--top'",
+            |d, o| {
+                argv![
+                    "--top",
+                    "3",
+                    d.join("a.npy"),
+                    d.join("b.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
+        (
+            "inner dimensions differ, sequential",
+            "inner dimensions differ: ",
+            |d, o| {
+                argv![
+                    "--engine",
+                    "sequential",
+                    d.join("a.npy"),
+                    d.join("b_4x2.npy"),
+                    "-o",
+                    o.join("C.npy")
+                ]
+            },
+        ),
     ];
-    for (i, (name, args)) in cases.into_iter().enumerate() {
+    for (i, (name, says, args)) in cases.into_iter().enumerate() {
         let out = d.join(format!("out{i}"));
         std::fs::create_dir(&out).unwrap();
         let outcome = run(MATMUL, &args(d, &out));
-        assert_bad_input(&outcome, name);
+        assert_bad_input_says(&outcome, name, says);
         let left: Vec<_> = std::fs::read_dir(&out)
             .unwrap()
             .map(|e| e.unwrap().file_name())
