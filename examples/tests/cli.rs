@@ -2001,3 +2001,374 @@ fn matmul_output_path_that_is_a_directory_is_bad_input() {
     assert_eq!(std::fs::read_dir(d.join("target")).unwrap().count(), 0);
     assert!(stray_temp_files(d).is_empty(), "temporary file left behind");
 }
+
+// ---------------------------------------------------------------------------
+// Hostile but valid input: success with the exact result
+// ---------------------------------------------------------------------------
+//
+// Hostile inputs covered by this file: 104.
+//
+// - 90 rows of bad input: 29 for wordcount (`wordcount_bad_input_is_one_line_exit_2`)
+//   and 61 for matmul (`matmul_bad_input_is_one_line_exit_2_and_leaves_no_file`),
+//   each asserting exit code 2, nothing on stdout, and one line `error: ...`
+//   that says what is wrong (no usage dump, no panic text).
+// - 14 valid ones, each asserting exit code 0 and the exact result:
+//   wordcount on binary data, every byte value, only NUL bytes, NUL bytes in
+//   words, only invalid UTF-8, invalid UTF-8 in words, a FIFO, /dev/null and
+//   `--top 0` (9, `wordcount_hostile_but_valid_inputs_give_exact_counts`);
+//   100 MB without whitespace (one word, in both splits, with bounds on time
+//   and memory); matmul with NaN and Inf (IEEE results, engines identical bit
+//   for bit), 0x0 matrices, and a FIFO as input; and a file truncated while it
+//   is counted (the exact count before or after, or one error line naming the
+//   file; never a death by signal).
+
+/// Makes a FIFO at `path`.
+fn mkfifo(path: &Path) {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c_path` is a valid NUL-terminated path.
+    let made = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
+    assert_eq!(
+        made,
+        0,
+        "mkfifo {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Writes `data` into the FIFO at `path` from a thread (opening blocks until
+/// the binary opens it for reading).
+fn feed_fifo(path: &Path, data: Vec<u8>) -> std::thread::JoinHandle<()> {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        let mut fifo = std::fs::File::options().write(true).open(&path).unwrap();
+        // A reader that stopped early is the test's failure to report, not ours.
+        let _ = fifo.write_all(&data);
+    })
+}
+
+#[test]
+fn wordcount_hostile_but_valid_inputs_give_exact_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut rng = Rng(77);
+    let binary: Vec<u8> = (0..65_536).map(|_| rng.next() as u8).collect();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("binary data", binary),
+        ("every byte value", (0..=255u8).cycle().take(256 * 40).collect()),
+        ("only NUL bytes", vec![0; 10_000]),
+        ("NUL bytes inside words", b"a\0b a\0b\0 \0 x\0\0y a".to_vec()),
+        (
+            "only invalid UTF-8",
+            b"\xFF\xFE \xC3 \xE2\x82 \xED\xA0\x80 \xC0\xAF \xFF\xFE\n\x80".to_vec(),
+        ),
+        (
+            "invalid UTF-8 inside words",
+            b"ab\xFFcd ab\xFFcd caf\xC3 CAF\xC3".to_vec(),
+        ),
+    ];
+    for (name, text) in &cases {
+        let files = write_files(d, &[("input", text)]);
+        for mode in [SplitMode::Whitespace, SplitMode::Words] {
+            let expected = tsv(&ranked(&reference(mode, &[text])));
+            for engine in ["processes", "sequential"] {
+                let outcome = wordcount_tsv(mode, &["--workers", "3", "--engine", engine], &files, b"");
+                outcome.assert_success();
+                assert_tsv_eq(&outcome, &expected, &format!("{name}, {mode:?}, {engine}"));
+            }
+        }
+    }
+    // Spot checks of the references themselves.
+    let nul_words = reference(SplitMode::Whitespace, &[b"a\0b a\0b\0 \0 x\0\0y a"]);
+    assert_eq!(nul_words.get(&b"a\0b".to_vec()), Some(&1));
+    assert_eq!(nul_words.get(&b"\0".to_vec()), Some(&1));
+    assert!(reference(SplitMode::Words, &[&[0u8; 100]]).is_empty());
+
+    // A FIFO is read like standard input.
+    let text = generate_text(78, 200_000);
+    let fifo = d.join("fifo");
+    mkfifo(&fifo);
+    for mode in [SplitMode::Whitespace, SplitMode::Words] {
+        let writer = feed_fifo(&fifo, text.clone());
+        let outcome = wordcount_tsv(mode, &[], std::slice::from_ref(&fifo), b"");
+        outcome.assert_success();
+        writer.join().unwrap();
+        assert_tsv_eq(&outcome, &tsv(&ranked(&reference(mode, &[&text]))), "FIFO");
+    }
+
+    // /dev/null (a character device) is empty input.
+    let outcome = wordcount_tsv(SplitMode::Words, &[], &[PathBuf::from("/dev/null")], b"");
+    outcome.assert_success();
+    assert!(outcome.stdout.is_empty(), "{}", outcome.describe());
+
+    // `--top 0` asks for the 0 most frequent words (the docs: "the K most
+    // frequent words"): empty output, not an error.
+    let files = write_files(d, &[("words", b"a b b c c c")]);
+    let outcome = run(WORDCOUNT, &argv!["--top", "0", "--format", "tsv", &files[0]]);
+    outcome.assert_success();
+    assert!(outcome.stdout.is_empty(), "{}", outcome.describe());
+    let table = run(WORDCOUNT, &argv!["--top", "0", &files[0]]);
+    table.assert_success();
+    assert_eq!(table.stdout_text(), "count  word\n", "{}", table.describe());
+    let json = run(WORDCOUNT, &argv!["--top", "0", "--format", "json", &files[0]]);
+    json.assert_success();
+    assert_eq!(json_rows(&json), []);
+}
+
+/// Runs `bin` with `args` (no stdin), and returns its outcome and peak
+/// resident memory in bytes, as `wait4` reports it for the process.
+fn run_measured(bin: &str, args: &[OsString]) -> (Outcome, u64) {
+    let mut child = Command::new(bin)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child_stdout = child.stdout.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        child_stdout.read_to_end(&mut buf).unwrap();
+        buf
+    });
+    let mut child_stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        child_stderr.read_to_end(&mut buf).unwrap();
+        buf
+    });
+    let pid = child.id() as libc::pid_t;
+    let deadline = Instant::now() + TIMEOUT;
+    let (status, usage) = loop {
+        let mut status = 0;
+        // SAFETY: all-zero is a valid rusage, which wait4 fills in.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `pid` is our child, not yet reaped (nothing else waits for it).
+        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        assert!(reaped >= 0, "wait4: {}", std::io::Error::last_os_error());
+        if reaped == pid {
+            break (status, usage);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{bin}: still running after {TIMEOUT:?}, killed");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    let outcome = Outcome {
+        command: format!("{bin} {args:?}"),
+        code,
+        stdout: out_reader.join().unwrap(),
+        stderr: String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned(),
+    };
+    (outcome, usage.ru_maxrss as u64 * 1024)
+}
+
+#[test]
+fn wordcount_100_mb_without_whitespace_is_one_word() {
+    const LEN: usize = 100_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one-word");
+    std::fs::write(&path, vec![b'Q'; LEN]).unwrap();
+    for (split, word) in [("whitespace", b'Q'), ("words", b'q')] {
+        let started = Instant::now();
+        let (outcome, peak) = run_measured(
+            WORDCOUNT,
+            &argv![
+                "--split",
+                split,
+                "--all",
+                "--format",
+                "tsv",
+                "--workers",
+                "2",
+                &path
+            ],
+        );
+        let seconds = started.elapsed().as_secs_f64();
+        outcome.assert_success();
+        // Exactly one word, the whole file (lowercased by `--split words`).
+        assert_eq!(outcome.stdout.len(), 2 + LEN + 1, "--split {split}");
+        assert!(outcome.stdout.starts_with(b"1\t") && outcome.stdout.ends_with(b"\n"));
+        assert!(
+            outcome.stdout[2..2 + LEN].iter().all(|&b| b == word),
+            "--split {split}: the word is the file"
+        );
+        // Linear in the input: the mapping, the word and its copy in the
+        // partial, with room to spare; a debug build, a loaded machine.
+        assert!(
+            peak < 5 * LEN as u64,
+            "--split {split}: peak RSS {peak} bytes for a {LEN}-byte word"
+        );
+        assert!(seconds < 40.0, "--split {split}: {seconds:.1} s");
+    }
+}
+
+#[test]
+fn matmul_nan_and_inf_propagate_and_engines_agree_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inf, nan) = (f64::INFINITY, f64::NAN);
+    // C = A . B, by IEEE rules whatever the order of the sums:
+    // row 0: [1 + inf, 0 - inf, 0 + inf*0, 1 - inf] = [inf, -inf, NaN, -inf]
+    // row 1: NaN everywhere (NaN times anything)
+    // row 2: [inf + inf, inf*0 - inf, NaN, inf - inf] = [inf, NaN, NaN, NaN]
+    // row 3: finite: [2, -1, 0, 0]
+    let a = Mat {
+        rows: 4,
+        cols: 2,
+        data: vec![1.0, inf, nan, 1.0, inf, inf, 1.0, 1.0],
+    };
+    let b = Mat {
+        rows: 2,
+        cols: 4,
+        data: vec![1.0, 0.0, 0.0, 1.0, 1.0, -1.0, 0.0, -1.0],
+    };
+    let expected = [
+        [inf, -inf, nan, -inf],
+        [nan, nan, nan, nan],
+        [inf, nan, nan, nan],
+        [2.0, -1.0, 0.0, 0.0],
+    ];
+    for dtype in [Dtype::F64, Dtype::F32] {
+        let mut outputs = Vec::new();
+        for engine in ["sequential", "threads", "processes"] {
+            let (outcome, c) = matmul_files(
+                dir.path(),
+                &a.npy(dtype, false),
+                &b.npy(dtype, true),
+                &["--engine", engine, "--workers", "3"],
+            );
+            outcome.assert_success();
+            let c = c.unwrap();
+            let (_, mat) = read_npy(&c);
+            for (i, row) in expected.iter().enumerate() {
+                for (j, &want) in row.iter().enumerate() {
+                    let got = mat.at(i, j);
+                    assert!(
+                        got == want || (got.is_nan() && want.is_nan()),
+                        "{} {engine}: C[{i}][{j}] = {got}, IEEE says {want}",
+                        dtype_name(dtype)
+                    );
+                }
+            }
+            outputs.push((engine, c));
+        }
+        for (engine, c) in &outputs[1..] {
+            assert!(
+                *c == outputs[0].1,
+                "{} --engine {engine} differs from sequential",
+                dtype_name(dtype)
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_0x0_and_fifo_inputs_multiply() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 0x0 . 0x0 is a 0x0 product: a file of a header and nothing else.
+    let empty = Mat {
+        rows: 0,
+        cols: 0,
+        data: vec![],
+    };
+    let (outcome, c) = matmul_files(
+        d,
+        &empty.npy(Dtype::F64, false),
+        &empty.npy(Dtype::F64, true),
+        &[],
+    );
+    outcome.assert_success();
+    assert_eq!(c.unwrap(), npy::encode_header(Dtype::F64, false, &[0, 0]));
+
+    // A FIFO as A is read like a file.
+    let a = Mat {
+        rows: 2,
+        cols: 3,
+        data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+    };
+    std::fs::write(d.join("B.npy"), good_b()).unwrap();
+    let fifo = d.join("A.fifo");
+    mkfifo(&fifo);
+    let writer = feed_fifo(&fifo, a.npy(Dtype::F64, false));
+    let outcome = run(MATMUL, &argv![&fifo, d.join("B.npy"), "-o", d.join("C.npy")]);
+    outcome.assert_success();
+    writer.join().unwrap();
+    let (_, c) = read_npy(&std::fs::read(d.join("C.npy")).unwrap());
+    // B = [[0, 1], [2, 3], [4, 5]]
+    assert_eq!(c.data, [16.0, 22.0, 34.0, 49.0]);
+}
+
+/// `wordcount --split whitespace --format tsv --engine ENGINE FILE` on a large
+/// file of `"ab "` that another thread truncates (to 1,000 words) after
+/// `delay`: whatever the timing, the outcome is the exact count of the file
+/// as it was (before or after), or one clean error line naming the file;
+/// never a death by signal.
+fn truncated_while_counted(engine: &str, delay: Duration) {
+    const WORDS: usize = 20_000_000;
+    const KEPT: usize = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shrinking.txt");
+    std::fs::write(&path, b"ab ".repeat(WORDS)).unwrap();
+    let truncate = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_len(3 * KEPT as u64).unwrap();
+        })
+    };
+    let outcome = run(
+        WORDCOUNT,
+        &argv![
+            "--split",
+            "whitespace",
+            "--format",
+            "tsv",
+            "--engine",
+            engine,
+            &path
+        ],
+    );
+    truncate.join().unwrap();
+    let context = format!(
+        "--engine {engine}, truncated after {delay:?}\n{}",
+        outcome.describe()
+    );
+    assert!(outcome.code.is_some(), "killed by a signal: {context}");
+    assert_no_panic_text(&outcome);
+    match outcome.code {
+        Some(0) => {
+            let text = outcome.stdout_text();
+            assert!(
+                text == format!("{WORDS}\tab\n") || text == format!("{KEPT}\tab\n"),
+                "a success must count the file before or after: {context}"
+            );
+        }
+        Some(1 | 2) => {
+            assert!(outcome.stdout.is_empty(), "{context}");
+            assert_eq!(outcome.stderr.matches('\n').count(), 1, "one line: {context}");
+            assert!(outcome.stderr.starts_with("error: "), "{context}");
+            assert!(
+                outcome.stderr.contains(&path.display().to_string()),
+                "the error names the file: {context}"
+            );
+        }
+        _ => panic!("unexpected exit code: {context}"),
+    }
+}
+
+#[test]
+fn wordcount_file_truncated_mid_job_is_an_error_not_a_crash() {
+    for delay_ms in [0, 30, 150, 600] {
+        // The processes engine relies on the pool's run_job calling
+        // `Input::check_files_intact` after the job, as the others do.
+        for engine in ["sequential", "threads", "processes"] {
+            truncated_while_counted(engine, Duration::from_millis(delay_ms));
+        }
+    }
+}
