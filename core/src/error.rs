@@ -211,6 +211,31 @@ pub enum Error {
         /// Why it failed.
         source: io::Error,
     },
+
+    /// A task failed, or the job could not be opened, on a rank of an MPI job
+    /// ([`crate::Mpi`]). A rank that dies is not reported here: MPI ends the
+    /// whole job, and `mpirun` names the rank, its host and its signal.
+    #[cfg(feature = "mpi")]
+    #[error("job `{job}`: {failure} on MPI rank {rank} (host {host}, pid {pid}): {message}")]
+    Rank {
+        /// The job's name.
+        job: &'static str,
+        /// The rank in `MPI_COMM_WORLD`.
+        rank: usize,
+        /// The rank's host (MPI's processor name).
+        host: String,
+        /// The rank's pid on its host.
+        pid: u32,
+        /// What failed.
+        failure: crate::mpi::RankFailure,
+        /// The panic or error message, or why the job could not be opened.
+        message: String,
+    },
+
+    /// MPI could not be started, or was used in a way it does not allow.
+    #[cfg(feature = "mpi")]
+    #[error("MPI: {0}")]
+    Mpi(String),
 }
 
 /// Index of a task in an error, or "its partial" when the failure happened

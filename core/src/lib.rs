@@ -63,7 +63,8 @@
 //!    read) or a reader; for positional results, a [`SharedOutput`] that tasks
 //!    write in disjoint tiles ([`Job::output_range`]).
 //! 4. Run on an [`Engine`]: [`Pool`] (processes), [`Threads`] or
-//!    [`Sequential`]. The job does not know which. Options (output, progress
+//!    [`Sequential`] — or, with the cargo feature `mpi`, `Mpi` (the ranks of
+//!    an MPI job, across machines). The job does not know which. Options (output, progress
 //!    callback, tasks per worker) go through [`Run`].
 //!
 //! # Failures
@@ -133,6 +134,8 @@ mod engine;
 mod error;
 mod input;
 mod job;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 mod pool;
 
 pub use coop_worker::JobEntry;
@@ -140,6 +143,8 @@ pub use engine::{DEFAULT_TASKS_PER_WORKER, Engine, JobStats, Progress, Run, Sequ
 pub use error::{Error, Result, TaskIndex};
 pub use input::{Input, SharedOutput};
 pub use job::{Job, TaskError, init, register};
+#[cfg(feature = "mpi")]
+pub use crate::mpi::{Mpi, RankFailure};
 pub use pool::{DEFAULT_RETRIES, Ipc, MAX_WORKERS, Pool, PoolBuilder};
 
 /// Fault injection for tests (feature `fault-injection`): see

@@ -57,8 +57,18 @@ pub fn main<A: Parser>(body: impl FnOnce(A) -> Result<(), Failure>) -> ExitCode 
         eprintln!("error: internal error: {}", one_line(message));
     }));
     init_logging();
-    let args = match A::try_parse() {
-        Ok(args) => args,
+    let args = match parse::<A>() {
+        Ok(Parsed { args, mpi: None }) => args,
+        Ok(Parsed {
+            args,
+            mpi: Some(workers_given),
+        }) => match join_mpi(workers_given) {
+            Ok(()) => args,
+            Err(failure) => {
+                eprintln!("error: {}", one_line(&describe(&failure.error)));
+                return ExitCode::from(failure.code);
+            }
+        },
         Err(err) if !err.use_stderr() => {
             // --help and --version
             let _ = err.print();
@@ -73,13 +83,85 @@ pub fn main<A: Parser>(body: impl FnOnce(A) -> Result<(), Failure>) -> ExitCode 
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    match body(args) {
+    let code = match body(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) if is_broken_pipe(&failure.error) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("error: {}", one_line(&describe(&failure.error)));
             ExitCode::from(failure.code)
         }
+    };
+    // With --engine mpi, the other ranks stop and MPI finalizes here, after
+    // the error (if any) is out: a rank stuck in a task of a failed job makes
+    // the engine abort the MPI job, which would swallow the message.
+    #[cfg(feature = "mpi")]
+    MPI.with(|mpi| drop(mpi.borrow_mut().take()));
+    code
+}
+
+/// Parsed arguments, and whether they ask for `--engine mpi` (with whether
+/// `--workers` was given too).
+struct Parsed<A> {
+    args: A,
+    mpi: Option<bool>,
+}
+
+/// Parses the arguments like `A::try_parse`, and also says whether they
+/// choose the MPI engine: that must start before anything else happens,
+/// since every rank of the MPI job runs this same program.
+fn parse<A: Parser>() -> Result<Parsed<A>, clap::Error> {
+    let matches = A::command().try_get_matches()?;
+    let mpi = matches!(
+        matches.try_get_one::<EngineKind>("engine"),
+        Ok(Some(EngineKind::Mpi))
+    );
+    let workers_given = matches.try_contains_id("workers").unwrap_or(false);
+    let args = A::from_arg_matches(&matches).map_err(|err| err.format(&mut A::command()))?;
+    Ok(Parsed {
+        args,
+        mpi: mpi.then_some(workers_given),
+    })
+}
+
+#[cfg(feature = "mpi")]
+thread_local! {
+    /// Rank 0's MPI engine, started by [`main`] right after parsing; taken
+    /// (shared) by [`AnyEngine::start`] and dropped at the end of [`main`].
+    static MPI: std::cell::RefCell<Option<std::rc::Rc<coop::Mpi>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Joins the MPI job, first thing after parsing the arguments: ranks other
+/// than 0 serve tasks in there and exit; rank 0 keeps the engine for
+/// [`AnyEngine::start`].
+#[cfg(feature = "mpi")]
+fn join_mpi(workers_given: bool) -> Result<(), Failure> {
+    if workers_given {
+        return Err(anyhow::anyhow!(
+            "--workers does not apply to --engine mpi: the workers are the MPI ranks other than 0 (mpirun -n N gives N - 1)"
+        ))
+        .bad_input();
+    }
+    if MPI.with(|mpi| mpi.borrow().is_none()) {
+        let mpi = coop::Mpi::init()?;
+        MPI.with(|slot| *slot.borrow_mut() = Some(std::rc::Rc::new(mpi)));
+    }
+    Ok(())
+}
+
+/// Refuses `--engine mpi` in a build without MPI.
+#[cfg(not(feature = "mpi"))]
+fn join_mpi(_workers_given: bool) -> Result<(), Failure> {
+    Err(no_mpi())
+}
+
+/// `--engine mpi` in a build without MPI.
+#[cfg(not(feature = "mpi"))]
+fn no_mpi() -> Failure {
+    Failure {
+        code: EXIT_BAD_INPUT,
+        error: anyhow::anyhow!(
+            "--engine mpi needs a build with MPI: rebuild with `cargo build --release --features mpi` (needs an MPI library such as Open MPI, and libclang)"
+        ),
     }
 }
 
@@ -149,6 +231,9 @@ pub enum EngineKind {
     Threads,
     /// One thread, no workers: the baseline.
     Sequential,
+    /// The ranks of an MPI job: start with `mpirun -n N` (rank 0 coordinates,
+    /// N - 1 ranks run tasks). Needs a build with `--features mpi`.
+    Mpi,
 }
 
 /// How the processes engine moves data: `--ipc shared-memory|messages`.
@@ -189,7 +274,7 @@ pub struct EngineArgs {
 
 impl EngineArgs {
     /// Starts the engine these options describe.
-    pub fn start(&self) -> coop::Result<AnyEngine> {
+    pub fn start(&self) -> Result<AnyEngine, Failure> {
         AnyEngine::start(self.engine, self.workers.map(|w| w as usize), self.ipc)
     }
 }
@@ -203,12 +288,17 @@ pub enum AnyEngine {
     Threads(Threads),
     /// The calling thread.
     Sequential(Sequential),
+    /// The ranks of an MPI job (shared with [`main`], which ends MPI).
+    #[cfg(feature = "mpi")]
+    Mpi(std::rc::Rc<coop::Mpi>),
 }
 
 impl AnyEngine {
     /// Starts the engine `kind` with `workers` workers (default one per core;
-    /// ignored by the sequential engine); `ipc` applies to processes only.
-    pub fn start(kind: EngineKind, workers: Option<usize>, ipc: IpcKind) -> coop::Result<Self> {
+    /// ignored by the sequential and MPI engines); `ipc` applies to processes
+    /// only. The MPI engine is the one [`main`] started, or is started here
+    /// (where ranks other than 0 serve tasks and exit).
+    pub fn start(kind: EngineKind, workers: Option<usize>, ipc: IpcKind) -> Result<Self, Failure> {
         let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         Ok(match kind {
             EngineKind::Processes => {
@@ -216,6 +306,14 @@ impl AnyEngine {
             }
             EngineKind::Threads => AnyEngine::Threads(Threads::new(workers)?),
             EngineKind::Sequential => AnyEngine::Sequential(Sequential),
+            #[cfg(feature = "mpi")]
+            EngineKind::Mpi => {
+                join_mpi(false)?;
+                let mpi = MPI.with(|mpi| mpi.borrow().clone());
+                AnyEngine::Mpi(mpi.expect("join_mpi keeps the engine"))
+            }
+            #[cfg(not(feature = "mpi"))]
+            EngineKind::Mpi => return Err(no_mpi()),
         })
     }
 
@@ -225,6 +323,8 @@ impl AnyEngine {
             AnyEngine::Processes(_) => "processes",
             AnyEngine::Threads(_) => "threads",
             AnyEngine::Sequential(_) => "sequential",
+            #[cfg(feature = "mpi")]
+            AnyEngine::Mpi(_) => "mpi",
         }
     }
 }
@@ -235,6 +335,8 @@ impl Engine for AnyEngine {
             AnyEngine::Processes(pool) => pool.execute(run),
             AnyEngine::Threads(threads) => threads.execute(run),
             AnyEngine::Sequential(sequential) => sequential.execute(run),
+            #[cfg(feature = "mpi")]
+            AnyEngine::Mpi(mpi) => mpi.execute(run),
         }
     }
 
@@ -243,6 +345,8 @@ impl Engine for AnyEngine {
             AnyEngine::Processes(pool) => pool.workers(),
             AnyEngine::Threads(threads) => threads.workers(),
             AnyEngine::Sequential(sequential) => sequential.workers(),
+            #[cfg(feature = "mpi")]
+            AnyEngine::Mpi(mpi) => mpi.workers(),
         }
     }
 }

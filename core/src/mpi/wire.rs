@@ -1,0 +1,412 @@
+//! What rank 0 and the other ranks say to each other, and how bytes cross MPI.
+//!
+//! Every exchange is a *control* message (a postcard-encoded [`ToRank`] or
+//! [`FromRank`], small by the job contract: names, parameters, ranges) on
+//! [`TAG_CONTROL`], followed, when the message announces bytes (input chunks,
+//! an output tile, a partial), by those bytes on [`TAG_DATA`] from the same
+//! sender, cut into [`pieces`] that MPI's `i32` counts can carry. MPI keeps
+//! the order of messages between two ranks on one tag, so the bytes always
+//! follow their announcement.
+
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use coop_worker::protocol::{Chunk, Failure, Rejection};
+use mpi::Tag;
+use mpi::datatype::Equivalence;
+use mpi::point_to_point::{Destination, MatchedReceiveVec, Source};
+use mpi::topology::{Communicator, SimpleCommunicator};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Tag of control messages.
+pub(super) const TAG_CONTROL: Tag = 1;
+/// Tag of the bytes that follow a control message.
+pub(super) const TAG_DATA: Tag = 2;
+/// Tag of [`ToRank::Cancel`], which a rank looks for before each task so that
+/// a failed job stops at once, ahead of the tasks already queued for it.
+pub(super) const TAG_CANCEL: Tag = 3;
+
+/// Largest piece of bytes sent in one MPI message. MPI counts are `i32`, so a
+/// message holds less than 2 GiB; 1 GiB pieces stay well inside that.
+pub(crate) const MAX_PIECE: usize = 1 << 30;
+
+/// Cuts `len` bytes into consecutive ranges of at most `max` bytes (`max > 0`);
+/// no range for `len == 0`.
+pub(crate) fn pieces(len: usize, max: usize) -> impl Iterator<Item = Range<usize>> {
+    assert!(max > 0, "pieces of 0 bytes");
+    (0..len.div_ceil(max)).map(move |i| i * max..((i + 1) * max).min(len))
+}
+
+/// Rank 0 to another rank.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum ToRank {
+    /// Open a job: find its code by name, map or allocate its input and output.
+    StartJob {
+        /// Job id, unique within the MPI job.
+        job: u64,
+        /// The job's `Job::NAME`.
+        name: String,
+        /// The job value, encoded with postcard.
+        params: Vec<u8>,
+        /// Input segments, in order.
+        input: Vec<Segment>,
+        /// Length of the output in bytes, if the job has one.
+        output: Option<u64>,
+    },
+    /// Run one task and fold its result into the rank's partial. The bytes of
+    /// `chunks` (parts of in-memory segments the rank does not hold yet)
+    /// follow, in order.
+    Task {
+        /// Job id.
+        job: u64,
+        /// Task index within the job.
+        task: u32,
+        /// The task, encoded with postcard.
+        spec: Vec<u8>,
+        /// Input bytes that follow this message.
+        chunks: Vec<Chunk>,
+    },
+    /// Send the partial folded so far and start a new, empty one.
+    Flush {
+        /// Job id.
+        job: u64,
+    },
+    /// The job failed: skip its remaining tasks and flushes (on [`TAG_CANCEL`]).
+    Cancel {
+        /// Job id.
+        job: u64,
+    },
+    /// Close the job, release its memory, and answer [`FromRank::JobEnded`].
+    EndJob {
+        /// Job id.
+        job: u64,
+    },
+    /// Answer [`FromRank::Bye`] and leave: finalize MPI and exit.
+    Shutdown,
+}
+
+/// One input segment as a rank gets it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Segment {
+    /// A file every rank maps itself, by absolute path: nothing of it is sent.
+    File {
+        /// The path's bytes (Unix paths need not be UTF-8).
+        path: Vec<u8>,
+        /// Length rank 0 saw; a rank that sees another refuses the job.
+        len: u64,
+    },
+    /// Bytes in rank 0's memory: the parts each task reads are sent with the
+    /// task, once per rank.
+    Memory {
+        /// Length of the segment.
+        len: u64,
+    },
+}
+
+/// Where an output tile that follows a [`FromRank::TaskDone`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct TileHeader {
+    /// Byte offset within the output.
+    pub(super) offset: u64,
+    /// Length in bytes.
+    pub(super) len: u64,
+}
+
+/// Another rank to rank 0.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum FromRank {
+    /// First message of every rank: where it runs.
+    Hello {
+        /// MPI's processor name (the host name).
+        host: String,
+        /// The rank's pid on its host.
+        pid: u32,
+    },
+    /// A task finished; the bytes of its output tile follow, if it wrote one.
+    TaskDone {
+        /// Job id.
+        job: u64,
+        /// Task index.
+        task: u32,
+        /// The tile that follows.
+        tile: Option<TileHeader>,
+    },
+    /// A task panicked or returned an error (`task == u32::MAX`: encoding the partial).
+    TaskFailed {
+        /// Job id.
+        job: u64,
+        /// Task index.
+        task: u32,
+        /// What went wrong.
+        failure: Failure,
+    },
+    /// The rank's partial result, answering [`ToRank::Flush`]: `len` bytes follow.
+    Partial {
+        /// Job id.
+        job: u64,
+        /// Length of the encoded partial.
+        len: u64,
+    },
+    /// The rank could not open the job.
+    JobRejected {
+        /// Job id.
+        job: u64,
+        /// Why.
+        reason: Rejection,
+    },
+    /// Answer to [`ToRank::EndJob`]: the rank runs nothing of the job any more.
+    JobEnded {
+        /// Job id.
+        job: u64,
+    },
+    /// Answer to [`ToRank::Shutdown`].
+    Bye,
+}
+
+impl FromRank {
+    /// Bytes that follow this message on [`TAG_DATA`].
+    pub(super) fn data_len(&self) -> u64 {
+        match self {
+            FromRank::TaskDone { tile: Some(tile), .. } => tile.len,
+            FromRank::Partial { len, .. } => *len,
+            _ => 0,
+        }
+    }
+}
+
+/// Sends a control message to `rank` on `tag`; returns its size in bytes.
+pub(super) fn send<T: Serialize>(
+    world: &SimpleCommunicator,
+    rank: i32,
+    tag: Tag,
+    message: &T,
+) -> Result<u64, String> {
+    let bytes = encode(message)?;
+    send_encoded(world, rank, tag, &bytes);
+    Ok(bytes.len() as u64)
+}
+
+/// Encodes a control message, which must fit one MPI message.
+pub(super) fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, String> {
+    let bytes = postcard::to_allocvec(message).map_err(|err| format!("encoding a message: {err}"))?;
+    if bytes.len() > MAX_PIECE {
+        return Err(format!(
+            "a control message of {} bytes is more than one MPI message carries; \
+             jobs and tasks hold parameters and ranges, data goes in the Input",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Sends a control message encoded with [`encode`].
+pub(super) fn send_encoded(world: &SimpleCommunicator, rank: i32, tag: Tag, bytes: &[u8]) {
+    world.process_at_rank(rank).send_with_tag(bytes, tag);
+}
+
+/// Sends `bytes` to `rank` on [`TAG_DATA`], in pieces.
+pub(super) fn send_data(world: &SimpleCommunicator, rank: i32, bytes: &[u8]) {
+    let process = world.process_at_rank(rank);
+    for piece in pieces(bytes.len(), MAX_PIECE) {
+        process.send_with_tag(&bytes[piece], TAG_DATA);
+    }
+}
+
+/// Receives bytes sent with [`send_data`] by `rank`, exactly filling `buf`.
+pub(super) fn receive_data(world: &SimpleCommunicator, rank: i32, buf: &mut [u8]) -> Result<(), String> {
+    let process = world.process_at_rank(rank);
+    for piece in pieces(buf.len(), MAX_PIECE) {
+        let expected = piece.len();
+        let status = process.receive_into_with_tag(&mut buf[piece], TAG_DATA);
+        let got = status.count(u8::equivalent_datatype());
+        if usize::try_from(got).ok() != Some(expected) {
+            return Err(format!("{expected} bytes announced, {got} received"));
+        }
+    }
+    Ok(())
+}
+
+/// Receives and drops `len` bytes sent with [`send_data`] by `rank`: the
+/// bytes of a message about a job that already ended.
+pub(super) fn discard_data(world: &SimpleCommunicator, rank: i32, len: u64) -> Result<(), String> {
+    let mut left = len;
+    let mut buf = Vec::new();
+    while left > 0 {
+        let piece = left.min(MAX_PIECE as u64) as usize;
+        buf.resize(piece, 0);
+        receive_data(world, rank, &mut buf)?;
+        left -= piece as u64;
+    }
+    Ok(())
+}
+
+/// Waits for the next control message on `tag` from `from` (any rank if
+/// `None`). Polls rather than blocks in MPI, so that an idle rank sleeps
+/// instead of spinning a core that a busy rank on the same host could use.
+pub(super) fn receive<T: DeserializeOwned>(
+    world: &SimpleCommunicator,
+    from: Option<i32>,
+    tag: Tag,
+) -> Result<(i32, T), String> {
+    let mut backoff = Backoff::default();
+    loop {
+        if let Some(received) = poll(world, from, tag)? {
+            return Ok(received);
+        }
+        backoff.wait();
+    }
+}
+
+/// Like [`receive`], but gives up at `deadline`.
+pub(super) fn receive_until<T: DeserializeOwned>(
+    world: &SimpleCommunicator,
+    from: Option<i32>,
+    tag: Tag,
+    deadline: Instant,
+) -> Result<Option<(i32, T)>, String> {
+    let mut backoff = Backoff::default();
+    loop {
+        if let Some(received) = poll(world, from, tag)? {
+            return Ok(Some(received));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        backoff.wait();
+    }
+}
+
+/// Takes a pending control message on `tag` from `from` (any rank if `None`),
+/// if there is one; never waits.
+fn poll<T: DeserializeOwned>(
+    world: &SimpleCommunicator,
+    from: Option<i32>,
+    tag: Tag,
+) -> Result<Option<(i32, T)>, String> {
+    let probe = match from {
+        Some(rank) => world.process_at_rank(rank).immediate_matched_probe_with_tag(tag),
+        None => world.any_process().immediate_matched_probe_with_tag(tag),
+    };
+    let Some(matched) = probe else {
+        return Ok(None);
+    };
+    let (bytes, status) = matched.matched_receive_vec::<u8>();
+    let rank = status.source_rank();
+    let message =
+        postcard::from_bytes(&bytes).map_err(|err| format!("undecodable message from rank {rank}: {err}"))?;
+    Ok(Some((rank, message)))
+}
+
+/// Takes a pending message on `tag` from `rank`, if there is one; never waits.
+pub(super) fn try_receive<T: DeserializeOwned>(
+    world: &SimpleCommunicator,
+    rank: i32,
+    tag: Tag,
+) -> Result<Option<T>, String> {
+    Ok(poll(world, Some(rank), tag)?.map(|(_, message)| message))
+}
+
+/// Spins briefly, then sleeps longer and longer (up to 1 ms) between polls.
+#[derive(Debug, Default)]
+struct Backoff {
+    polls: u32,
+}
+
+impl Backoff {
+    const SPINS: u32 = 64;
+    const LONGEST: Duration = Duration::from_millis(1);
+
+    fn wait(&mut self) {
+        self.polls = self.polls.saturating_add(1);
+        if self.polls <= Self::SPINS {
+            std::hint::spin_loop();
+            return;
+        }
+        let doublings = (self.polls - Self::SPINS).min(7);
+        let sleep = Duration::from_micros(10 << doublings).min(Self::LONGEST);
+        std::thread::sleep(sleep);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_cover_the_bytes_in_order() {
+        assert_eq!(pieces(0, 4).count(), 0);
+        assert_eq!(pieces(3, 4).collect::<Vec<_>>(), vec![Range { start: 0, end: 3 }]);
+        assert_eq!(pieces(4, 4).collect::<Vec<_>>(), vec![Range { start: 0, end: 4 }]);
+        assert_eq!(pieces(9, 4).collect::<Vec<_>>(), [0..4, 4..8, 8..9]);
+        assert_eq!(pieces(5, 1).count(), 5);
+    }
+
+    #[test]
+    fn pieces_of_huge_messages_fit_mpi_counts() {
+        // 5 GiB + 1 byte: six pieces, each one MPI message (count < 2^31).
+        let len = 5 * (1usize << 30) + 1;
+        let all: Vec<_> = pieces(len, MAX_PIECE).collect();
+        assert_eq!(all.len(), 6);
+        assert!(
+            all.iter()
+                .all(|p| !p.is_empty() && i32::try_from(p.len()).is_ok())
+        );
+        assert_eq!(all.first().unwrap().start, 0);
+        assert_eq!(all.last().unwrap().end, len);
+        assert!(all.windows(2).all(|w| w[0].end == w[1].start));
+        // Just under and over 2 GiB, the limit of one message.
+        assert_eq!(pieces(i32::MAX as usize, MAX_PIECE).count(), 2);
+        assert_eq!(pieces(1 << 31, MAX_PIECE).count(), 2);
+    }
+
+    #[test]
+    fn data_length_is_what_follows() {
+        let tile = TileHeader { offset: 8, len: 24 };
+        let done = FromRank::TaskDone {
+            job: 1,
+            task: 2,
+            tile: Some(tile),
+        };
+        assert_eq!(done.data_len(), 24);
+        assert_eq!(FromRank::Partial { job: 1, len: 7 }.data_len(), 7);
+        assert_eq!(FromRank::JobEnded { job: 1 }.data_len(), 0);
+        assert_eq!(
+            FromRank::TaskDone {
+                job: 1,
+                task: 2,
+                tile: None
+            }
+            .data_len(),
+            0
+        );
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let message = ToRank::Task {
+            job: 3,
+            task: 4,
+            spec: vec![1, 2, 3],
+            chunks: vec![Chunk {
+                segment: 1,
+                offset: 4096,
+                len: 10,
+            }],
+        };
+        let bytes = postcard::to_allocvec(&message).unwrap();
+        match postcard::from_bytes::<ToRank>(&bytes).unwrap() {
+            ToRank::Task {
+                job: 3,
+                task: 4,
+                spec,
+                chunks,
+            } => {
+                assert_eq!(spec, [1, 2, 3]);
+                assert_eq!(chunks.len(), 1);
+                assert_eq!(chunks[0].offset, 4096);
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+    }
+}
