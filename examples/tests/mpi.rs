@@ -1,0 +1,488 @@
+//! `--engine mpi` end to end: `wordcount` and `matmul` under `mpirun -n 1`,
+//! `-n 2` and `-n 4` (oversubscribed) on this host, byte for byte against
+//! `--engine sequential`; failures that end the whole MPI job quickly with
+//! the rank, host and cause. Run with `cargo test -p coop-examples --features
+//! mpi --test mpi` (needs Open MPI's `mpirun`). Without the feature, only the
+//! refusal of `--engine mpi` is tested.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const WORDCOUNT: &str = env!("CARGO_BIN_EXE_wordcount");
+
+/// Runs a binary directly (not under mpirun).
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("{program}: {err}"))
+}
+
+fn text(output: &[u8]) -> String {
+    String::from_utf8_lossy(output).into_owned()
+}
+
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn engine_mpi_without_the_feature_says_how_to_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("words.txt");
+    std::fs::write(&file, "a b c\n").unwrap();
+    let out = run(WORDCOUNT, &["--engine", "mpi", file.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert_eq!(stderr.lines().count(), 1, "one line expected: {stderr}");
+    assert!(
+        stderr.starts_with("error: --engine mpi needs a build with MPI") && stderr.contains("--features mpi"),
+        "{stderr}"
+    );
+}
+
+#[cfg(feature = "mpi")]
+mod with_mpi {
+    use std::io::Read;
+    use std::process::{Child, ExitStatus, Stdio};
+    use std::sync::{Mutex, MutexGuard};
+    use std::time::{Duration, Instant};
+
+    use coop_examples::corpus;
+    use coop_examples::npy::{self, Dtype};
+
+    use super::*;
+
+    const MATMUL: &str = env!("CARGO_BIN_EXE_matmul");
+
+    /// An MPI job that runs longer than this has hung.
+    const TIMEOUT: Duration = Duration::from_secs(120);
+
+    /// One MPI job at a time: on a small machine, concurrent oversubscribed
+    /// jobs would only measure the scheduler.
+    static MPI_JOBS: Mutex<()> = Mutex::new(());
+
+    fn one_at_a_time() -> MutexGuard<'static, ()> {
+        MPI_JOBS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `mpirun` on this host: as root if need be, more ranks than cores
+    /// allowed, and no single-copy shared memory (which needs ptrace rights
+    /// that containers often withhold).
+    fn mpirun() -> Command {
+        let mut command = Command::new("mpirun");
+        command
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+            .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+            .env_remove("RUST_LOG");
+        command
+    }
+
+    /// A finished MPI job.
+    struct Finished {
+        status: ExitStatus,
+        stdout: Vec<u8>,
+        stderr: String,
+        elapsed: Duration,
+    }
+
+    impl Finished {
+        fn describe(&self) -> String {
+            format!(
+                "status {:?} after {:?}\nstdout:\n{}\nstderr:\n{}",
+                self.status,
+                self.elapsed,
+                text(&self.stdout).chars().take(2000).collect::<String>(),
+                self.stderr
+            )
+        }
+
+        fn assert_success(&self) -> &Self {
+            assert!(self.status.success(), "expected success\n{}", self.describe());
+            assert!(!self.stderr.contains("panicked"), "{}", self.describe());
+            self
+        }
+    }
+
+    /// Waits for `child` with [`TIMEOUT`], collecting its output.
+    fn finish(mut child: Child, started: Instant) -> Finished {
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let out = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            stdout.read_to_end(&mut bytes).map(|_| bytes)
+        });
+        let err = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            stderr.read_to_end(&mut bytes).map(|_| bytes)
+        });
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waiting for mpirun") {
+                break status;
+            }
+            if started.elapsed() > TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the MPI job hung: killed after {TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Finished {
+            status,
+            stdout: out.join().unwrap().unwrap(),
+            stderr: text(&err.join().unwrap().unwrap()),
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// `mpirun -n RANKS program args...`, with `stdin` as standard input.
+    fn mpi_job(ranks: usize, program: &str, args: &[&str], stdin: Option<&Path>) -> Finished {
+        let mut command = mpirun();
+        command.arg("-n").arg(ranks.to_string()).arg(program).args(args);
+        command.stdin(match stdin {
+            Some(path) => Stdio::from(std::fs::File::open(path).unwrap()),
+            None => Stdio::null(),
+        });
+        let child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mpirun (Open MPI) must be installed for the mpi feature's tests");
+        finish(child, Instant::now())
+    }
+
+    fn sequential(program: &str, args: &[&str]) -> Vec<u8> {
+        let mut all = vec!["--engine", "sequential"];
+        all.extend_from_slice(args);
+        let out = run(program, &all);
+        assert!(
+            out.status.success(),
+            "sequential run failed: {}",
+            text(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// Two files of generated text (different sizes, so tasks differ) and an empty one.
+    fn corpus_files(dir: &Path) -> Vec<String> {
+        let files = [
+            ("zipf.txt", corpus::generate(3 << 20, 20_000, 7)),
+            ("small.txt", corpus::generate(50_000, 500, 8)),
+            ("empty.txt", Vec::new()),
+        ];
+        files
+            .into_iter()
+            .map(|(name, bytes)| {
+                let path = dir.join(name);
+                std::fs::write(&path, bytes).unwrap();
+                path.to_str().unwrap().to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn wordcount_on_files_matches_sequential() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = corpus_files(dir.path());
+        let mut args = vec!["--all", "--format", "tsv"];
+        args.extend(files.iter().map(String::as_str));
+        let expected = sequential(WORDCOUNT, &args);
+        assert!(expected.len() > 100_000, "the corpus has many distinct words");
+        let mut mpi_args = vec!["--engine", "mpi"];
+        mpi_args.extend_from_slice(&args);
+        let _one = one_at_a_time();
+        for ranks in [1, 2, 4] {
+            let job = mpi_job(ranks, WORDCOUNT, &mpi_args, None);
+            job.assert_success();
+            assert!(
+                job.stdout == expected,
+                "-n {ranks}: output differs from --engine sequential\n{}",
+                job.describe()
+            );
+            let workers = format!("{} worker(s) (mpi)", (ranks - 1).max(1));
+            assert!(job.stderr.contains(&workers), "-n {ranks}: {}", job.describe());
+        }
+    }
+
+    #[test]
+    fn wordcount_on_stdin_sends_the_text_to_the_ranks() {
+        // Standard input is read into rank 0's memory: its pieces travel to
+        // the ranks that count them.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("stdin.txt");
+        std::fs::write(&file, corpus::generate(2 << 20, 5_000, 11)).unwrap();
+        let args = ["--split", "whitespace", "--all", "--format", "tsv"];
+        let mut sequential_args = args.to_vec();
+        sequential_args.push(file.to_str().unwrap());
+        let expected = sequential(WORDCOUNT, &sequential_args);
+        let mut mpi_args = vec!["--engine", "mpi"];
+        mpi_args.extend_from_slice(&args);
+        let _one = one_at_a_time();
+        for ranks in [2, 4] {
+            let job = mpi_job(ranks, WORDCOUNT, &mpi_args, Some(&file));
+            job.assert_success();
+            assert!(job.stdout == expected, "-n {ranks}: differs\n{}", job.describe());
+        }
+    }
+
+    /// A `.npy` file of `rows x cols` f64 values, C or Fortran order.
+    fn write_npy(path: &Path, rows: usize, cols: usize, fortran: bool, seed: u64) {
+        let mut bytes = npy::encode_header(Dtype::F64, fortran, &[rows, cols]);
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        for _ in 0..rows * cols {
+            // xorshift: values in [-1, 1), deterministic.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let value = (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn matmul_files_match_sequential_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.npy"), dir.path().join("b.npy"));
+        write_npy(&a, 613, 257, false, 1);
+        write_npy(&b, 257, 389, true, 2);
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+        let expected_path = dir.path().join("c-sequential.npy");
+        sequential(MATMUL, &[a, b, "-o", expected_path.to_str().unwrap()]);
+        let expected = std::fs::read(&expected_path).unwrap();
+        let _one = one_at_a_time();
+        for ranks in [1, 2, 4] {
+            let out = dir.path().join(format!("c-{ranks}.npy"));
+            let job = mpi_job(
+                ranks,
+                MATMUL,
+                &["--engine", "mpi", a, b, "-o", out.to_str().unwrap()],
+                None,
+            );
+            job.assert_success();
+            let c = std::fs::read(&out).unwrap();
+            assert!(
+                c == expected,
+                "-n {ranks}: C differs from --engine sequential\n{}",
+                job.describe()
+            );
+        }
+        // Only rank 0 writes the output: no rank left a temporary file behind.
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "a.npy",
+                "b.npy",
+                "c-1.npy",
+                "c-2.npy",
+                "c-4.npy",
+                "c-sequential.npy"
+            ]
+        );
+    }
+
+    #[test]
+    fn matmul_of_matrices_in_memory_is_exact() {
+        // Random matrices live in rank 0's memory: each rank receives the row
+        // blocks of A it multiplies, and B once. `--check` compares with a
+        // single-process multiply by the same kernel.
+        let _one = one_at_a_time();
+        for ranks in [2, 4] {
+            let job = mpi_job(
+                ranks,
+                MATMUL,
+                &["--engine", "mpi", "--size", "300", "--check", "--seed", "5"],
+                None,
+            );
+            job.assert_success();
+            let stdout = text(&job.stdout);
+            assert!(
+                stdout.contains(&format!("{} worker(s) (mpi)", ranks - 1)),
+                "{}",
+                job.describe()
+            );
+            assert!(
+                stdout.contains("check: largest relative error 0e0"),
+                "-n {ranks}: not exact\n{}",
+                job.describe()
+            );
+        }
+    }
+
+    #[test]
+    fn a_single_process_without_mpirun_runs_the_tasks_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = corpus_files(dir.path());
+        let mut args = vec!["--top", "50"];
+        args.extend(files.iter().map(String::as_str));
+        let expected = sequential(WORDCOUNT, &args);
+        let mut mpi_args = vec!["--engine", "mpi"];
+        mpi_args.extend_from_slice(&args);
+        let _one = one_at_a_time();
+        // MPI's singleton start: one rank, no mpirun.
+        let started = Instant::now();
+        let child = Command::new(WORDCOUNT)
+            .args(&mpi_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let job = finish(child, started);
+        job.assert_success();
+        assert!(job.stdout == expected, "{}", job.describe());
+        assert!(job.stderr.contains("1 worker(s) (mpi)"), "{}", job.describe());
+    }
+
+    #[test]
+    fn a_rank_without_the_job_fails_it_with_rank_host_and_cause() {
+        // Two programs in one MPI job (MPMD): rank 2 is matmul, which does not
+        // register the word-count job. The job fails at once, naming the rank.
+        let dir = tempfile::tempdir().unwrap();
+        let files = corpus_files(dir.path());
+        let _one = one_at_a_time();
+        let started = Instant::now();
+        let child = mpirun()
+            .args(["-n", "2", WORDCOUNT, "--engine", "mpi", &files[0]])
+            .args([":", "-n", "1", MATMUL, "--engine", "mpi"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let job = finish(child, started);
+        assert_eq!(job.status.code(), Some(1), "{}", job.describe());
+        assert!(job.stdout.is_empty(), "{}", job.describe());
+        let error = job
+            .stderr
+            .lines()
+            .find(|line| line.starts_with("error: "))
+            .unwrap_or_else(|| panic!("no error line\n{}", job.describe()));
+        assert!(
+            error.starts_with(
+                "error: job `coop-examples/wordcount`: the job is not registered on MPI rank 2 (host "
+            ) && error.contains("registered there: [coop-examples/matmul]"),
+            "{}",
+            job.describe()
+        );
+        assert!(job.elapsed < Duration::from_secs(30), "{}", job.describe());
+    }
+
+    #[test]
+    fn a_killed_rank_ends_the_whole_job_quickly() {
+        // MPI cannot recover a lost rank: mpirun ends every rank and names the
+        // one that died, its host and its signal. Nothing hangs.
+        let _one = one_at_a_time();
+        let started = Instant::now();
+        let child = mpirun()
+            .args(["-n", "3", MATMUL, "--engine", "mpi", "--size", "1500"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let rank = loop {
+            if let Some(pid) = rank_pid(child.id(), 1) {
+                break pid;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "rank 1 never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Let it get into its first task (MPI_Init and the hello come first).
+        std::thread::sleep(Duration::from_millis(500));
+        let killed = Instant::now();
+        let status = Command::new("kill")
+            .args(["-KILL", &rank.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -KILL {rank}");
+        let job = finish(child, started);
+        assert!(!job.status.success(), "{}", job.describe());
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "took {:?} after the kill\n{}",
+            killed.elapsed(),
+            job.describe()
+        );
+        assert!(
+            job.stderr.contains("rank 1") && job.stderr.contains("signal 9"),
+            "{}",
+            job.describe()
+        );
+        assert!(!text(&job.stdout).contains("GFLOP/s"), "{}", job.describe());
+    }
+
+    /// The pid of the process that `mpirun` (pid `mpirun`) started as `rank`.
+    fn rank_pid(mpirun: u32, rank: usize) -> Option<u32> {
+        let wanted = format!("OMPI_COMM_WORLD_RANK={rank}");
+        for entry in std::fs::read_dir("/proc").ok()? {
+            let Ok(pid) = entry.ok()?.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid ...": comm may hold spaces, so split after ')'.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|ppid| ppid.parse::<u32>().ok());
+            if parent != Some(mpirun) {
+                continue;
+            }
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            if environ.split(|&b| b == 0).any(|var| var == wanted.as_bytes()) {
+                return Some(pid);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn workers_flag_is_refused_as_bad_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = corpus_files(dir.path());
+        let _one = one_at_a_time();
+        let job = mpi_job(
+            2,
+            WORDCOUNT,
+            &["--engine", "mpi", "--workers", "2", &files[1]],
+            None,
+        );
+        assert_eq!(job.status.code(), Some(2), "{}", job.describe());
+        assert!(
+            job.stderr
+                .contains("error: --workers does not apply to --engine mpi"),
+            "{}",
+            job.describe()
+        );
+    }
+
+    #[test]
+    fn bad_input_on_rank_0_exits_2_and_stops_the_ranks() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.txt");
+        let _one = one_at_a_time();
+        let job = mpi_job(
+            3,
+            WORDCOUNT,
+            &["--engine", "mpi", missing.to_str().unwrap()],
+            None,
+        );
+        assert_eq!(job.status.code(), Some(2), "{}", job.describe());
+        assert!(
+            job.stderr.contains("missing.txt: No such file"),
+            "{}",
+            job.describe()
+        );
+        assert!(job.elapsed < Duration::from_secs(30), "{}", job.describe());
+    }
+}
