@@ -1324,23 +1324,211 @@ mod tests {
         )
     }
 
-    /// Invariants of any successful parse.
+    /// Counts this thread's heap allocations, so that a test can bound what
+    /// one call allocates whatever the input claims.
+    struct CountingAllocator;
+
+    thread_local! {
+        static LIVE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        static PEAK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator; the
+    // counters are thread-local `Cell`s that never allocate.
+    unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            let _ = LIVE.try_with(|live| {
+                live.set(live.get() + layout.size());
+                let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
+            });
+            // SAFETY: the caller's contract for `alloc` is passed on.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            let _ = LIVE.try_with(|live| live.set(live.get().saturating_sub(layout.size())));
+            // SAFETY: the caller's contract for `dealloc` is passed on.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+    /// Most bytes [`parse_header`] may have allocated at once, whatever the
+    /// header declares: an error message or a shape of at most `MAX_DIMS`.
+    const PARSE_ALLOC_LIMIT: usize = 4096;
+
+    /// Parses `file`, checking that the parse allocated at most
+    /// [`PARSE_ALLOC_LIMIT`] bytes, and the invariants of a success.
+    fn parse_checked(file: &[u8]) -> Result<Header, NpyError> {
+        let base = LIVE.with(|live| live.get());
+        PEAK.with(|peak| peak.set(base));
+        let parsed = parse_header(file);
+        let peak = PEAK.with(|peak| peak.get()) - base;
+        assert!(
+            peak <= PARSE_ALLOC_LIMIT,
+            "parse_header allocated {peak} bytes ({parsed:?})"
+        );
+        match &parsed {
+            Ok(h) => check_parsed(file, h),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(!msg.is_empty() && !msg.contains(['\n', '\r']), "{msg:?}");
+            }
+        }
+        parsed
+    }
+
+    #[test]
+    fn huge_declared_shapes_allocate_nothing_by_their_size() {
+        for shape in [
+            "(18446744073709551615, 18446744073709551615)",
+            "(4294967296, 4294967296)",
+            "(1000000000, 1000000000)",
+            "(2305843009213693951, 1)",
+            "(99999999999999999999999999999999, 1)",
+        ] {
+            let file = v1(&dict("'<f8'", "False", shape));
+            let _ = parse_checked(&file);
+        }
+        let h = parse_checked(&v1(&dict("'<f8'", "False", "(1000000000, 1000000000)"))).unwrap();
+        assert!(matches!(check_len(&h, 200), Err(NpyError::FileTruncated { .. })));
+    }
+
+    /// Invariants of any successful parse: a 2-D shape whose data fits, and a
+    /// header that `encode_header` writes back to the same matrix.
     fn check_parsed(file: &[u8], h: &Header) {
         assert_eq!(h.shape.len(), 2);
         assert!(h.data_offset <= file.len());
         assert!(h.data_offset >= 10);
         let len = h.data_len().expect("data_len fits");
         assert!(len.checked_add(h.data_offset).is_some());
+        // Round trip: the same dtype, order and shape, in numpy's layout.
+        let encoded = encode_header(h.dtype, h.fortran_order, &h.shape);
+        match parse_header(&encoded) {
+            Ok(again) => assert_eq!(
+                again,
+                Header {
+                    data_offset: encoded.len(),
+                    ..h.clone()
+                }
+            ),
+            // numpy's padding can push a data size that just fitted past usize.
+            Err(NpyError::TooLarge(shape)) => {
+                assert_eq!(shape, h.shape);
+                assert!(len.checked_add(encoded.len()).is_none());
+            }
+            Err(e) => panic!("{h:?} does not round-trip: {e}"),
+        }
+    }
+
+    /// Proptest cases per property: few by default (CI), `PROPTEST_CASES` for
+    /// a long fuzzing run.
+    fn fuzz_config() -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1000);
+        ProptestConfig::with_cases(cases)
+    }
+
+    /// A dimension, often extreme.
+    fn dim_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0usize..10).prop_map(|d| d.to_string()),
+            any::<usize>().prop_map(|d| d.to_string()),
+            any::<u64>().prop_map(|d| format!("-{d}")),
+            (1u32..=u32::MAX).prop_map(|d| d.to_string()),
+            Just(usize::MAX.to_string()),
+            Just((usize::MAX / 8).to_string()),
+            Just("18446744073709551616".to_owned()),
+            Just("+3".to_owned()),
+            Just("3.0".to_owned()),
+            Just("0x10".to_owned()),
+            Just("".to_owned()),
+        ]
+    }
+
+    /// A header dict with edited fields: each of the three keys (or a
+    /// stranger) present or not, valid or damaged values, in any order, with
+    /// either quotes and any spacing.
+    fn edited_dict() -> impl Strategy<Value = String> {
+        let descr = prop::sample::select(vec![
+            "'<f8'",
+            "'<f4'",
+            "\"<f8\"",
+            "'>f8'",
+            "'<i8'",
+            "'<f2'",
+            "'f8'",
+            "'<f8",
+            "8",
+            "None",
+            "[('a', '<f8')]",
+            "''",
+        ]);
+        let fortran = prop::sample::select(vec![
+            "False", "True", "false", "1", "'True'", "None", "Falsey", "",
+        ]);
+        let shape = (
+            proptest::collection::vec(dim_text(), 0..5),
+            any::<bool>(),
+            prop::sample::select(vec![("(", ")"), ("[", "]"), ("(", ""), ("", ")")]),
+        )
+            .prop_map(|(dims, trailing_comma, (open, close))| {
+                let mut inner = dims.join(", ");
+                if trailing_comma {
+                    inner.push(',');
+                }
+                format!("{open}{inner}{close}")
+            });
+        let key = prop::sample::select(vec![
+            "'descr'",
+            "'fortran_order'",
+            "'shape'",
+            "\"shape\"",
+            "'extra'",
+            "descr",
+        ]);
+        (
+            descr,
+            fortran,
+            shape,
+            proptest::collection::vec((key, 0usize..3), 0..5),
+            prop::sample::select(vec![", ", ",", " , ", ",\n"]),
+            any::<bool>(),
+        )
+            .prop_map(|(descr, fortran, shape, entries, sep, trailing)| {
+                let body: Vec<String> = entries
+                    .iter()
+                    .map(|(key, which)| {
+                        let value = match (key.trim_matches(['\'', '"']), which) {
+                            ("descr", _) => descr.to_owned(),
+                            ("fortran_order", _) => fortran.to_owned(),
+                            ("shape", _) => shape.clone(),
+                            (_, 0) => descr.to_owned(),
+                            (_, 1) => fortran.to_owned(),
+                            _ => shape.clone(),
+                        };
+                        format!("{key}: {value}")
+                    })
+                    .collect();
+                let mut text = format!("{{{}", body.join(sep));
+                if trailing {
+                    text.push_str(sep);
+                }
+                text.push('}');
+                text
+            })
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #![proptest_config(fuzz_config())]
 
         #[test]
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            if let Ok(h) = parse_header(&bytes) {
-                check_parsed(&bytes, &h);
-            }
+            let _ = parse_checked(&bytes);
         }
 
         #[test]
@@ -1363,9 +1551,7 @@ mod tests {
                 file.extend_from_slice(&len.to_le_bytes());
             }
             file.extend_from_slice(&text);
-            if let Ok(h) = parse_header(&file) {
-                check_parsed(&file, &h);
-            }
+            let _ = parse_checked(&file);
         }
 
         #[test]
@@ -1378,14 +1564,7 @@ mod tests {
             let mut file = header.clone();
             file[index.index(header.len())] = byte;
             file.extend_from_slice(&extra);
-            if let Ok(h) = parse_header(&file) {
-                check_parsed(&file, &h);
-            }
-            // Messages stay on one line.
-            if let Err(e) = parse_header(&file) {
-                let msg = e.to_string();
-                prop_assert!(!msg.contains('\n') && !msg.is_empty());
-            }
+            let _ = parse_checked(&file);
         }
 
         #[test]
@@ -1402,8 +1581,61 @@ mod tests {
                 let i = 10 + index.index(header.len() - 10);
                 file[i] = byte;
             }
-            if let Ok(h) = parse_header(&file) {
-                check_parsed(&file, &h);
+            let _ = parse_checked(&file);
+        }
+
+        #[test]
+        fn never_panics_on_truncated_or_extended_headers(
+            header in valid_header(),
+            cut in any::<prop::sample::Index>(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        ) {
+            let mut file = header.clone();
+            for (index, bit) in flips {
+                let i = index.index(file.len());
+                file[i] ^= bit;
+            }
+            let cut = cut.index(file.len() + 1);
+            let _ = parse_checked(&file[..cut]);
+            // A prefix of an intact header is always "truncated".
+            if cut < header.len() {
+                prop_assert_eq!(parse_checked(&header[..cut]), Err(NpyError::Truncated));
+            }
+        }
+
+        #[test]
+        fn edited_dicts_parse_or_fail_cleanly(major in 1u8..=3, dict in edited_dict(), data in 0usize..64) {
+            let mut file = with_text(major, &dict);
+            file.resize(file.len() + data, 0);
+            if let Ok(h) = parse_checked(&file) {
+                // Accepted: the dict had each key once, and the shape read is
+                // the one written.
+                prop_assert!(dict.contains("descr") && dict.contains("fortran_order") && dict.contains("shape"));
+                let written = dict.split("shape").nth(1).unwrap_or_default();
+                for d in &h.shape {
+                    let d = d.to_string();
+                    prop_assert!(written.contains(d.as_str()), "{} not in {}", d, written);
+                }
+            }
+        }
+
+        #[test]
+        fn overflowing_products_are_too_large(
+            rows in (usize::MAX >> 40)..=usize::MAX,
+            cols in 2usize..=usize::MAX,
+            f64 in any::<bool>(),
+        ) {
+            let dtype = if f64 { Dtype::F64 } else { Dtype::F32 };
+            let file = encode_header(dtype, false, &[rows, cols]);
+            let fits = rows.checked_mul(cols).and_then(|n| n.checked_mul(dtype.size())).and_then(|n| n.checked_add(file.len())).is_some();
+            match parse_checked(&file) {
+                Ok(h) => {
+                    prop_assert!(fits);
+                    // The file holds only the header: a length error, not an allocation.
+                    let truncated = matches!(check_len(&h, file.len() as u64), Err(NpyError::FileTruncated { .. }));
+                    prop_assert!(truncated);
+                }
+                Err(e) => prop_assert_eq!(e, NpyError::TooLarge(vec![rows, cols])),
             }
         }
 
@@ -1422,7 +1654,7 @@ mod tests {
                 .and_then(|n| n.checked_mul(dtype.size()))
                 .and_then(|n| n.checked_add(bytes.len()))
                 .is_some();
-            match parse_header(&bytes) {
+            match parse_checked(&bytes) {
                 Ok(h) => {
                     prop_assert!(fits);
                     prop_assert_eq!(h, Header { dtype, fortran_order: fortran, shape: vec![rows, cols], data_offset: bytes.len() });

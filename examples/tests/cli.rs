@@ -1343,7 +1343,7 @@ fn array_file(shape: &[usize]) -> Vec<u8> {
 /// `data` zero bytes.
 fn npy_dict(dict: &str, data: usize) -> Vec<u8> {
     let mut text = dict.as_bytes().to_vec();
-    while (10 + text.len() + 1) % 64 != 0 {
+    while !(10 + text.len() + 1).is_multiple_of(64) {
         text.push(b' ');
     }
     text.push(b'\n');
@@ -2080,8 +2080,8 @@ fn wordcount_hostile_but_valid_inputs_give_exact_counts() {
     }
     // Spot checks of the references themselves.
     let nul_words = reference(SplitMode::Whitespace, &[b"a\0b a\0b\0 \0 x\0\0y a"]);
-    assert_eq!(nul_words.get(&b"a\0b".to_vec()), Some(&1));
-    assert_eq!(nul_words.get(&b"\0".to_vec()), Some(&1));
+    assert_eq!(nul_words.get(b"a\0b".as_slice()), Some(&1));
+    assert_eq!(nul_words.get(b"\0".as_slice()), Some(&1));
     assert!(reference(SplitMode::Words, &[&[0u8; 100]]).is_empty());
 
     // A FIFO is read like standard input.
@@ -2118,6 +2118,7 @@ fn wordcount_hostile_but_valid_inputs_give_exact_counts() {
 /// Runs `bin` with `args` (no stdin), and returns its outcome and peak
 /// resident memory in bytes, as `wait4` reports it for the process.
 fn run_measured(bin: &str, args: &[OsString]) -> (Outcome, u64) {
+    #[allow(clippy::zombie_processes, reason = "reaped by wait4 below")]
     let mut child = Command::new(bin)
         .args(args)
         .env_remove("RUST_LOG")
@@ -2153,6 +2154,7 @@ fn run_measured(bin: &str, args: &[OsString]) -> (Outcome, u64) {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("{bin}: still running after {TIMEOUT:?}, killed");
         }
         std::thread::sleep(Duration::from_millis(5));
