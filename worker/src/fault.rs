@@ -52,8 +52,8 @@ pub enum Behaviour {
     /// Sleeps forever.
     Hang,
     /// Allocates and touches memory until the allocator fails; a cap on the
-    /// address space (`RLIMIT_AS`, 512 MiB above the current size) makes that
-    /// happen without putting the test machine at risk.
+    /// address space (`RLIMIT_AS`, 128 MiB above the current size) makes that
+    /// happen quickly and without putting the test machine at risk.
     Oom,
     /// Sends a message that does not decode (for [`Point::Partial`]: a
     /// well-formed partial message whose bytes do not decode).
@@ -293,14 +293,14 @@ fn exhaust_memory() -> ! {
         .ok()
         .and_then(|statm| statm.split_whitespace().next()?.parse::<u64>().ok())
         .map_or(1 << 30, |pages| pages * 4096);
-    let cap = size + (512 << 20);
+    let cap = size + (128 << 20);
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_AS) {
         let _ = setrlimit(Resource::RLIMIT_AS, cap.min(hard), hard);
     }
     let mut hoard: Vec<Vec<u8>> = Vec::new();
     loop {
         // Touched, so that the pages are real; the allocator's failure aborts.
-        hoard.push(vec![1u8; 16 << 20]);
+        hoard.push(vec![1u8; 4 << 20]);
         std::hint::black_box(&hoard);
     }
 }

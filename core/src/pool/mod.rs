@@ -390,27 +390,53 @@ impl Drop for State {
     }
 }
 
+/// How a worker ended.
+#[derive(Debug, Clone, Copy)]
+struct Reaped {
+    status: Option<ExitStatus>,
+    /// It was still running after the grace period and was killed then.
+    overstayed: bool,
+}
+
 /// Waits up to `grace` for a worker to exit, then kills it; always reaps it.
-fn reap(mut worker: Worker, grace: Duration) -> Option<ExitStatus> {
+fn reap(mut worker: Worker, grace: Duration) -> Reaped {
     let deadline = Instant::now() + grace;
     loop {
         match worker.child.try_wait() {
-            Ok(Some(status)) => return Some(status),
+            Ok(Some(status)) => {
+                return Reaped {
+                    status: Some(status),
+                    overstayed: false,
+                };
+            }
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
             Ok(None) => {
                 let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGKILL);
-                return worker.child.wait().ok();
+                return Reaped {
+                    status: worker.child.wait().ok(),
+                    overstayed: true,
+                };
             }
-            Err(_) => return None,
+            Err(_) => {
+                return Reaped {
+                    status: None,
+                    overstayed: false,
+                };
+            }
         }
     }
 }
 
-fn describe(status: Option<ExitStatus>) -> String {
-    status.map_or_else(
-        || "ended (status unknown)".to_string(),
-        crate::error::describe_status,
-    )
+/// What became of a worker whose channel closed without the coordinator
+/// killing it.
+fn describe(reaped: Reaped) -> String {
+    match reaped {
+        Reaped { overstayed: true, .. } => "closed its channel but kept running, and was killed".to_string(),
+        Reaped {
+            status: Some(status), ..
+        } => crate::error::describe_status(status),
+        Reaped { status: None, .. } => "ended (status unknown)".to_string(),
+    }
 }
 
 /// Why the coordinator killed a worker.
@@ -454,14 +480,19 @@ mod tests {
     #[test]
     fn exit_statuses_are_described() {
         use std::os::unix::process::ExitStatusExt;
+        let ended = |status, overstayed| Reaped { status, overstayed };
         assert_eq!(
-            describe(Some(ExitStatus::from_raw(7 << 8))),
+            describe(ended(Some(ExitStatus::from_raw(7 << 8)), false)),
             "exited with status 7"
         );
         assert_eq!(
-            describe(Some(ExitStatus::from_raw(9))),
+            describe(ended(Some(ExitStatus::from_raw(9)), false)),
             "was killed by signal 9 (SIGKILL)"
         );
-        assert_eq!(describe(None), "ended (status unknown)");
+        assert_eq!(describe(ended(None, false)), "ended (status unknown)");
+        assert_eq!(
+            describe(ended(Some(ExitStatus::from_raw(9)), true)),
+            "closed its channel but kept running, and was killed"
+        );
     }
 }

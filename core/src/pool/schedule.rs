@@ -120,6 +120,9 @@ pub(super) fn run_job<J: Job>(
         job.feeders.clear();
         outcome
     });
+    // A file that shrank mid-job was read as zeros (or killed the workers that
+    // touched it): that, not the result or the error it caused, is the outcome.
+    let outcome = job.input.check_files_intact().and(outcome);
     job.stats.total = started.elapsed();
     match &outcome {
         Ok(_) => tracing::debug!(stats = ?job.stats, "job done"),

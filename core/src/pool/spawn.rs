@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use coop_worker::ipc_channel::IpcError;
 use coop_worker::ipc_channel::ipc::{IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender};
 use coop_worker::protocol::{ENV_PARENT, ENV_SERVER, ENV_TOKEN, FromWorker, ToWorker};
 use nix::sys::signal::{Signal, kill};
@@ -115,18 +116,29 @@ impl Drop for Spawner {
     }
 }
 
-/// Starts all children first, then completes their handshakes, so that start-up
-/// costs about one process start, not one per worker.
+/// Starts all children first, then completes their handshakes side by side,
+/// so that start-up costs about one process start, not one per worker, and a
+/// worker that never connects delays the others by nothing.
 /// `indices`: the workers' numbers in the order this pool started them.
 fn spawn_batch(config: &SpawnConfig, indices: std::ops::Range<usize>) -> Vec<Result<Started>> {
     let started: Vec<_> = indices.map(|index| start_child(config, index)).collect();
-    started
-        .into_iter()
-        .map(|started| {
-            let child = started?;
-            handshake(child, config.handshake_timeout)
-        })
-        .collect()
+    thread::scope(|scope| {
+        let handshakes: Vec<_> = started
+            .into_iter()
+            .map(|started| scope.spawn(move || handshake(started?, config.handshake_timeout)))
+            .collect();
+        handshakes
+            .into_iter()
+            .map(|handshake| {
+                handshake.join().unwrap_or_else(|_| {
+                    Err(Error::Os {
+                        context: "completing a worker's handshake",
+                        source: std::io::Error::other("the handshake thread panicked"),
+                    })
+                })
+            })
+            .collect()
+    })
 }
 
 /// A child started and not yet connected.
@@ -291,17 +303,53 @@ fn handshake(pending: Pending, timeout: Duration) -> Result<Started> {
         Err(err) => {
             let cause = match verdict {
                 Some(Verdict::TimedOut) => format!("did not connect within {timeout:?}"),
-                _ => match child.try_wait() {
-                    Ok(Some(status)) => format!(
-                        "{} before connecting (does main call coop::init first?)",
+                _ if matches!(err, IpcError::SerializationError(_)) => {
+                    format!("sent an unreadable hello ({err})")
+                }
+                // Its end of the socket closes a moment before it can be reaped.
+                _ => match wait_briefly(&mut child, Duration::from_millis(200)) {
+                    Some(status) => format!(
+                        "{} before completing its handshake (does main call coop::init first?)",
                         describe_status(status)
                     ),
-                    _ => format!("handshake failed: {err}"),
+                    None => format!("hung up without a hello ({err})"),
                 },
             };
             Err(failure(&mut child, cause))
         }
     }
+}
+
+/// The child's exit status if it exits within `grace` (not reaped).
+fn wait_briefly(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(1)),
+            _ => return None,
+        }
+    }
+}
+
+/// Connects to the rendezvous socket and hangs up at once, which ends a
+/// pending `accept` (`IpcSender::connect` would leak the socket if the
+/// server is already gone: ipc-channel 0.23 does not close it on failure).
+fn knock(name: &str) {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+    use std::os::fd::AsRawFd;
+    let Ok(socket) = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return;
+    };
+    if let Ok(address) = UnixAddr::new(name) {
+        let _ = connect(socket.as_raw_fd(), &address);
+    }
+    // `socket` is an OwnedFd: closed here whatever happened.
 }
 
 fn watch(pid: u32, name: &str, timeout: Duration, finished: &AtomicBool) -> Option<Verdict> {
@@ -319,7 +367,7 @@ fn watch(pid: u32, name: &str, timeout: Duration, finished: &AtomicBool) -> Opti
         if let Some(verdict) = verdict {
             // Only the first connection counts; if the child got there first,
             // this one is dropped and harmless.
-            drop(IpcSender::<FromWorker>::connect(name.to_string()));
+            knock(name);
             return Some(verdict);
         }
         thread::sleep(pause);
