@@ -62,6 +62,9 @@ fn main() {
         Trial::test("ctrl_c_leaves_no_worker", || {
             coordinator_dies_leaving_no_worker(Signal::SIGINT, true)
         }),
+        Trial::test("sigterm_leaves_no_worker", || {
+            coordinator_dies_leaving_no_worker(Signal::SIGTERM, false)
+        }),
     ];
     libtest_mimic::run(&Arguments::from_args(), tests).exit();
 }
