@@ -9,6 +9,9 @@
 //!   descriptor may be closed: a region nobody unmaps is a leak too;
 //! - this process's children: every process whose parent is this one, alive
 //!   or zombie (a child nobody reaped is a leak);
+//! - this process's threads (`/proc/self/task`), with their names: a thread
+//!   left running (a watchdog, a feeder) is a leak too. Lazily started
+//!   thread pools (rayon's global pool) count: start them before the snapshot;
 //! - the entries of `/dev/shm`;
 //! - ipc-channel's rendezvous directories left in the temp dir: on Linux,
 //!   `IpcOneShotServer::new` binds its socket at `<temp dir>/.tmpXXXXXX/socket`
@@ -51,6 +54,8 @@ pub struct Snapshot {
     /// Memfds mapped into memory, by `(device, inode)` as in `/proc/self/maps`,
     /// to their name; several mappings of one memfd count once.
     pub mapped_memfds: BTreeMap<(String, u64), String>,
+    /// Threads of this process by thread id, to their name (`comm`).
+    pub threads: BTreeMap<u32, String>,
     /// Children (alive or zombie) by pid, to their state letter and command
     /// name from `/proc/PID/stat`, e.g. `Z (coop-tests)`.
     pub children: BTreeMap<u32, String>,
@@ -129,6 +134,21 @@ impl Snapshot {
                 new.join(", ")
             ));
         }
+        let new_threads: Vec<String> = self
+            .threads
+            .iter()
+            .filter(|(tid, _)| !before.threads.contains_key(tid))
+            .map(|(tid, name)| format!("{tid} ({name})"))
+            .collect();
+        if !new_threads.is_empty() {
+            found.push(format!(
+                "{} thread(s) left running ({} threads now, {} before): {}",
+                new_threads.len(),
+                self.threads.len(),
+                before.threads.len(),
+                new_threads.join(", ")
+            ));
+        }
         let new_maps: Vec<String> = self
             .mapped_memfds
             .iter()
@@ -172,6 +192,7 @@ pub fn snapshot() -> Snapshot {
     Snapshot {
         fds: open_fds(),
         mapped_memfds: mapped_memfds(),
+        threads: threads(),
         children: children(),
         dev_shm: dir_names(Path::new("/dev/shm")).into_iter().collect(),
         rendezvous_dirs: rendezvous_dirs(&temp_dir),
@@ -181,7 +202,7 @@ pub fn snapshot() -> Snapshot {
 }
 
 /// Checks that nothing leaked since `before`: no extra child (alive or
-/// zombie), no extra file descriptor, memfd (open or mapped), `/dev/shm` entry
+/// zombie), no extra thread, no extra file descriptor, memfd (open or mapped), `/dev/shm` entry
 /// or rendezvous directory. Waits up to [`SETTLE_DEADLINE`], polling, for
 /// things to settle (children exiting and being reaped) before it fails.
 ///
@@ -319,6 +340,17 @@ fn stat(pid: u32) -> Option<(u32, char, String)> {
     Some((ppid, state, comm))
 }
 
+fn threads() -> BTreeMap<u32, String> {
+    dir_names(Path::new("/proc/self/task"))
+        .into_iter()
+        .filter_map(|name| name.parse::<u32>().ok())
+        .filter_map(|tid| {
+            let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).ok()?;
+            Some((tid, comm.trim_end().to_string()))
+        })
+        .collect()
+}
+
 fn children() -> BTreeMap<u32, String> {
     let me = std::process::id();
     let mut found = BTreeMap::new();
@@ -360,27 +392,30 @@ fn rendezvous_dirs(temp_dir: &Path) -> BTreeSet<PathBuf> {
 mod tests {
     use super::*;
     use std::process::{Command, Stdio};
-    use std::sync::Mutex;
 
-    /// Children and descriptors are process-wide: these tests run one at a time.
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-    fn serial() -> std::sync::MutexGuard<'static, ()> {
-        ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+    /// Children, threads and descriptors are process-wide, and the test
+    /// harness starts a thread per test: the cases run one after the other,
+    /// in one test.
+    #[test]
+    fn leak_checks() {
+        nothing_done_is_no_leak();
+        unreaped_child_is_reported_until_reaped();
+        running_child_is_reported();
+        running_thread_is_reported_with_its_name();
+        memfd_is_reported_open_then_mapped();
+        open_file_is_reported_with_its_path();
+        rendezvous_directories_are_recognised();
+        stat_parses_awkward_command_names();
     }
 
-    #[test]
     fn nothing_done_is_no_leak() {
-        let _serial = serial();
         let before = snapshot();
         assert!(before.fd_count() >= 3, "{:?}", before.fds);
         assert!(before.rss_bytes > 0);
         check_no_leaks(&before).unwrap();
     }
 
-    #[test]
     fn unreaped_child_is_reported_until_reaped() {
-        let _serial = serial();
         let before = snapshot();
         let mut child = Command::new("sleep")
             .arg("0.2")
@@ -395,9 +430,7 @@ mod tests {
         check_no_leaks(&before).unwrap();
     }
 
-    #[test]
     fn running_child_is_reported() {
-        let _serial = serial();
         let before = snapshot();
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
         let now = snapshot();
@@ -408,9 +441,21 @@ mod tests {
         check_no_leaks(&before).unwrap();
     }
 
-    #[test]
+    fn running_thread_is_reported_with_its_name() {
+        let before = snapshot();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("leak-check-t".into())
+            .spawn(move || stopped.recv())
+            .unwrap();
+        let leaks = snapshot().leaks_since(&before).join("\n");
+        assert!(leaks.contains("(leak-check-t)"), "{leaks}");
+        drop(stop);
+        thread.join().unwrap().unwrap_err();
+        check_no_leaks(&before).unwrap();
+    }
+
     fn memfd_is_reported_open_then_mapped() {
-        let _serial = serial();
         let before = snapshot();
         let fd = nix::sys::memfd::memfd_create(c"leak-check-test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
             .unwrap();
@@ -438,9 +483,7 @@ mod tests {
         check_no_leaks(&before).unwrap();
     }
 
-    #[test]
     fn open_file_is_reported_with_its_path() {
-        let _serial = serial();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kept-open");
         let before = snapshot();
@@ -451,9 +494,7 @@ mod tests {
         check_no_leaks(&before).unwrap();
     }
 
-    #[test]
     fn rendezvous_directories_are_recognised() {
-        let _serial = serial();
         let parent = tempfile::tempdir().unwrap();
         let dir = tempfile::Builder::new().tempdir_in(parent.path()).unwrap();
         std::fs::write(dir.path().join("socket"), b"").unwrap();
@@ -464,9 +505,7 @@ mod tests {
         assert_eq!(found, BTreeSet::from([dir.path().to_path_buf()]));
     }
 
-    #[test]
     fn stat_parses_awkward_command_names() {
-        let _serial = serial();
         let (ppid, state, comm) = stat(std::process::id()).unwrap();
         assert_eq!(ppid, nix::unistd::getppid().as_raw() as u32);
         assert!("RS".contains(state), "{state}");

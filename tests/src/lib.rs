@@ -281,10 +281,24 @@ impl BigPartial {
         if partial.len() != self.bytes {
             return Err(format!("{} bytes, expected {}", partial.len(), self.bytes));
         }
-        match partial.iter().enumerate().find(|&(i, &b)| b != (i % 251) as u8) {
-            Some((i, &b)) => Err(format!("byte {i} is {b}, expected {}", i % 251)),
+        let pattern = Self::pattern();
+        match partial
+            .chunks(251)
+            .position(|chunk| chunk != &pattern[..chunk.len()])
+        {
+            Some(at) => {
+                let i = at * 251;
+                Err(format!(
+                    "bytes {i}.. are {:?}, expected 0, 1, 2...",
+                    &partial[i..(i + 8).min(partial.len())]
+                ))
+            }
             None => Ok(()),
         }
+    }
+
+    fn pattern() -> Vec<u8> {
+        (0..251).collect()
     }
 }
 
@@ -299,7 +313,11 @@ impl Job for BigPartial {
 
     fn map(&self, _: &(), _: &Input, _: &mut [u8], partial: &mut Vec<u8>) -> Result<(), TaskError> {
         partial.reserve_exact(self.bytes);
-        partial.extend((0..self.bytes).map(|i| (i % 251) as u8));
+        let pattern = Self::pattern();
+        for _ in 0..self.bytes / 251 {
+            partial.extend_from_slice(&pattern);
+        }
+        partial.extend_from_slice(&pattern[..self.bytes % 251]);
         Ok(())
     }
 

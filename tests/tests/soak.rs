@@ -7,6 +7,7 @@
 use std::io::{BufWriter, Read, Write};
 use std::time::{Duration, Instant};
 
+use coop::Ipc;
 use coop::prelude::*;
 use coop_examples::words::SplitMode;
 use coop_tests::leaks::{self, Snapshot};
@@ -18,14 +19,24 @@ fn main() {
     // SAFETY: first thing in main after `init` (which returns at once in the
     // coordinator): no other thread runs yet.
     let temp_dir = unsafe { leaks::isolate_temp_dir() }.expect("creating a private temp dir");
+    // rayon's global pool (the corpus generator, the word-count merge) starts
+    // its threads once and keeps them: start it before any snapshot.
+    coop_examples::corpus::generate(1, 1, 0);
     let mut args = Arguments::from_args();
     // Children and descriptors are process-wide: one trial at a time.
     args.test_threads = Some(1);
     let tests = vec![
-        checked("ten_thousand_small_jobs_on_one_pool", ten_thousand_small_jobs),
+        checked("ten_thousand_small_jobs_on_one_pool", || {
+            many_small_jobs(Ipc::SharedMemory, 10_000)
+        }),
+        checked("two_thousand_small_jobs_over_messages", || {
+            many_small_jobs(Ipc::Messages, 2_000)
+        }),
         checked("fifty_pools_created_and_dropped", fifty_pools),
         checked("thirty_two_workers_on_few_cores", || oversubscribed(32)),
         checked("one_worker_runs_everything", || oversubscribed(1)),
+        // Leaves a pool's thread and sockets behind: last of the quick trials.
+        Trial::test("leak_check_sees_a_forgotten_pool", forgotten_pool_is_seen),
         checked("three_gb_file_word_count", three_gb_file).with_ignored_flag(true),
         checked("partial_over_2_gib", partial_over_2_gib).with_ignored_flag(true),
     ];
@@ -100,10 +111,12 @@ fn small_job(pool: &Pool, i: u64) -> Result<(), Failed> {
 /// per job would be 4.7 MiB.
 const RSS_SLACK: u64 = 4 << 20;
 
-fn ten_thousand_small_jobs() -> Result<(), Failed> {
-    const JOBS: u64 = 10_000;
+/// `jobs` small jobs on one pool of 2 workers: after the first 100, the
+/// descriptors, memfds, threads, children and workers stay the same, and the
+/// coordinator's RSS grows by at most [`RSS_SLACK`].
+fn many_small_jobs(ipc: Ipc, jobs: u64) -> Result<(), Failed> {
     const WARM_UP: u64 = 100;
-    let pool = Pool::builder().workers(2).build()?;
+    let pool = Pool::builder().workers(2).ipc(ipc).build()?;
     let pids = pool.worker_pids();
     let started = Instant::now();
     for i in 0..WARM_UP {
@@ -111,31 +124,33 @@ fn ten_thousand_small_jobs() -> Result<(), Failed> {
     }
     let warm = leaks::snapshot();
     let warm_time = started.elapsed();
-    for i in WARM_UP..JOBS {
+    for i in WARM_UP..jobs {
         small_job(&pool, i)?;
     }
     let elapsed = started.elapsed();
     let end = leaks::snapshot();
-    let rate = JOBS as f64 / elapsed.as_secs_f64();
+    let rate = jobs as f64 / elapsed.as_secs_f64();
     println!(
-        "\n  {JOBS} jobs in {:.2} s: {rate:.0} jobs/s ({:.0} jobs/s over the first {WARM_UP})\n  \
-         after {WARM_UP} jobs: {} fds ({} memfds), RSS {:.2} MiB, workers {:?}\n  \
-         after {JOBS} jobs: {} fds ({} memfds), RSS {:.2} MiB, workers {:?}",
+        "\n  {ipc:?}: {jobs} jobs in {:.2} s: {rate:.0} jobs/s ({:.0} jobs/s over the first {WARM_UP})\n  \
+         after {WARM_UP} jobs: {} fds ({} memfds), {} threads, RSS {:.2} MiB, workers {:?}\n  \
+         after {jobs} jobs: {} fds ({} memfds), {} threads, RSS {:.2} MiB, workers {:?}",
         elapsed.as_secs_f64(),
         WARM_UP as f64 / warm_time.as_secs_f64(),
         warm.fd_count(),
         warm.memfds().len(),
+        warm.threads.len(),
         mib(warm.rss_bytes),
         warm.child_pids(),
         end.fd_count(),
         end.memfds().len(),
+        end.threads.len(),
         mib(end.rss_bytes),
         end.child_pids(),
     );
     let leaks = end.leaks_since(&warm);
     assert!(
         leaks.is_empty(),
-        "grew between job {WARM_UP} and job {JOBS}: {leaks:?}"
+        "grew between job {WARM_UP} and job {jobs}: {leaks:?}"
     );
     assert_eq!(end.fd_count(), warm.fd_count(), "descriptors");
     assert_eq!(end.memfds().len(), warm.memfds().len(), "memfds");
@@ -146,7 +161,7 @@ fn ten_thousand_small_jobs() -> Result<(), Failed> {
         growth <= RSS_SLACK,
         "coordinator RSS grew by {:.2} MiB over {} jobs (slack {:.0} MiB)",
         mib(growth),
-        JOBS - WARM_UP,
+        jobs - WARM_UP,
         mib(RSS_SLACK)
     );
     Ok(())
@@ -273,6 +288,34 @@ fn total_pss(pids: &[u32]) -> u64 {
         .chain(pids.iter().copied())
         .map(|pid| pss_bytes(pid).unwrap_or(0))
         .sum()
+}
+
+/// The leak check sees what a pool leaves behind when it is never dropped:
+/// its workers, its spawner thread, its descriptors. (The pool's memory, thread
+/// and sockets stay leaked in this process; the workers are killed and reaped.)
+fn forgotten_pool_is_seen() -> Result<(), Failed> {
+    let before = leaks::snapshot();
+    let pool = Pool::builder().workers(2).build()?;
+    let pids = pool.worker_pids();
+    std::mem::forget(pool);
+    let leaks = leaks::snapshot().leaks_since(&before).join("\n");
+    for pid in &pids {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::SIGKILL)?;
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(*pid as i32), None)?;
+    }
+    for pid in &pids {
+        assert!(
+            leaks.contains(&format!("{pid} [")),
+            "worker {pid} not reported:\n{leaks}"
+        );
+    }
+    assert!(
+        leaks.contains("(coop-spawner)"),
+        "spawner thread not reported:\n{leaks}"
+    );
+    assert!(leaks.contains("socket:["), "sockets not reported:\n{leaks}");
+    println!("\n  reported:\n{leaks}");
+    Ok(())
 }
 
 /// A 3 GiB text file, word-counted by 2 workers that map it: the exact total,
