@@ -9,6 +9,7 @@ use coop::JobEntry;
 use coop::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub mod fake_worker;
 pub mod leaks;
 
 /// Every job a test binary's workers may run (not [`Unregistered`]).

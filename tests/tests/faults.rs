@@ -51,6 +51,7 @@ enum Mode {
 static REPORT: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 
 fn main() {
+    coop_tests::fake_worker::serve_if_fake();
     coop_tests::init();
     // SAFETY: first thing in main, before any other thread exists.
     let temp = unsafe { leaks::isolate_temp_dir() }.expect("creating a private temp dir");
@@ -83,6 +84,17 @@ fn main() {
         let name = format!("outside::sigstop::{ipc:?}");
         trials.push(Trial::test(name.clone(), move || {
             guarded(&name, move || stopped_worker_times_out(ipc))
+        }));
+    }
+
+    let cases: u64 = std::env::var("COOP_FUZZ_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(6);
+    for ipc in [Ipc::SharedMemory, Ipc::Messages] {
+        let name = format!("fuzz::lying_workers::{ipc:?}");
+        trials.push(Trial::test(name.clone(), move || {
+            guarded(&name, move || lying_workers(ipc, cases))
         }));
     }
 
@@ -500,6 +512,78 @@ fn text(len: usize) -> Vec<u8> {
         text.push(if rng.below(10) == 0 { b'\n' } else { b' ' });
     }
     text
+}
+
+// ---------------------------------------------------------------------------
+// Fuzzing what the coordinator reads
+// ---------------------------------------------------------------------------
+
+/// Pools of lying workers (`coop_tests::fake_worker`), one per seed: every
+/// job must end, with some result or a named error about a worker, with the
+/// coordinator never panicking, hanging or leaking. A lie told in the right
+/// format (a wrong but well-formed partial) gives a wrong result: workers are
+/// trusted to compute, not to speak the protocol.
+fn lying_workers(ipc: Ipc, cases: u64) -> Result<String, Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("liars-").tempdir()?;
+    let exe = std::env::current_exe()?;
+    let (mut finished, mut failed) = (0, 0);
+    let started = Instant::now();
+    for seed in 1..=cases {
+        let wrapper = dir.path().join(format!("liar-{seed}"));
+        let script = format!(
+            "#!/bin/sh\n{}={seed} exec '{}'\n",
+            coop_tests::fake_worker::ENV_SEED,
+            exe.display()
+        );
+        std::fs::write(&wrapper, script)?;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+        let pool = Pool::builder()
+            .workers(2)
+            .ipc(ipc)
+            .retries(RETRIES)
+            .task_timeout(Duration::from_millis(300))
+            .handshake_timeout(HANDSHAKE_TIMEOUT)
+            .program(&wrapper)
+            .build()?;
+        for point in [Point::Task, Point::Tile] {
+            match run_lenient(&pool, point) {
+                Ok(()) => finished += 1,
+                Err(
+                    Error::TaskLost { .. }
+                    | Error::TaskTimedOut { .. }
+                    | Error::TaskPanicked { .. }
+                    | Error::TaskFailed { .. }
+                    | Error::JobSetup { .. }
+                    | Error::UnknownJob { .. }
+                    | Error::NoWorkers { .. },
+                ) => failed += 1,
+                Err(err) => return Err(format!("seed {seed}: not an error about a worker: {err}").into()),
+            }
+        }
+    }
+    Ok(format!(
+        "{cases} seeds, {} jobs: {finished} finished, {failed} named errors, {:.1?}",
+        finished + failed,
+        started.elapsed()
+    ))
+}
+
+/// The matrix's jobs, with any result accepted.
+fn run_lenient(pool: &Pool, point: Point) -> coop::Result<()> {
+    let data: Vec<u64> = (0..512).collect();
+    let mut input = Input::new();
+    input.push_slice(&data);
+    if point == Point::Tile {
+        let mut out = SharedOutput::zeroed::<u64>(data.len());
+        Run::new(&Squares, &input)
+            .output(&mut out)
+            .tasks_per_worker(4)
+            .on(pool)?;
+    } else {
+        Run::new(&Sum, &input).tasks_per_worker(4).on(pool)?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

@@ -221,25 +221,43 @@ impl<J: Job> JobState<'_, J> {
                     });
                 }
             };
+            // Every message is decoded, even after a failure or from a worker
+            // already removed: decoding is what takes over the channels a
+            // message may carry (ipc-channel asserts, or leaks their file
+            // descriptors, if they are dropped unclaimed).
+            let mut failure = None;
             for event in events {
                 match event {
                     IpcSelectionResult::MessageReceived(receiver, message) => {
-                        let Some(index) = state.slot_of(receiver) else {
+                        let decoded = message.to::<FromWorker>();
+                        let Some(index) = state.slot_of(receiver).filter(|_| failure.is_none()) else {
                             continue;
                         };
-                        match message.to::<FromWorker>() {
-                            Ok(message) => self.on_message(&mut state.slots[index], message)?,
-                            Err(err) => {
-                                state.slots[index].kill(Kill::Breach(format!("undecodable message: {err}")))
+                        let slot = &mut state.slots[index];
+                        match decoded {
+                            Ok(message) => {
+                                if let Err(err) = self.on_message(slot, message) {
+                                    failure = Some(err);
+                                }
                             }
+                            Err(err) => slot.kill(Kill::Breach(format!("undecodable message: {err}"))),
                         }
                     }
                     IpcSelectionResult::ChannelClosed(receiver) => {
-                        if let Some(index) = state.slot_of(receiver) {
-                            self.on_death(state, spawner, config, index)?;
+                        let Some(index) = state.slot_of(receiver) else {
+                            continue;
+                        };
+                        if failure.is_some() {
+                            // The job is over: just reap; the next job replaces it.
+                            reap(state.slots.remove(index).worker, EXIT_GRACE);
+                        } else if let Err(err) = self.on_death(state, spawner, config, index) {
+                            failure = Some(err);
                         }
                     }
                 }
+            }
+            if let Some(err) = failure {
+                return Err(err);
             }
         }
     }
