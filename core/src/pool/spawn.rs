@@ -308,10 +308,12 @@ fn handshake(pending: Pending, timeout: Duration) -> Result<Started> {
                 }
                 // Its end of the socket closes a moment before it can be reaped.
                 _ => match wait_briefly(&mut child, Duration::from_millis(200)) {
-                    Some(status) => format!(
+                    // A program that ran to a clean end never became a worker.
+                    Some(status) if status.success() => format!(
                         "{} before completing its handshake (does main call coop::init first?)",
                         describe_status(status)
                     ),
+                    Some(status) => format!("{} before completing its handshake", describe_status(status)),
                     None => format!("hung up without a hello ({err})"),
                 },
             };
