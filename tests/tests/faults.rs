@@ -94,7 +94,9 @@ fn main() {
     for ipc in [Ipc::SharedMemory, Ipc::Messages] {
         let name = format!("fuzz::lying_workers::{ipc:?}");
         trials.push(Trial::test(name.clone(), move || {
-            guarded(&name, move || lying_workers(ipc, cases))
+            // A seed takes well under a second; a hang takes forever.
+            let deadline = DEADLINE + Duration::from_secs(2 * cases);
+            guarded_for(&name, deadline, move || lying_workers(ipc, cases))
         }));
     }
 
@@ -119,15 +121,24 @@ fn guarded(
     name: &str,
     trial: impl FnOnce() -> Result<String, Failed> + Send + 'static,
 ) -> Result<(), Failed> {
+    guarded_for(name, DEADLINE, trial)
+}
+
+/// [`guarded`], with another deadline.
+fn guarded_for(
+    name: &str,
+    deadline: Duration,
+    trial: impl FnOnce() -> Result<String, Failed> + Send + 'static,
+) -> Result<(), Failed> {
     let before = leaks::snapshot();
     let (done, outcome) = mpsc::channel();
     let started = Instant::now();
     std::thread::spawn(move || {
         let _ = done.send(trial());
     });
-    let summary = match outcome.recv_timeout(DEADLINE) {
+    let summary = match outcome.recv_timeout(deadline) {
         Ok(result) => result?,
-        Err(_) => return Err(format!("{name}: no outcome within {DEADLINE:?} (hang)").into()),
+        Err(_) => return Err(format!("{name}: no outcome within {deadline:?} (hang)").into()),
     };
     leaks::check_no_leaks(&before)?;
     let summary = format!("{summary} [{:.1} s]", started.elapsed().as_secs_f64());

@@ -168,6 +168,36 @@ fn dropping_the_pool_reaps_workers() -> Result<(), Failed> {
     Ok(())
 }
 
+/// The security model of shared regions, checked in a worker's
+/// `/proc/PID/maps`: the input is a memfd (nameless: no other process can open
+/// it) or the user's own file mapped read-only, and nothing lives in /dev/shm.
+fn check_input_mappings(pid: u32, file: Option<&std::path::Path>) -> Result<(), Failed> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let mut found = false;
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let perms = fields.nth(1).unwrap_or("");
+        let path = fields.nth(3).unwrap_or("");
+        if path.starts_with("/dev/shm") {
+            return Err(format!("worker {pid} maps {path} from /dev/shm").into());
+        }
+        match file {
+            Some(file) if path == file.to_string_lossy() => {
+                if perms.contains('w') {
+                    return Err(format!("worker {pid} maps the input file writable: {line}").into());
+                }
+                found = true;
+            }
+            None if path.starts_with("/memfd:") => found = true,
+            _ => {}
+        }
+    }
+    if !found {
+        return Err(format!("worker {pid} does not map its input as expected ({file:?})").into());
+    }
+    Ok(())
+}
+
 /// While 3 workers each hold and have read all of a 64 MiB input, their memory
 /// together grows by at most about 64 MiB (a share of one copy), not 3 x 64 MiB.
 /// Only the workers are measured: this test process runs other tests at once.
@@ -209,6 +239,9 @@ fn input_is_not_copied_per_worker(from_file: bool) -> Result<(), Failed> {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let during = total_pss(&pids)?;
+        for &pid in &pids {
+            check_input_mappings(pid, from_file.then(|| dir.path().join("input.bin")).as_deref())?;
+        }
         std::fs::write(dir.path().join("release"), b"")?;
         running.join().unwrap()?;
         Ok(during)

@@ -409,3 +409,38 @@ pub(crate) fn current_program() -> Result<PathBuf> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn rendezvous_directory_is_made_private() {
+        let (_server, name) = IpcOneShotServer::<FromWorker>::new().unwrap();
+        let dir = Path::new(&name).parent().unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        secure_rendezvous(&name).unwrap();
+        assert_eq!(mode(dir), 0o700, "{}", dir.display());
+        assert!(name.len() <= MAX_SOCKET_PATH);
+    }
+
+    #[test]
+    fn a_socket_others_can_write_is_refused() {
+        let (_server, name) = IpcOneShotServer::<FromWorker>::new().unwrap();
+        std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = secure_rendezvous(&name).unwrap_err().to_string();
+        assert!(err.contains("open to other users"), "{err}");
+    }
+
+    #[test]
+    fn a_socket_path_too_long_for_the_kernel_is_refused() {
+        let long = format!("/tmp/{}/socket", "d".repeat(MAX_SOCKET_PATH));
+        let err = secure_rendezvous(&long).unwrap_err().to_string();
+        assert!(err.contains("set TMPDIR to a shorter directory"), "{err}");
+    }
+}
