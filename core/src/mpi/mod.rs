@@ -36,7 +36,8 @@
 //! - A task that panics or returns an error, or a rank that cannot open the
 //!   job, ends the job with [`Error::Rank`]: the job, the task, the rank, its
 //!   host and pid, and the message. The other ranks skip the job's remaining
-//!   tasks; the handle stays usable.
+//!   tasks; the handle stays usable (the next job first waits for ranks
+//!   still inside a task of the failed one).
 //! - MPI cannot recover from a lost rank: when a rank dies (a crash, a signal,
 //!   out of memory), the MPI runtime ends the whole MPI job, and `mpirun`
 //!   names the rank, host and signal. Tasks are not retried elsewhere.
@@ -109,7 +110,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct Mpi {
     state: RefCell<State>,
     world: SimpleCommunicator,
-    host: String,
+    /// Host of each rank, rank 0 first.
+    hosts: Vec<String>,
     threading: Threading,
     // MPI calls must stay on the thread that initialized MPI.
     _single_thread: PhantomData<*const ()>,
@@ -119,10 +121,9 @@ pub struct Mpi {
 
 impl fmt::Debug for Mpi {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hosts = self.hosts();
         f.debug_struct("Mpi")
-            .field("ranks", &hosts.len())
-            .field("hosts", &hosts)
+            .field("ranks", &self.hosts.len())
+            .field("hosts", &self.hosts)
             .field("threading", &self.threading)
             .finish()
     }
@@ -160,13 +161,10 @@ impl Mpi {
                 Err(problem) => abort(&world, &format!("rank {rank} did not start: {problem}")),
             }
         }
-        let host = host_name();
-        tracing::info!(
-            ranks = world.size(),
-            hosts = ?std::iter::once(&host).chain(ranks.iter().map(|r| &r.host)).collect::<Vec<_>>(),
-            ?threading,
-            "MPI engine started"
-        );
+        let hosts: Vec<String> = std::iter::once(host_name())
+            .chain(ranks.iter().map(|slot| slot.host.clone()))
+            .collect();
+        tracing::info!(ranks = world.size(), ?hosts, ?threading, "MPI engine started");
         Ok(Mpi {
             state: RefCell::new(State {
                 ranks,
@@ -174,7 +172,7 @@ impl Mpi {
                 current: None,
             }),
             world,
-            host,
+            hosts,
             threading,
             _single_thread: PhantomData,
             _universe: universe,
@@ -187,16 +185,13 @@ impl Mpi {
     }
 
     /// The host of each rank (MPI's processor name), rank 0 first.
-    pub fn hosts(&self) -> Vec<String> {
-        let state = self.state.borrow();
-        std::iter::once(self.host.clone())
-            .chain(state.ranks.iter().map(|slot| slot.host.clone()))
-            .collect()
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
     }
 
     /// The number of ranks in the MPI job, rank 0 included.
     pub fn ranks(&self) -> usize {
-        self.world.size() as usize
+        self.hosts.len()
     }
 }
 
