@@ -30,7 +30,9 @@ pub fn serve_if_fake() {
     // A replacement worker is started with the same seed: mix in the pid so
     // that it tells other lies.
     let mut rng = Rng(seed ^ u64::from(std::process::id()).rotate_left(32) | 1);
-    let _ = serve(&mut rng);
+    // Some seeds lie all the time, others once in a while, so that jobs
+    // also get far enough for retries to succeed.
+    let _ = serve(&mut rng, 1 + seed % 12);
     std::process::exit(0);
 }
 
@@ -68,7 +70,8 @@ impl Rng {
     }
 }
 
-fn serve(rng: &mut Rng) -> Result<(), Box<dyn std::error::Error>> {
+/// Serves until told to stop, lying in about one message in `one_in`.
+fn serve(rng: &mut Rng, one_in: u64) -> Result<(), Box<dyn std::error::Error>> {
     let server = std::env::var(ENV_SERVER)?;
     let token = std::env::var(ENV_TOKEN)?;
     let tx = IpcSender::<FromWorker>::connect(server)?;
@@ -83,6 +86,7 @@ fn serve(rng: &mut Rng) -> Result<(), Box<dyn std::error::Error>> {
     // The output's length, and whether tiles go back in messages.
     let (mut output_len, mut private) = (0u64, false);
     loop {
+        let lie = rng.below(one_in) == 0;
         let reply = match rx.recv()? {
             ToWorker::StartJob { job, output, .. } => {
                 (output_len, private) = match output {
@@ -90,7 +94,7 @@ fn serve(rng: &mut Rng) -> Result<(), Box<dyn std::error::Error>> {
                     Some(OutputDesc::Shared(region)) => (region.len() as u64, false),
                     None => (0, false),
                 };
-                match rng.below(12) {
+                match rng.below(if lie { 3 } else { u64::MAX }) {
                     0 => Some(FromWorker::JobRejected {
                         job: rng.around(job),
                         reason: Rejection::Setup("the fake worker refuses".into()),
@@ -117,11 +121,27 @@ fn serve(rng: &mut Rng) -> Result<(), Box<dyn std::error::Error>> {
                 let range: Range<u64> = postcard::from_bytes::<Range<usize>>(&spec)
                     .map(|r| r.start as u64 * 8..r.end as u64 * 8)
                     .unwrap_or(0..0);
-                Some(task_reply(rng, job, task, range, output_len, private))
+                Some(match lie {
+                    true => task_reply(rng, job, task, range, output_len, private),
+                    false => FromWorker::TaskDone {
+                        job,
+                        task,
+                        tile: private.then(|| Tile {
+                            offset: range.start,
+                            bytes: vec![0; (range.end - range.start) as usize],
+                        }),
+                    },
+                })
             }
+            // An honest partial is well-formed; its value is made up (the
+            // fake computes nothing), so a finished job's result is wrong.
+            ToWorker::Flush { job } if !lie => Some(FromWorker::Partial {
+                job,
+                data: Payload::new(postcard::to_allocvec(&rng.below(1 << 20))?),
+            }),
             ToWorker::Flush { job } => Some(FromWorker::Partial {
                 job: rng.around(job),
-                data: Payload::new(match rng.below(3) {
+                data: Payload::new(match rng.below(2) {
                     0 => rng.bytes(24),
                     _ => postcard::to_allocvec(&rng.below(1 << 20))?,
                 }),
@@ -130,7 +150,7 @@ fn serve(rng: &mut Rng) -> Result<(), Box<dyn std::error::Error>> {
             ToWorker::Shutdown => return Ok(()),
         };
         let Some(reply) = reply else { continue };
-        match rng.below(20) {
+        match rng.below(if lie { 5 } else { u64::MAX }) {
             0 => {
                 tx.clone()
                     .to_opaque()
