@@ -56,6 +56,10 @@ fn main() {
             "worker_without_the_token_is_refused",
             worker_without_the_token_is_refused,
         ),
+        Trial::test(
+            "an_intruder_is_dropped_and_the_pool_goes_on",
+            an_intruder_is_dropped_and_the_pool_goes_on,
+        ),
         Trial::test("coordinator_killed_leaves_no_worker", || {
             coordinator_dies_leaving_no_worker(Signal::SIGKILL, false)
         }),
@@ -331,5 +335,45 @@ fn worker_without_the_token_is_refused() -> Result<(), Failed> {
     let message = err.to_string();
     assert!(matches!(err, Error::Handshake { .. }), "{message}");
     assert!(message.contains("without its token"), "{message}");
+    Ok(())
+}
+
+/// The first process to connect presents a forged token (as an intruder that
+/// reached the socket first would): it is dropped, the worker is started
+/// again, and the pool runs its job exactly.
+fn an_intruder_is_dropped_and_the_pool_goes_on() -> Result<(), Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let wrapper = dir.path().join("forge-once");
+    let real = std::env::current_exe()?;
+    let marker = dir.path().join("forged");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif mkdir '{m}' 2>/dev/null; then echo $$ > '{m}/pid'; export COOP_WORKER_TOKEN=forged; fi\nexec '{}'\n",
+            real.display(),
+            m = marker.display(),
+        ),
+    )?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o700))?;
+    let mut built = Pool::builder().workers(2).program(&wrapper).build();
+    for _ in 0..20 {
+        // "text file busy" while another test thread forks: try again.
+        if !matches!(built, Err(Error::Spawn { .. })) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        built = Pool::builder().workers(2).program(&wrapper).build();
+    }
+    let pool = built?;
+    let forger: u32 = std::fs::read_to_string(marker.join("pid"))?.trim().parse()?;
+    assert!(
+        !pool.worker_pids().contains(&forger),
+        "the process with the forged token (pid {forger}) serves in the pool"
+    );
+    let numbers: Vec<u64> = (0..10_000).collect();
+    let mut input = Input::new();
+    input.push_slice(&numbers);
+    assert_eq!(pool.run(&coop_tests::Sum, &input)?, 49_995_000);
     Ok(())
 }
