@@ -53,6 +53,11 @@
 //! called [`Mpi::init`] calls MPI. The handle is neither `Send` nor `Sync`, so
 //! the compiler keeps it on that thread; jobs may use threads of their own.
 //!
+//! ```compile_fail,E0277
+//! fn send_to_another_thread<T: Send>(_: T) {}
+//! send_to_another_thread(coop::Mpi::init().unwrap());
+//! ```
+//!
 //! ```no_run
 //! # use coop::prelude::*;
 //! # #[derive(serde::Serialize, serde::Deserialize)] struct Sum;
