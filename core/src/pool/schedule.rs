@@ -230,7 +230,13 @@ impl<J: Job> JobState<'_, J> {
                 match event {
                     IpcSelectionResult::MessageReceived(receiver, message) => {
                         let decoded = message.to::<FromWorker>();
-                        let Some(index) = state.slot_of(receiver).filter(|_| failure.is_none()) else {
+                        // A worker being killed is not listened to any more: it
+                        // may have folded a task it never reported (its partial
+                        // would count that task twice once it runs again).
+                        let Some(index) = state
+                            .slot_of(receiver)
+                            .filter(|&index| failure.is_none() && state.slots[index].killed.is_none())
+                        else {
                             continue;
                         };
                         let slot = &mut state.slots[index];
