@@ -123,14 +123,7 @@ fn serve(rng: &mut Rng, one_in: u64) -> Result<(), Box<dyn std::error::Error>> {
                     .unwrap_or(0..0);
                 Some(match lie {
                     true => task_reply(rng, job, task, range, output_len, private),
-                    false => FromWorker::TaskDone {
-                        job,
-                        task,
-                        tile: private.then(|| Tile {
-                            offset: range.start,
-                            bytes: vec![0; (range.end - range.start) as usize],
-                        }),
-                    },
+                    false => task_done(job, task, range, private),
                 })
             }
             // An honest partial is well-formed; its value is made up (the
@@ -207,13 +200,19 @@ fn task_reply(
                 }),
             }
         }
-        _ => FromWorker::TaskDone {
-            job,
-            task,
-            tile: private.then(|| Tile {
-                offset: range.start,
-                bytes: vec![0; (range.end - range.start) as usize],
-            }),
-        },
+        _ => task_done(job, task, range, private),
+    }
+}
+
+/// A well-formed result for `task` of `job` (its tile, zeros, if tiles go
+/// back in messages).
+fn task_done(job: u64, task: u32, range: Range<u64>, private: bool) -> FromWorker {
+    FromWorker::TaskDone {
+        job,
+        task,
+        tile: private.then(|| Tile {
+            offset: range.start,
+            bytes: vec![0; (range.end - range.start) as usize],
+        }),
     }
 }

@@ -159,28 +159,23 @@ const BEHAVIOURS: [(Behaviour, &str); 8] = [
 
 impl Point {
     /// Every point, in the order of a worker's life.
-    pub const ALL: [Point; 6] = [
-        Point::BeforeConnect,
-        Point::Handshake,
-        Point::Task,
-        Point::Tile,
-        Point::Partial,
-        Point::AfterPartial,
-    ];
+    pub const ALL: [Point; 6] = firsts(POINTS);
 }
 
 impl Behaviour {
     /// Every behaviour.
-    pub const ALL: [Behaviour; 8] = [
-        Behaviour::Exit,
-        Behaviour::Kill,
-        Behaviour::Abort,
-        Behaviour::Panic,
-        Behaviour::Hang,
-        Behaviour::Oom,
-        Behaviour::Garbage,
-        Behaviour::CloseChannel,
-    ];
+    pub const ALL: [Behaviour; 8] = firsts(BEHAVIOURS);
+}
+
+/// The values of a name table, in its order.
+const fn firsts<T: Copy, const N: usize>(table: [(T, &str); N]) -> [T; N] {
+    let mut all = [table[0].0; N];
+    let mut i = 1;
+    while i < N {
+        all[i] = table[i].0;
+        i += 1;
+    }
+    all
 }
 
 fn name_of<T: PartialEq + Copy>(table: &[(T, &'static str)], value: T) -> &'static str {
