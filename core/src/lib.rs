@@ -138,13 +138,13 @@ mod job;
 pub mod mpi;
 mod pool;
 
+#[cfg(feature = "mpi")]
+pub use crate::mpi::{Mpi, RankFailure};
 pub use coop_worker::JobEntry;
 pub use engine::{DEFAULT_TASKS_PER_WORKER, Engine, JobStats, Progress, Run, Sequential, Threads};
 pub use error::{Error, Result, TaskIndex};
 pub use input::{Input, SharedOutput};
 pub use job::{Job, TaskError, init, register};
-#[cfg(feature = "mpi")]
-pub use crate::mpi::{Mpi, RankFailure};
 pub use pool::{DEFAULT_RETRIES, Ipc, MAX_WORKERS, Pool, PoolBuilder};
 
 /// Fault injection for tests (feature `fault-injection`): see
