@@ -5,7 +5,6 @@
 //! mpi --test mpi` (needs Open MPI's `mpirun`). Without the feature, only the
 //! refusal of `--engine mpi` is tested.
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 const WORDCOUNT: &str = env!("CARGO_BIN_EXE_wordcount");
@@ -42,6 +41,7 @@ fn engine_mpi_without_the_feature_says_how_to_rebuild() {
 #[cfg(feature = "mpi")]
 mod with_mpi {
     use std::io::Read;
+    use std::path::Path;
     use std::process::{Child, ExitStatus, Stdio};
     use std::sync::{Mutex, MutexGuard};
     use std::time::{Duration, Instant};
