@@ -446,6 +446,153 @@ mod with_mpi {
         None
     }
 
+    /// Sums task indices; one task may panic or fail, as user code can.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Picky {
+        fail_at: Option<u64>,
+        panic: bool,
+    }
+
+    impl coop::Job for Picky {
+        const NAME: &'static str = "tests/picky";
+        type Task = u64;
+        type Partial = u64;
+
+        fn split(&self, _: &coop::Input, _: usize) -> Vec<u64> {
+            (0..64).collect()
+        }
+
+        fn map(
+            &self,
+            task: &u64,
+            _: &coop::Input,
+            _: &mut [u8],
+            sum: &mut u64,
+        ) -> Result<(), coop::TaskError> {
+            if self.fail_at == Some(*task) {
+                assert!(!self.panic, "task {task} refuses to run");
+                return Err(format!("task {task} has no data").into());
+            }
+            // Long enough for every rank to take tasks.
+            std::thread::sleep(Duration::from_millis(5));
+            *sum += task;
+            Ok(())
+        }
+
+        fn merge(&self, into: &mut u64, other: u64) {
+            *into += other;
+        }
+    }
+
+    /// Set by [`panics_and_errors_on_ranks_are_reported_and_the_engine_goes_on`]
+    /// for the copies of this test binary it starts under mpirun.
+    const UNDER_MPIRUN: &str = "COOP_TEST_UNDER_MPIRUN";
+
+    /// The MPI program of the test below (every rank runs it): a job whose
+    /// task panics on some rank, one whose task fails, then a good one on the
+    /// same engine. Prints what it got; exits with a failure if it was not
+    /// what it should be.
+    #[test]
+    #[ignore = "an MPI program: run under mpirun by the test below"]
+    fn mpi_program_with_failing_tasks() {
+        use coop::{Error, RankFailure, TaskIndex};
+        assert!(
+            std::env::var_os(UNDER_MPIRUN).is_some(),
+            "run by panics_and_errors_on_ranks_are_reported_and_the_engine_goes_on, under mpirun"
+        );
+        coop::init(&[coop::register::<Picky>()]);
+        let mpi = coop::Mpi::init().unwrap(); // ranks 1 and 2 serve and exit here
+        let input = coop::Input::new();
+        let panicked = mpi
+            .run(
+                &Picky {
+                    fail_at: Some(5),
+                    panic: true,
+                },
+                &input,
+            )
+            .unwrap_err();
+        println!("first job: {panicked}");
+        assert!(
+            matches!(
+                &panicked,
+                Error::Rank { failure: RankFailure::Panicked { task: TaskIndex(Some(5)) }, rank: 1 | 2, host, message, .. }
+                    if !host.is_empty() && message.starts_with("task 5 refuses to run (at ") && message.contains("mpi.rs:")
+            ),
+            "{panicked:?}"
+        );
+        let failed = mpi
+            .run(
+                &Picky {
+                    fail_at: Some(9),
+                    panic: false,
+                },
+                &input,
+            )
+            .unwrap_err();
+        println!("second job: {failed}");
+        assert!(
+            matches!(
+                &failed,
+                Error::Rank { failure: RankFailure::Failed { task: TaskIndex(Some(9)) }, message, .. }
+                    if message == "task 9 has no data"
+            ),
+            "{failed:?}"
+        );
+        let mut stats = coop::JobStats::default();
+        let sum = coop::Run::new(
+            &Picky {
+                fail_at: None,
+                panic: false,
+            },
+            &input,
+        )
+        .stats(&mut stats)
+        .on(&mpi)
+        .unwrap();
+        assert_eq!(sum, (0..64).sum::<u64>());
+        assert_eq!(stats.tasks, 64);
+        assert!(
+            stats.bytes_from_workers > 0 && stats.bytes_to_workers > 0,
+            "{stats:?}"
+        );
+        println!("third job: {sum} on ranks {:?}", mpi.hosts());
+    }
+
+    #[test]
+    fn panics_and_errors_on_ranks_are_reported_and_the_engine_goes_on() {
+        let _one = one_at_a_time();
+        let started = Instant::now();
+        let child = mpirun()
+            .env(UNDER_MPIRUN, "1")
+            .args(["-n", "3"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "with_mpi::mpi_program_with_failing_tasks",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let job = finish(child, started);
+        job.assert_success();
+        let stdout = text(&job.stdout);
+        for expected in [
+            "first job: job `tests/picky`: task 5 panicked on MPI rank ",
+            "second job: job `tests/picky`: task 9 failed on MPI rank ",
+            ": task 9 has no data",
+            "third job: 2016 on ranks",
+        ] {
+            assert!(stdout.contains(expected), "no {expected:?}\n{}", job.describe());
+        }
+        assert!(job.elapsed < Duration::from_secs(60), "{}", job.describe());
+    }
+
     #[test]
     fn workers_flag_is_refused_as_bad_input() {
         let dir = tempfile::tempdir().unwrap();
