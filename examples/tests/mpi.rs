@@ -374,6 +374,45 @@ mod with_mpi {
     }
 
     #[test]
+    fn a_rank_still_busy_with_a_failed_job_is_not_waited_for_long() {
+        // Rank 2 (wordcount) refuses the matmul job at once; rank 1 is deep in a
+        // long task (n = 4000, 512 rows, a debug build). Rank 0 reports the
+        // error, waits coop::mpi::SHUTDOWN_GRACE for rank 1, then aborts.
+        let _one = one_at_a_time();
+        let started = Instant::now();
+        let child = mpirun()
+            .args(["-n", "2", MATMUL, "--engine", "mpi", "--size", "4000"])
+            .args([":", "-n", "1", WORDCOUNT, "--engine", "mpi"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let job = finish(child, started);
+        assert_eq!(job.status.code(), Some(1), "{}", job.describe());
+        assert!(
+            job.stderr
+                .contains("error: job `coop-examples/matmul`: the job is not registered on MPI rank 2"),
+            "{}",
+            job.describe()
+        );
+        assert!(
+            job.stderr.contains("coop: MPI rank 0: rank 1 (host ")
+                && job
+                    .stderr
+                    .contains("still running a task of a failed job 5s after shutdown; aborting the MPI job"),
+            "{}",
+            job.describe()
+        );
+        let grace = coop::mpi::SHUTDOWN_GRACE;
+        assert!(
+            job.elapsed > grace && job.elapsed < grace + Duration::from_secs(25),
+            "{}",
+            job.describe()
+        );
+    }
+
+    #[test]
     fn a_killed_rank_ends_the_whole_job_quickly() {
         // MPI cannot recover a lost rank: mpirun ends every rank and names the
         // one that died, its host and its signal. Nothing hangs.

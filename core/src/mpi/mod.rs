@@ -256,14 +256,13 @@ impl Drop for Mpi {
                         .filter(|slot| left.contains(&slot.rank))
                         .map(|slot| format!("rank {} (host {}, pid {})", slot.rank, slot.host, slot.pid))
                         .collect();
-                    abort(
-                        world,
-                        &format!(
-                            "{} still running a task of a failed job {SHUTDOWN_GRACE:?} after shutdown; \
-                             aborting the MPI job",
-                            busy.join(", ")
-                        ),
+                    eprintln!(
+                        "coop: MPI rank 0: {} still running a task of a failed job {SHUTDOWN_GRACE:?} \
+                         after shutdown; aborting the MPI job",
+                        busy.join(", ")
                     );
+                    // Status 1, as for the failed job this follows.
+                    world.abort(1);
                 }
                 Err(problem) => abort(world, &problem),
             }
