@@ -43,6 +43,10 @@ net=10.231.7
 addr_a="$net.1" addr_b="$net.2"
 work=$(mktemp -d /tmp/coop-two-hosts.XXXXXX)
 
+# The script's own stderr, for messages from the exit trap, which may run
+# while a command's stderr is redirected to a file.
+exec 3>&2
+
 cleanup() {
   local status=$?
   for ns in "$ns_a" "$ns_b"; do
@@ -54,9 +58,9 @@ cleanup() {
   done
   rm -rf "$work"
   if [[ $status == 0 ]]; then
-    step "passed"
+    step "passed" >&3
   else
-    echo "mpi-two-hosts: FAILED (status $status)" >&2
+    echo "mpi-two-hosts: FAILED (status $status)" >&3
   fi
 }
 trap cleanup EXIT
@@ -136,13 +140,16 @@ npy "$data/b.npy" 301 467 1 2
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # mpirun on the first host, 4 ranks: 0 and 1 on coop-a, 2 and 3 on coop-b.
+# In the background, so that Ctrl-C or a TERM interrupts `wait` and the exit
+# trap removes the hosts (and whatever runs on them) at once.
 on_two_hosts() {
   ip netns exec "$ns_a" unshare --uts sh -c 'hostname coop-a && exec "$@"' sh \
     timeout 120 mpirun -n 4 --hostfile "$work/hosts" \
       --mca plm_rsh_agent "$work/rsh-agent" --mca plm_rsh_no_tree_spawn 1 \
       --mca btl self,vader,tcp --mca btl_vader_single_copy_mechanism none \
       --mca btl_tcp_if_include "$net.0/24" --mca oob_tcp_if_include "$net.0/24" \
-      "$@"
+      "$@" <&0 &
+  wait $!
 }
 
 step "1. wordcount on a file mapped by every rank"
