@@ -444,10 +444,16 @@ mod tests {
     fn running_thread_is_reported_with_its_name() {
         let before = snapshot();
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (ready, started) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("leak-check-t".into())
-            .spawn(move || stopped.recv())
+            .spawn(move || {
+                // The thread names itself once running: only then is it seen by name.
+                ready.send(()).unwrap();
+                stopped.recv()
+            })
             .unwrap();
+        started.recv().unwrap();
         let leaks = snapshot().leaks_since(&before).join("\n");
         assert!(leaks.contains("(leak-check-t)"), "{leaks}");
         drop(stop);
