@@ -160,7 +160,7 @@ fn no_mpi() -> Failure {
     Failure {
         code: EXIT_BAD_INPUT,
         error: anyhow::anyhow!(
-            "--engine mpi needs a build with MPI: rebuild with `cargo build --release --features mpi` (needs an MPI library such as Open MPI, and libclang)"
+            "--engine mpi needs a build with MPI: rebuild with `cargo build --release -p coop-examples --features mpi` (needs an MPI library such as Open MPI, and libclang)"
         ),
     }
 }
