@@ -188,7 +188,33 @@ pub(crate) struct Plan<J: Job> {
     pub(crate) split: Duration,
 }
 
+/// A job and its tasks encoded for other processes (postcard).
+pub(crate) struct Encoded {
+    pub(crate) params: Vec<u8>,
+    pub(crate) specs: Vec<Vec<u8>>,
+}
+
 impl<J: Job> Plan<J> {
+    /// Encodes `job` and every task, for engines whose workers are other processes.
+    pub(crate) fn encode(&self, job: &J) -> Result<Encoded> {
+        let codec = |what| {
+            move |err: postcard::Error| Error::Codec {
+                job: J::NAME,
+                what,
+                message: err.to_string(),
+            }
+        };
+        Ok(Encoded {
+            params: postcard::to_allocvec(job).map_err(codec("encode the job"))?,
+            specs: self
+                .tasks
+                .iter()
+                .map(postcard::to_allocvec)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(codec("encode a task"))?,
+        })
+    }
+
     /// Cuts `output` into one tile per task (empty for tasks without output).
     fn tiles<'o>(&self, output: &'o mut [u8]) -> Vec<&'o mut [u8]> {
         let mut order: Vec<usize> = (0..self.tasks.len()).collect();

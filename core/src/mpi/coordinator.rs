@@ -11,7 +11,7 @@ use mpi::topology::SimpleCommunicator;
 
 use super::RankFailure;
 use super::wire::{self, FromRank, Segment, TAG_CANCEL, TAG_CONTROL, TileHeader, ToRank};
-use crate::engine::{JobStats, Progress, Run, report};
+use crate::engine::{Encoded, JobStats, Progress, Run, report};
 use crate::error::{Error, Result, TaskIndex};
 use crate::input::{Input, SharedOutput};
 use crate::job::Job;
@@ -156,21 +156,8 @@ pub(super) fn run_job<J: Job>(
     let span = tracing::info_span!("mpi job", name = J::NAME, id, tasks = total);
     let _entered = span.enter();
 
-    let codec = |what| {
-        move |err: postcard::Error| Error::Codec {
-            job: J::NAME,
-            what,
-            message: err.to_string(),
-        }
-    };
     let encoding = Instant::now();
-    let params = postcard::to_allocvec(job).map_err(codec("encode the job"))?;
-    let specs = plan
-        .tasks
-        .iter()
-        .map(postcard::to_allocvec)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(codec("encode a task"))?;
+    let Encoded { params, specs } = plan.encode(job)?;
     let segments: Vec<Segment> = input
         .describe()
         .into_iter()

@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 
 use super::spawn::{Spawner, message_kind};
 use super::{Config, Ipc, Kill, Slot, State, describe, reap};
-use crate::engine::{JobStats, Progress, Run, report};
+use crate::engine::{Encoded, JobStats, Progress, Run, report};
 use crate::error::{Error, Result, TaskIndex};
 use crate::input::{Input, SharedOutput};
 use crate::job::Job;
@@ -53,21 +53,8 @@ pub(super) fn run_job<J: Job>(
     let span = tracing::info_span!("job", name = J::NAME, id, tasks = total);
     let _entered = span.enter();
 
-    let codec = |what| {
-        move |err: postcard::Error| Error::Codec {
-            job: J::NAME,
-            what,
-            message: err.to_string(),
-        }
-    };
     let encoding = Instant::now();
-    let params = postcard::to_allocvec(job).map_err(codec("encode the job"))?;
-    let specs = plan
-        .tasks
-        .iter()
-        .map(postcard::to_allocvec)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(codec("encode a task"))?;
+    let Encoded { params, specs } = plan.encode(job)?;
     let mut job = JobState::<J> {
         id,
         job,
