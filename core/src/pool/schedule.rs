@@ -88,15 +88,23 @@ pub(super) fn run_job<J: Job>(
         let input = job.input;
         let feeder = |bulk: IpcBytesSender| {
             let (chunks, incoming) = mpsc::channel::<Chunk>();
-            scope.spawn(move || {
-                for chunk in incoming {
-                    let bytes = &input.bytes(chunk.segment as usize)[chunk.offset as usize..];
-                    if bulk.send(&bytes[..chunk.len as usize]).is_err() {
-                        break; // the worker is dead: its death is handled by the coordinator
+            let fed = std::thread::Builder::new()
+                .name("coop-feeder".into())
+                .spawn_scoped(scope, move || {
+                    for chunk in incoming {
+                        let bytes = &input.bytes(chunk.segment as usize)[chunk.offset as usize..];
+                        if bulk.send(&bytes[..chunk.len as usize]).is_err() {
+                            break; // the worker is dead: its death is handled by the coordinator
+                        }
                     }
+                });
+            match fed {
+                Ok(_) => Some(chunks),
+                Err(err) => {
+                    tracing::warn!(%err, "no feeder thread: the coordinator streams the input itself");
+                    None
                 }
-            });
-            chunks
+            }
         };
         let outcome = if total == 0 {
             Ok(J::Partial::default())
@@ -164,12 +172,13 @@ struct JobState<'a, J: Job> {
     /// Merged partials so far.
     result: Option<J::Partial>,
     /// Each worker's feeder of input bytes, by pid (message passing).
-    feeders: HashMap<u32, mpsc::Sender<Chunk>>,
+    /// `None`: no thread could be started; the coordinator streams itself.
+    feeders: HashMap<u32, Option<mpsc::Sender<Chunk>>>,
     stats: JobStats,
 }
 
 /// Starts a feeder thread that streams input chunks down a worker's bulk channel.
-type StartFeeder<'f> = dyn Fn(IpcBytesSender) -> mpsc::Sender<Chunk> + 'f;
+type StartFeeder<'f> = dyn Fn(IpcBytesSender) -> Option<mpsc::Sender<Chunk>> + 'f;
 
 impl<J: Job> JobState<'_, J> {
     fn drive(
@@ -352,9 +361,17 @@ impl<J: Job> JobState<'_, J> {
                 .or_insert_with(|| feeder(slot.worker.bulk.clone()));
             for chunk in chunks {
                 self.stats.bytes_to_workers += chunk.len;
-                // A feeder that is gone had a dead worker, whose death is
-                // handled when its channel reports closed.
-                let _ = feed.send(chunk);
+                // A failed send means a dead worker, whose death is handled
+                // when its channel reports closed.
+                match feed {
+                    Some(feed) => {
+                        let _ = feed.send(chunk);
+                    }
+                    None => {
+                        let bytes = &self.input.bytes(chunk.segment as usize)[chunk.offset as usize..];
+                        let _ = slot.worker.bulk.send(&bytes[..chunk.len as usize]);
+                    }
+                }
             }
         }
         if slot.assigned.is_empty() {
