@@ -82,7 +82,7 @@ pub enum Error {
     },
 
     /// User code panicked in a task. Panics are not retried: they would recur.
-    #[error("job `{job}`: task {task} panicked on worker pid {pid}: {message}")]
+    #[error("job `{job}`: {task} panicked on worker pid {pid}: {message}")]
     TaskPanicked {
         /// The job's name.
         job: &'static str,
@@ -95,7 +95,7 @@ pub enum Error {
     },
 
     /// User code returned an error from a task.
-    #[error("job `{job}`: task {task} failed on worker pid {pid}: {message}")]
+    #[error("job `{job}`: {task} failed on worker pid {pid}: {message}")]
     TaskFailed {
         /// The job's name.
         job: &'static str,
@@ -238,16 +238,16 @@ pub enum Error {
     Mpi(String),
 }
 
-/// Index of a task in an error, or "its partial" when the failure happened
-/// while a worker encoded its partial result.
+/// Index of a task in an error, or `None` when the failure happened while a
+/// worker encoded its partial result. Shown as "task 3" or "encoding the partial".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskIndex(pub Option<usize>);
 
 impl std::fmt::Display for TaskIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            Some(task) => write!(f, "{task}"),
-            None => f.write_str("(partial)"),
+            Some(task) => write!(f, "task {task}"),
+            None => f.write_str("encoding the partial"),
         }
     }
 }

@@ -274,7 +274,7 @@ impl Drop for Mpi {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RankFailure {
-    /// User code panicked in a task (or in encoding the partial: task `(partial)`).
+    /// User code panicked in a task (or in encoding the partial: `TaskIndex(None)`).
     Panicked {
         /// Index of the task.
         task: TaskIndex,
@@ -294,8 +294,8 @@ pub enum RankFailure {
 impl fmt::Display for RankFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RankFailure::Panicked { task } => write!(f, "task {task} panicked"),
-            RankFailure::Failed { task } => write!(f, "task {task} failed"),
+            RankFailure::Panicked { task } => write!(f, "{task} panicked"),
+            RankFailure::Failed { task } => write!(f, "{task} failed"),
             RankFailure::Setup => f.write_str("the job could not be opened"),
             RankFailure::UnknownJob => f.write_str("the job is not registered"),
         }
