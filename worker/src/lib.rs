@@ -22,8 +22,9 @@ mod sigbus;
 
 pub use job::{JobEntry, JobInstance, OpenJob};
 pub use output::Output;
+pub use panic::{capture_panics, panic_message};
 pub use region::Region;
-pub use serve::run_if_worker;
+pub use serve::{open_job, run_if_worker};
 
 /// Re-exported so that `coop` and its workers agree on one version.
 pub use ipc_channel;

@@ -10,7 +10,7 @@ thread_local! {
 }
 
 /// Replaces the panic hook with one that records instead of printing.
-pub(crate) fn capture_panics() {
+pub fn capture_panics() {
     panic::set_hook(Box::new(|info| {
         let message = info.payload_as_str().unwrap_or("Box<dyn Any>");
         let text = match info.location() {
@@ -23,7 +23,7 @@ pub(crate) fn capture_panics() {
 
 /// The message of the panic whose payload is `payload`, with its location when
 /// the hook saw it.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     LAST_PANIC
         .with(|last| last.borrow_mut().take())
         .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))

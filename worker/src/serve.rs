@@ -322,7 +322,10 @@ fn failed(open: &mut OpenJob, task: u32, failure: Failure) -> FromWorker {
     }
 }
 
-fn open_job(
+/// Opens job `name` from the registered `jobs` with its encoded parameters,
+/// input segments and output: what a worker does when a job starts, whatever
+/// carries its messages (ipc-channel here, MPI in `coop`).
+pub fn open_job(
     jobs: &[JobEntry],
     name: &str,
     params: &[u8],

@@ -1,14 +1,13 @@
 //! Ranks 1 to N-1: serve rank 0's jobs with the jobs registered in
 //! [`crate::init`], then finalize MPI and exit. Never returns.
 
-use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 
-use coop_worker::protocol::{Failure, OutputDesc, Rejection, SegmentDesc};
-use coop_worker::{JobEntry, JobInstance, Output, Region};
+use coop_worker::protocol::{Failure, OutputDesc, SegmentDesc};
+use coop_worker::{JobEntry, JobInstance, capture_panics, open_job, panic_message};
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 
@@ -73,6 +72,20 @@ fn task_loop(world: &SimpleCommunicator, jobs: &[JobEntry]) -> Result<(), String
                 output,
             } => {
                 current = None; // release the previous job's memory first
+                // This rank's own view of the input: files mapped by path,
+                // in-memory segments as private memory the tasks' chunks fill;
+                // the output private too (tiles go back to rank 0).
+                let input = input
+                    .into_iter()
+                    .map(|segment| match segment {
+                        Segment::File { path, len } => SegmentDesc::File {
+                            path: PathBuf::from(OsStr::from_bytes(&path)),
+                            len,
+                        },
+                        Segment::Memory { len } => SegmentDesc::Private { len },
+                    })
+                    .collect();
+                let output = output.map(|len| OutputDesc::Private { len });
                 match open_job(jobs, &name, &params, input, output) {
                     Ok(instance) => {
                         current = Some(OpenJob {
@@ -210,70 +223,4 @@ fn fail(world: &SimpleCommunicator, open: &mut OpenJob, task: u32, failure: Fail
         failure,
     };
     wire::send(world, 0, TAG_CONTROL, &message).map(drop)
-}
-
-/// Finds the job by name and opens it over this rank's own view of the input:
-/// files mapped by path, in-memory segments as private memory that the
-/// tasks' chunks fill; the output, if any, private too (tiles go back to rank 0).
-fn open_job(
-    jobs: &[JobEntry],
-    name: &str,
-    params: &[u8],
-    input: Vec<Segment>,
-    output: Option<u64>,
-) -> Result<Box<dyn JobInstance>, Rejection> {
-    let Some(entry) = jobs.iter().find(|entry| entry.name == name) else {
-        return Err(Rejection::UnknownJob {
-            registered: jobs.iter().map(|entry| entry.name.to_string()).collect(),
-        });
-    };
-    let setup = |message: String| Rejection::Setup(message);
-    let regions = input
-        .into_iter()
-        .map(|segment| match segment {
-            Segment::File { path, len } => Region::open(SegmentDesc::File {
-                path: PathBuf::from(OsStr::from_bytes(&path)),
-                len,
-            }),
-            Segment::Memory { len } => {
-                let len = usize::try_from(len).map_err(std::io::Error::other)?;
-                Region::private(len)
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| setup(err.to_string()))?;
-    let output = Output::open(output.map(|len| OutputDesc::Private { len }))
-        .map_err(|err| setup(format!("output: {err}")))?;
-    match panic::catch_unwind(AssertUnwindSafe(|| (entry.open)(params, regions, output))) {
-        Ok(result) => result.map_err(Rejection::Setup),
-        Err(payload) => Err(setup(format!(
-            "opening the job panicked: {}",
-            panic_message(&*payload)
-        ))),
-    }
-}
-
-thread_local! {
-    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-/// Replaces the panic hook with one that records the message and location of
-/// a panic instead of printing it: rank 0 reports it, with this rank's name.
-fn capture_panics() {
-    panic::set_hook(Box::new(|info| {
-        let message = info.payload_as_str().unwrap_or("Box<dyn Any>");
-        let text = match info.location() {
-            Some(at) => format!("{message} (at {}:{})", at.file(), at.line()),
-            None => message.to_string(),
-        };
-        LAST_PANIC.with(|last| *last.borrow_mut() = Some(text));
-    }));
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    LAST_PANIC
-        .with(|last| last.borrow_mut().take())
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic with a non-string payload".to_string())
 }
