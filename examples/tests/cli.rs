@@ -59,6 +59,16 @@ impl Outcome {
     }
 }
 
+/// Reads a child's pipe to the end on a thread of its own, so that neither
+/// pipe fills while the test waits on the other.
+fn read_all(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        pipe.read_to_end(&mut buf).unwrap();
+        buf
+    })
+}
+
 /// Runs `bin` with `args`, feeding `stdin` (closed after it), with a timeout.
 fn run_in(bin: &str, args: &[OsString], stdin: &[u8], dir: Option<&Path>) -> Outcome {
     let name = Path::new(bin).file_name().unwrap().to_string_lossy().into_owned();
@@ -87,18 +97,8 @@ fn run_in(bin: &str, args: &[OsString], stdin: &[u8], dir: Option<&Path>) -> Out
         // The child may exit without reading: a broken pipe is fine.
         let _ = child_stdin.write_all(&input);
     });
-    let mut child_stdout = child.stdout.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        child_stdout.read_to_end(&mut buf).unwrap();
-        buf
-    });
-    let mut child_stderr = child.stderr.take().unwrap();
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        child_stderr.read_to_end(&mut buf).unwrap();
-        buf
-    });
+    let out_reader = read_all(child.stdout.take().unwrap());
+    let err_reader = read_all(child.stderr.take().unwrap());
 
     let deadline = Instant::now() + TIMEOUT;
     let status = loop {
@@ -2128,18 +2128,8 @@ fn run_measured(bin: &str, args: &[OsString]) -> (Outcome, u64) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut child_stdout = child.stdout.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        child_stdout.read_to_end(&mut buf).unwrap();
-        buf
-    });
-    let mut child_stderr = child.stderr.take().unwrap();
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        child_stderr.read_to_end(&mut buf).unwrap();
-        buf
-    });
+    let out_reader = read_all(child.stdout.take().unwrap());
+    let err_reader = read_all(child.stderr.take().unwrap());
     let pid = child.id() as libc::pid_t;
     let deadline = Instant::now() + TIMEOUT;
     let (status, usage) = loop {
