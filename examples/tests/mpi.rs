@@ -104,6 +104,17 @@ mod with_mpi {
         }
     }
 
+    /// Runs `command` with no input, to its end (see [`finish`]).
+    fn run_to_end(command: &mut Command, started: Instant) -> Finished {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        finish(child, started)
+    }
+
     /// Waits for `child` with [`TIMEOUT`], collecting its output.
     fn finish(mut child: Child, started: Instant) -> Finished {
         let mut stdout = child.stdout.take().expect("piped stdout");
@@ -326,14 +337,7 @@ mod with_mpi {
         let _one = one_at_a_time();
         // MPI's singleton start: one rank, no mpirun.
         let started = Instant::now();
-        let child = Command::new(WORDCOUNT)
-            .args(&mpi_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let job = finish(child, started);
+        let job = run_to_end(Command::new(WORDCOUNT).args(&mpi_args), started);
         job.assert_success();
         assert!(job.stdout == expected, "{}", job.describe());
         assert!(job.stderr.contains("1 worker(s) (mpi)"), "{}", job.describe());
@@ -347,15 +351,12 @@ mod with_mpi {
         let files = corpus_files(dir.path());
         let _one = one_at_a_time();
         let started = Instant::now();
-        let child = mpirun()
-            .args(["-n", "2", WORDCOUNT, "--engine", "mpi", &files[0]])
-            .args([":", "-n", "1", MATMUL, "--engine", "mpi"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let job = finish(child, started);
+        let job = run_to_end(
+            mpirun()
+                .args(["-n", "2", WORDCOUNT, "--engine", "mpi", &files[0]])
+                .args([":", "-n", "1", MATMUL, "--engine", "mpi"]),
+            started,
+        );
         assert_eq!(job.status.code(), Some(1), "{}", job.describe());
         assert!(job.stdout.is_empty(), "{}", job.describe());
         let error = job
@@ -380,15 +381,12 @@ mod with_mpi {
         // error, waits coop::mpi::SHUTDOWN_GRACE for rank 1, then aborts.
         let _one = one_at_a_time();
         let started = Instant::now();
-        let child = mpirun()
-            .args(["-n", "2", MATMUL, "--engine", "mpi", "--size", "4000"])
-            .args([":", "-n", "1", WORDCOUNT, "--engine", "mpi"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let job = finish(child, started);
+        let job = run_to_end(
+            mpirun()
+                .args(["-n", "2", MATMUL, "--engine", "mpi", "--size", "4000"])
+                .args([":", "-n", "1", WORDCOUNT, "--engine", "mpi"]),
+            started,
+        );
         assert_eq!(job.status.code(), Some(1), "{}", job.describe());
         assert!(
             job.stderr
@@ -602,23 +600,20 @@ mod with_mpi {
     fn panics_and_errors_on_ranks_are_reported_and_the_engine_goes_on() {
         let _one = one_at_a_time();
         let started = Instant::now();
-        let child = mpirun()
-            .env(UNDER_MPIRUN, "1")
-            .args(["-n", "3"])
-            .arg(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "with_mpi::mpi_program_with_failing_tasks",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let job = finish(child, started);
+        let job = run_to_end(
+            mpirun()
+                .env(UNDER_MPIRUN, "1")
+                .args(["-n", "3"])
+                .arg(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "with_mpi::mpi_program_with_failing_tasks",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ]),
+            started,
+        );
         job.assert_success();
         let stdout = text(&job.stdout);
         for expected in [
