@@ -14,6 +14,7 @@
 //! [`WordCounts`] is the per-worker partial; [`split_ranges`] cuts an input
 //! into pieces that can be counted separately and merged.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
@@ -196,8 +197,11 @@ fn hash_word(word: &[u8]) -> u64 {
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
 
-/// Tables (or pairs) smaller than this are merged and decoded on one thread.
+/// Tables smaller than this are merged on one thread.
 const PARALLEL_MIN: usize = 1 << 14;
+
+/// Encoded tables smaller than this are decoded on one thread.
+const PARALLEL_MIN_BYTES: usize = 1 << 17;
 
 #[inline(always)]
 fn shard_of(hash: u64) -> usize {
@@ -477,6 +481,89 @@ impl Shard {
             }
         }
     }
+
+    /// Appends this shard in its wire form (see [`WordCounts`]'s `Serialize`):
+    /// the number of words, then each word's length, bytes and count.
+    fn encode(&self, out: &mut Vec<u8>) {
+        // At most 10 bytes for each number, 16 for an inline word.
+        out.reserve(10 + self.len * 36);
+        put_varint(out, self.len as u64);
+        for slot in self.occupied() {
+            let word = self.key_of(slot);
+            put_varint(out, word.len() as u64);
+            out.extend_from_slice(word);
+            put_varint(out, slot.count);
+        }
+    }
+
+    /// Shard number `index` of a table, from its wire form. Repeated words are
+    /// summed and zero counts dropped; a word that belongs to another shard,
+    /// or bytes that do not parse, are an error.
+    fn decode(index: usize, mut bytes: &[u8]) -> Result<Shard, String> {
+        let fail = |what: &str| format!("shard {index}: {what}");
+        let words = take_varint(&mut bytes).map_err(fail)?;
+        // Every word takes at least two bytes (its length and its count), so a
+        // lying word count cannot make this allocate more than the input.
+        if words > bytes.len() as u64 / 2 {
+            return Err(fail(&format!(
+                "{words} words cannot fit in {} bytes",
+                bytes.len()
+            )));
+        }
+        let mut shard = Shard::with_capacity(words as usize);
+        for _ in 0..words {
+            let len = take_varint(&mut bytes).map_err(fail)?;
+            let Some((word, rest)) = usize::try_from(len)
+                .ok()
+                .and_then(|len| bytes.split_at_checked(len))
+            else {
+                return Err(fail("a word runs past the end"));
+            };
+            bytes = rest;
+            let n = take_varint(&mut bytes).map_err(fail)?;
+            let hash = hash_word(word);
+            if shard_of(hash) != index {
+                return Err(fail(&format!("holds a word of shard {}", shard_of(hash))));
+            }
+            if n != 0 {
+                shard.add_hashed(word, hash, n);
+            }
+        }
+        if !bytes.is_empty() {
+            return Err(fail(&format!("{} bytes after the last word", bytes.len())));
+        }
+        Ok(shard)
+    }
+}
+
+/// Appends `v` in LEB128: 7 bits a byte, low bits first, the high bit set on
+/// every byte but the last.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a LEB128 `u64` from the front of `bytes` and moves past it.
+fn take_varint(bytes: &mut &[u8]) -> Result<u64, &'static str> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let Some((&b, rest)) = bytes.split_first() else {
+            return Err("truncated");
+        };
+        *bytes = rest;
+        // The tenth byte holds the 64th bit only.
+        if shift == 63 && b > 1 {
+            return Err("a number over 64 bits");
+        }
+        v |= u64::from(b & 0x7F) << shift;
+        if b < 0x80 {
+            return Ok(v);
+        }
+    }
+    Err("a number over 64 bits")
 }
 
 /// Zero-padding masks of inline keys: `KEY_MASK[len]` keeps the first `len` bytes.
@@ -835,50 +922,6 @@ impl WordCounts {
         }
     }
 
-    /// A table of the given (word, count) pairs: repeated words are summed and
-    /// zero counts dropped. Large inputs are hashed and inserted in parallel,
-    /// shard by shard.
-    fn from_pairs(pairs: &[(&[u8], u64)]) -> WordCounts {
-        let mut out = WordCounts::new();
-        if pairs.len() < PARALLEL_MIN || u32::try_from(pairs.len()).is_err() {
-            for &(word, n) in pairs {
-                out.add(word, n);
-            }
-            return out;
-        }
-        let hashes: Vec<u64> = pairs.par_iter().map(|(w, _)| hash_word(w)).collect();
-        // Entries grouped by shard (a counting sort).
-        let mut starts = [0usize; SHARDS + 1];
-        for &h in &hashes {
-            starts[shard_of(h) + 1] += 1;
-        }
-        for s in 0..SHARDS {
-            starts[s + 1] += starts[s];
-        }
-        let mut next = starts;
-        let mut order = vec![0u32; pairs.len()];
-        for (k, &h) in hashes.iter().enumerate() {
-            let s = shard_of(h);
-            order[next[s]] = k as u32;
-            next[s] += 1;
-        }
-        out.shards = (0..SHARDS)
-            .into_par_iter()
-            .map(|s| {
-                let members = &order[starts[s]..starts[s + 1]];
-                let mut shard = Shard::with_capacity(members.len());
-                for &k in members {
-                    let (word, n) = pairs[k as usize];
-                    if n != 0 {
-                        shard.add_hashed(word, hashes[k as usize], n);
-                    }
-                }
-                shard
-            })
-            .collect();
-        out
-    }
-
     /// Number of distinct words.
     pub fn distinct(&self) -> usize {
         self.shards.iter().map(|s| s.len).sum()
@@ -977,114 +1020,93 @@ impl Serialize for BytesRef<'_> {
     }
 }
 
-/// Serialized as a sequence of `(word, count)` pairs, the word as a byte
-/// string (`serialize_bytes`), in no particular order.
+/// Serialized shard by shard, so that a decoder can build the shards in
+/// parallel without hashing every word to sort it first: a sequence of
+/// byte strings, one per shard (none for an empty table). Shard `k` holds
+/// the words whose hash falls in shard `k`: their number, then for each its
+/// length, its bytes and its count, numbers in LEB128. The decoder checks
+/// every word's shard, so a table from a worker gone wrong is rejected, not
+/// misfiled.
 impl Serialize for WordCounts {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(Some(self.distinct()))?;
-        for (word, n) in self.iter() {
-            seq.serialize_element(&(BytesRef(word), n))?;
+        let mut seq = serializer.serialize_seq(Some(self.shards.len()))?;
+        let mut section = Vec::new();
+        for shard in &self.shards {
+            section.clear();
+            shard.encode(&mut section);
+            seq.serialize_element(&BytesRef(&section))?;
         }
         seq.end()
     }
 }
 
-/// A decoded word: borrowed from the deserializer's input when it allows it
-/// (postcard's `from_bytes` does), else copied into one arena.
-#[derive(Clone, Copy)]
-enum WordRef<'de> {
-    Borrowed(&'de [u8]),
-    Arena(usize, usize),
-}
+/// One shard's bytes: borrowed from the deserializer's input when it allows
+/// it (postcard's `from_bytes` does), else copied.
+struct SectionSeed;
 
-/// Decodes one word (a byte string, a sequence of bytes, or a string).
-struct WordSeed<'a>(&'a mut Vec<u8>);
-
-impl<'de> DeserializeSeed<'de> for WordSeed<'_> {
-    type Value = WordRef<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<WordRef<'de>, D::Error> {
+impl<'de> DeserializeSeed<'de> for SectionSeed {
+    type Value = Cow<'de, [u8]>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_bytes(self)
     }
 }
 
-impl<'de> Visitor<'de> for WordSeed<'_> {
-    type Value = WordRef<'de>;
+impl<'de> Visitor<'de> for SectionSeed {
+    type Value = Cow<'de, [u8]>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a byte string")
     }
-    fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<WordRef<'de>, E> {
-        Ok(WordRef::Borrowed(v))
+    fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
     }
-    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<WordRef<'de>, E> {
-        Ok(WordRef::Borrowed(v.as_bytes()))
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_vec()))
     }
-    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<WordRef<'de>, E> {
-        let start = self.0.len();
-        self.0.extend_from_slice(v);
-        Ok(WordRef::Arena(start, v.len()))
-    }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<WordRef<'de>, E> {
-        self.visit_bytes(v.as_bytes())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<WordRef<'de>, A::Error> {
-        let start = self.0.len();
-        while let Some(b) = seq.next_element::<u8>()? {
-            self.0.push(b);
-        }
-        Ok(WordRef::Arena(start, self.0.len() - start))
-    }
-}
-
-/// Decodes one `(word, count)` pair.
-struct EntrySeed<'a>(&'a mut Vec<u8>);
-
-impl<'de> DeserializeSeed<'de> for EntrySeed<'_> {
-    type Value = (WordRef<'de>, u64);
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_tuple(2, self)
-    }
-}
-
-impl<'de> Visitor<'de> for EntrySeed<'_> {
-    type Value = (WordRef<'de>, u64);
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a (word bytes, count) pair")
+    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let word = seq
-            .next_element_seed(WordSeed(self.0))?
-            .ok_or_else(|| serde::de::Error::invalid_length(0, &self))?;
-        let n = seq
-            .next_element::<u64>()?
-            .ok_or_else(|| serde::de::Error::invalid_length(1, &"a (word bytes, count) pair"))?;
-        Ok((word, n))
+        let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+        while let Some(b) = seq.next_element::<u8>()? {
+            bytes.push(b);
+        }
+        Ok(Cow::Owned(bytes))
     }
 }
 
-/// Reads a sequence of `(word, count)` pairs; repeated words are summed and
-/// zero counts dropped.
+/// Reads the shards written by `Serialize`, in parallel when they are large.
 impl<'de> Deserialize<'de> for WordCounts {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = WordCounts;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a sequence of (word bytes, count) pairs")
+                write!(f, "no byte string or {SHARDS}, one per shard")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<WordCounts, A::Error> {
-                let mut arena = Vec::new();
-                let mut entries = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
-                while let Some(entry) = seq.next_element_seed(EntrySeed(&mut arena))? {
-                    entries.push(entry);
+                let mut sections = Vec::with_capacity(SHARDS);
+                while let Some(section) = seq.next_element_seed(SectionSeed)? {
+                    if sections.len() == SHARDS {
+                        return Err(serde::de::Error::invalid_length(SHARDS + 1, &self));
+                    }
+                    sections.push(section);
                 }
-                let pairs: Vec<(&[u8], u64)> = entries
-                    .into_iter()
-                    .map(|(word, n)| match word {
-                        WordRef::Borrowed(w) => (w, n),
-                        WordRef::Arena(start, len) => (&arena[start..start + len], n),
-                    })
-                    .collect();
-                Ok(WordCounts::from_pairs(&pairs))
+                if sections.is_empty() {
+                    return Ok(WordCounts::new());
+                }
+                if sections.len() != SHARDS {
+                    return Err(serde::de::Error::invalid_length(sections.len(), &self));
+                }
+                let decode = |(index, section): (usize, &Cow<'de, [u8]>)| Shard::decode(index, section);
+                let bytes: usize = sections.iter().map(|s| s.len()).sum();
+                let shards: Result<Vec<Shard>, String> = if bytes >= PARALLEL_MIN_BYTES {
+                    sections.par_iter().enumerate().map(decode).collect()
+                } else {
+                    sections.iter().enumerate().map(decode).collect()
+                };
+                Ok(WordCounts {
+                    shards: shards.map_err(serde::de::Error::custom)?,
+                })
             }
         }
         deserializer.deserialize_seq(V)
@@ -1375,16 +1397,23 @@ mod tests {
         let bytes = postcard::to_allocvec(&wc).unwrap();
         let back: WordCounts = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, wc);
-        // Words go through serialize_bytes: a length then the raw bytes.
+        // One byte string per shard; "abc" is in its shard's, the others
+        // hold no word.
         let single = {
             let mut w = WordCounts::new();
             w.add(b"abc", 2);
             w
         };
-        assert_eq!(
-            postcard::to_allocvec(&single).unwrap(),
-            [1, 3, b'a', b'b', b'c', 2]
-        );
+        let home = shard_of(hash_word(b"abc"));
+        let mut expected = vec![SHARDS as u8];
+        for shard in 0..SHARDS {
+            if shard == home {
+                expected.extend([6, 1, 3, b'a', b'b', b'c', 2]);
+            } else {
+                expected.extend([1, 0]);
+            }
+        }
+        assert_eq!(postcard::to_allocvec(&single).unwrap(), expected);
         let json = serde_json::to_string(&wc).unwrap();
         let back: WordCounts = serde_json::from_str(&json).unwrap();
         assert_eq!(back, wc);
@@ -1633,17 +1662,39 @@ mod tests {
         );
     }
 
+    /// The wire form of a table holding `pairs` as given: repeats and zero
+    /// counts included, each word in its own shard.
+    fn wire(pairs: &[(&[u8], u64)]) -> Vec<u8> {
+        let mut words = [0u64; SHARDS];
+        let mut bodies = vec![Vec::new(); SHARDS];
+        for &(word, n) in pairs {
+            let shard = shard_of(hash_word(word));
+            words[shard] += 1;
+            put_varint(&mut bodies[shard], word.len() as u64);
+            bodies[shard].extend_from_slice(word);
+            put_varint(&mut bodies[shard], n);
+        }
+        let sections: Vec<Vec<u8>> = (0..SHARDS)
+            .map(|shard| {
+                let mut section = Vec::new();
+                put_varint(&mut section, words[shard]);
+                section.extend_from_slice(&bodies[shard]);
+                section
+            })
+            .collect();
+        postcard::to_allocvec(&sections.iter().map(|s| BytesRef(s)).collect::<Vec<_>>()).unwrap()
+    }
+
     #[test]
     fn decoding_sums_repeats_and_drops_zeros() {
-        let pairs = vec![
-            (BytesRef(b"a"), 1u64),
-            (BytesRef(b"a"), 2),
-            (BytesRef(b"zero"), 0),
-            (BytesRef(&[7; 40]), 3),
-            (BytesRef(&[7; 40]), 4),
-            (BytesRef(b""), 1),
-        ];
-        let bytes = postcard::to_allocvec(&pairs).unwrap();
+        let bytes = wire(&[
+            (b"a", 1),
+            (b"a", 2),
+            (b"zero", 0),
+            (&[7; 40], 3),
+            (&[7; 40], 4),
+            (b"", 1),
+        ]);
         let table: WordCounts = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(
             table.to_btree(),
@@ -1652,11 +1703,57 @@ mod tests {
                 .chain([(vec![7; 40], 7)])
                 .collect()
         );
-        // Strings, escaped (not borrowed) and not.
-        let table: WordCounts = serde_json::from_str(r#"[["a\nb", 2], ["ab", 1], [[97, 98], 1]]"#).unwrap();
-        assert_eq!(table.to_btree(), map(&[("a\nb", 2), ("ab", 2)]));
-        assert!(serde_json::from_str::<WordCounts>(r#"[["a"]]"#).is_err());
         assert!(postcard::from_bytes::<WordCounts>(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn decoding_rejects_malformed_shards() {
+        let sections = |list: &[&[u8]]| {
+            postcard::to_allocvec(&list.iter().map(|s| BytesRef(s)).collect::<Vec<_>>()).unwrap()
+        };
+        let empty: &[u8] = &[0];
+        // Not one byte string per shard.
+        assert!(postcard::from_bytes::<WordCounts>(&sections(&[empty; SHARDS - 1])).is_err());
+        assert!(postcard::from_bytes::<WordCounts>(&sections(&[empty; SHARDS + 1])).is_err());
+        // postcard keeps no message of its own errors: the messages are those
+        // of decoding one shard.
+        let error = |bytes: &[u8]| Shard::decode(0, bytes).unwrap_err();
+        // A word count larger than the bytes could hold.
+        assert_eq!(error(&[100, 1]), "shard 0: 100 words cannot fit in 1 bytes");
+        // A word longer than what is left, and bytes left over.
+        assert_eq!(error(&[1, 5, b'a', 1]), "shard 0: a word runs past the end");
+        assert_eq!(error(&[0, 9]), "shard 0: 1 bytes after the last word");
+        // Numbers: truncated, and over 64 bits.
+        assert_eq!(error(&[1, 0, 0x80]), "shard 0: truncated");
+        let too_big = [1, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02];
+        assert_eq!(error(&too_big), "shard 0: a number over 64 bits");
+        // A word filed in a shard other than its own, alone or in a table.
+        let word = b"misfiled";
+        let home = shard_of(hash_word(word));
+        let section = [&[1, word.len() as u8][..], word, &[1]].concat();
+        let elsewhere = (home + 1) % SHARDS;
+        assert_eq!(
+            Shard::decode(elsewhere, &section).unwrap_err(),
+            format!("shard {elsewhere}: holds a word of shard {home}")
+        );
+        let mut list = vec![empty; SHARDS];
+        list[elsewhere] = &section;
+        assert!(postcard::from_bytes::<WordCounts>(&sections(&list)).is_err());
+        list.swap(elsewhere, home);
+        let table: WordCounts = postcard::from_bytes(&sections(&list)).unwrap();
+        assert_eq!(table.get(word), 1);
+    }
+
+    #[test]
+    fn varints_round_trip() {
+        for v in [0, 1, 127, 128, 300, u32::MAX as u64, u64::MAX - 1, u64::MAX] {
+            let mut bytes = Vec::new();
+            put_varint(&mut bytes, v);
+            assert_eq!(bytes.len(), (64 - v.leading_zeros() as usize).div_ceil(7).max(1));
+            let mut rest = &bytes[..];
+            assert_eq!(take_varint(&mut rest), Ok(v));
+            assert!(rest.is_empty());
+        }
     }
 
     #[test]
