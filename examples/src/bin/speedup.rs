@@ -43,7 +43,7 @@ struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     size: Option<u64>,
 
-    /// Runs per engine and worker count; the table shows their median, min and max [default: 3, or 1 with --quick].
+    /// Runs per engine and worker count, in rounds of one run each; the table shows their median, min and max [default: 5, or 1 with --quick].
     #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..=1000))]
     runs: Option<u32>,
 
@@ -257,12 +257,26 @@ struct Study {
     run_time: f64,
 }
 
-/// Runs every configuration `runs` times on `workload`, engines started once
-/// per configuration; every result is checked against the sequential one.
+/// What the runs of one configuration gave so far.
+#[derive(Default)]
+struct Runs {
+    times: Vec<f64>,
+    starts: Vec<f64>,
+    stats: Vec<JobStats>,
+    peak: Option<u64>,
+    cpu: CpuShare,
+}
+
+/// Runs every configuration `runs` times on `workload`, in rounds: each round
+/// runs every configuration once, in order, so that a machine that slows down
+/// or speeds up for a while (it is shared) weighs on all of them alike rather
+/// than on the ones that happened to run then. Each run gets an engine of its
+/// own, started before it and stopped after it, so that no other engine's
+/// workers hold memory while it is measured. Every result is checked against
+/// the sequential engine's.
 fn measure(workload: &Workload, configs: &[Config], runs: u32, bar: &RunsBar) -> Result<Study, Failure> {
     let name = workload.name();
     let mut reference: Option<Outcome> = None;
-    let mut sequential_median = f64::NAN;
     let mut study = Study {
         rows: Vec::new(),
         samples: 0,
@@ -271,65 +285,64 @@ fn measure(workload: &Workload, configs: &[Config], runs: u32, bar: &RunsBar) ->
         run_time: 0.0,
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    for &config in configs {
-        let (label, workers) = (config.label(), config.workers());
-        let context = || format!("{name}: {label} with {workers} worker(s)");
-        bar.message(format!("{name}: {label} x{workers}: starting"));
-        let started = Instant::now();
-        let engine = config
-            .start()
-            .with_context(|| format!("{}: starting the engine", context()))?;
-        let start = started.elapsed().as_secs_f64();
-        let pids = pids(&engine);
-        let (mut times, mut stats, mut peak) = (Vec::new(), Vec::new(), None::<u64>);
-        let mut cpu = CpuShare::default();
-        for run in 1..=runs {
+    let mut measured: Vec<Runs> = configs.iter().map(|_| Runs::default()).collect();
+    for run in 1..=runs {
+        for (&config, so_far) in configs.iter().zip(&mut measured) {
+            let (label, workers) = (config.label(), config.workers());
+            let context = || format!("{name}: {label} with {workers} worker(s), run {run}");
             bar.message(format!("{name}: {label} x{workers}: run {run}/{runs}"));
-            let measured = workload
-                .run_once(&engine, &pids)
-                .with_context(|| format!("{}, run {run}", context()))?;
+            let started = Instant::now();
+            let engine = config
+                .start()
+                .with_context(|| format!("{}: starting the engine", context()))?;
+            so_far.starts.push(started.elapsed().as_secs_f64());
+            let pids = pids(&engine);
+            let outcome = workload.run_once(&engine, &pids).with_context(context)?;
+            drop(engine);
             match &reference {
-                None => reference = Some(measured.outcome),
+                None => reference = Some(outcome.outcome),
                 Some(want) => {
-                    if let Some(why) = difference(want, &measured.outcome) {
+                    if let Some(why) = difference(want, &outcome.outcome) {
                         return Err(anyhow!(
-                            "{}, run {run}: the result is not the sequential engine's: {why}",
+                            "{}: the result is not the sequential engine's: {why}",
                             context()
                         )
                         .into());
                     }
                 }
             }
-            times.push(measured.seconds);
-            stats.push(measured.stats);
-            if let Some(bytes) = measured.memory.peak_bytes {
-                peak = Some(peak.map_or(bytes, |p| p.max(bytes)));
+            so_far.times.push(outcome.seconds);
+            so_far.stats.push(outcome.stats);
+            if let Some(bytes) = outcome.memory.peak_bytes {
+                so_far.peak = Some(so_far.peak.map_or(bytes, |p| p.max(bytes)));
             }
-            study.samples += u64::from(measured.memory.samples);
-            study.sampling += measured.memory.sampling;
-            cpu += measured.cpu;
+            study.samples += u64::from(outcome.memory.samples);
+            study.sampling += outcome.memory.sampling;
+            so_far.cpu += outcome.cpu;
             bar.run_done();
         }
-        drop(engine);
-        let median = report::median(&times);
-        let run_time: f64 = times.iter().sum();
-        study.cpu += cpu;
+    }
+    let sequential = configs
+        .iter()
+        .position(|c| matches!(c, Config::Sequential))
+        .map_or(f64::NAN, |i| report::median(&measured[i].times));
+    for (&config, runs) in configs.iter().zip(measured) {
+        let median = report::median(&runs.times);
+        let run_time: f64 = runs.times.iter().sum();
+        study.cpu += runs.cpu;
         study.run_time += run_time;
-        if matches!(config, Config::Sequential) {
-            sequential_median = median;
-        }
         study.rows.push(Row {
             workload: name.to_string(),
-            engine: label.to_string(),
-            workers,
-            speedup: sequential_median / median,
+            engine: config.label().to_string(),
+            workers: config.workers(),
+            speedup: sequential / median,
             throughput: workload.throughput(median),
-            peak_pss: peak,
-            start,
-            stats: StatsSummary::of(&stats),
+            peak_pss: runs.peak,
+            start: report::median(&runs.starts),
+            stats: StatsSummary::of(&runs.stats),
             // /proc counts CPU time in ticks (10 ms): too coarse for shorter runs.
-            others_cpu: (run_time >= 0.5).then(|| cpu.others / (cores * run_time)),
-            times,
+            others_cpu: (run_time >= 0.5).then(|| runs.cpu.others / (cores * run_time)),
+            times: runs.times,
         });
     }
     Ok(study)
@@ -397,9 +410,10 @@ fn default_out() -> PathBuf {
 
 fn run(args: Args) -> Result<(), Failure> {
     let wall = Instant::now();
+    machine::return_large_blocks();
     let text_mb = args.text_mb.unwrap_or(if args.quick { 16 } else { 300 });
     let size = args.size.unwrap_or(if args.quick { 512 } else { 2048 });
-    let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 });
+    let runs = args.runs.unwrap_or(if args.quick { 1 } else { 5 });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let max_workers = args.max_workers.map_or(cores, |n| n as usize);
     let out_dir = args.out.clone().unwrap_or_else(default_out);
@@ -412,7 +426,7 @@ fn run(args: Args) -> Result<(), Failure> {
     let mut stdout = io::stdout().lock();
     writeln!(
         stdout,
-        "speedup: {cores} core(s); workers 1 to {max_workers}; {runs} run(s) per engine and worker count"
+        "speedup: {cores} core(s); workers 1 to {max_workers}; {runs} round(s), each running every engine and worker count once, on an engine started for that run"
     )?;
 
     let mut studies = Vec::new();
@@ -453,7 +467,7 @@ fn run(args: Args) -> Result<(), Failure> {
         stdout,
         "\nspeedup: sequential median / median. efficiency: speedup / workers. peak PSS: the largest sum of the \
          proportional set sizes of the coordinator and its workers during a run (shared pages counted once). \
-         start s: starting the engine (worker processes or thread pool), not part of any run. others %: CPU \
+         start s: starting the engine (worker processes or thread pool) before each run, not part of it. others %: CPU \
          time of other programs on this machine during the runs, as a share of all {cores} core(s) (- when \
          the runs were too short to tell)."
     )?;

@@ -132,7 +132,8 @@ pub struct Row {
     pub throughput: Throughput,
     /// The largest summed PSS of the coordinator and the workers over all runs.
     pub peak_pss: Option<u64>,
-    /// Seconds it took to start the engine (pool start), not part of any run.
+    /// Median seconds it took to start the engine (a pool, a thread pool)
+    /// before each run; not part of any run.
     pub start: f64,
     /// Medians of the engine's [`JobStats`].
     pub stats: StatsSummary,
