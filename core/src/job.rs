@@ -155,6 +155,7 @@ impl<J: Job> JobInstance for Instance<J> {
         if !range.is_empty() && matches!(self.output, Output::None) {
             return Err("the job writes output but was given none".into());
         }
+        self.output.prefault(range.clone());
         // SAFETY: the coordinator checked that the output ranges of all the
         // job's tasks are disjoint and in bounds before sending any task, each
         // task runs once at a time, and the coordinator reads a shared output
