@@ -4,8 +4,8 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use coop_worker::{JobEntry, JobInstance, Output, Region};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::input::Input;
 #[cfg(doc)]
@@ -75,6 +75,45 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// Folds `other` into `into`. Must be associative and commutative.
     fn merge(&self, into: &mut Self::Partial, other: Self::Partial);
+
+    /// Folds a partial that a worker sent, still encoded, into `into`, the
+    /// result so far (the first partial to arrive is decoded into the result
+    /// instead).
+    ///
+    /// The default decodes the partial, then calls [`merge`](Job::merge).
+    /// A job with large partials can do better: merge as it decodes, and
+    /// never build a value it would only merge and drop (the word count of
+    /// the examples adds each shard of a worker's table straight into the
+    /// result's).
+    ///
+    /// On an error, `into` must be unchanged: the partial is thrown away,
+    /// its worker replaced and its tasks run again, so anything of it left in
+    /// `into` would be counted twice.
+    fn merge_encoded<'de, D: Deserializer<'de>>(
+        &self,
+        into: &mut Self::Partial,
+        partial: D,
+    ) -> Result<(), D::Error> {
+        let partial = Self::Partial::deserialize(partial)?;
+        self.merge(into, partial);
+        Ok(())
+    }
+}
+
+/// Folds an encoded partial into the result so far, or makes it the result if
+/// it is the first. On an error, `result` is unchanged.
+pub(crate) fn absorb_partial<J: Job>(
+    job: &J,
+    result: &mut Option<J::Partial>,
+    bytes: &[u8],
+) -> postcard::Result<()> {
+    match result {
+        Some(result) => job.merge_encoded(result, &mut postcard::Deserializer::from_bytes(bytes)),
+        None => {
+            *result = Some(postcard::from_bytes(bytes)?);
+            Ok(())
+        }
+    }
 }
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);

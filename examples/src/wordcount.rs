@@ -68,6 +68,14 @@ impl Job for WordCount {
     fn merge(&self, into: &mut WordCounts, other: WordCounts) {
         into.merge(other);
     }
+
+    fn merge_encoded<'de, D: serde::Deserializer<'de>>(
+        &self,
+        into: &mut WordCounts,
+        partial: D,
+    ) -> Result<(), D::Error> {
+        into.merge_encoded(partial)
+    }
 }
 
 /// The entry that lets workers run [`WordCount`]; list it in `coop::init`.

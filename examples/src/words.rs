@@ -499,19 +499,50 @@ impl Shard {
     /// Shard number `index` of a table, from its wire form. Repeated words are
     /// summed and zero counts dropped; a word that belongs to another shard,
     /// or bytes that do not parse, are an error.
-    fn decode(index: usize, mut bytes: &[u8]) -> Result<Shard, String> {
-        let fail = |what: &str| format!("shard {index}: {what}");
-        let words = take_varint(&mut bytes).map_err(fail)?;
+    fn decode(index: usize, bytes: &[u8]) -> Result<Shard, String> {
+        let section = Section::open(index, bytes)?;
+        let mut shard = Shard::with_capacity(section.words);
+        section.read(|word, hash, n| shard.add_hashed(word, hash, n))?;
+        Ok(shard)
+    }
+}
+
+/// One shard's part of a table's wire form: its number of words, then each
+/// word's length, bytes and count, numbers in LEB128.
+struct Section<'a> {
+    index: usize,
+    words: usize,
+    /// The words.
+    bytes: &'a [u8],
+}
+
+impl<'a> Section<'a> {
+    /// Reads the number of words of shard `index`'s section.
+    fn open(index: usize, mut bytes: &'a [u8]) -> Result<Self, String> {
+        let words = take_varint(&mut bytes).map_err(|what| format!("shard {index}: {what}"))?;
         // Every word takes at least two bytes (its length and its count), so a
-        // lying word count cannot make this allocate more than the input.
+        // lying word count cannot make a decoder allocate more than the input.
         if words > bytes.len() as u64 / 2 {
-            return Err(fail(&format!(
-                "{words} words cannot fit in {} bytes",
+            return Err(format!(
+                "shard {index}: {words} words cannot fit in {} bytes",
                 bytes.len()
-            )));
+            ));
         }
-        let mut shard = Shard::with_capacity(words as usize);
-        for _ in 0..words {
+        Ok(Section {
+            index,
+            words: words as usize,
+            bytes,
+        })
+    }
+
+    /// Calls `add(word, hash, count)` on each word whose count is not zero.
+    /// Bytes that do not parse, or a word of another shard, are an error,
+    /// found after `add` saw the words before it: [`check`](Self::check)
+    /// first where that matters.
+    fn read(&self, mut add: impl FnMut(&[u8], u64, u64)) -> Result<(), String> {
+        let fail = |what: &str| format!("shard {}: {what}", self.index);
+        let mut bytes = self.bytes;
+        for _ in 0..self.words {
             let len = take_varint(&mut bytes).map_err(fail)?;
             let Some((word, rest)) = usize::try_from(len)
                 .ok()
@@ -522,17 +553,22 @@ impl Shard {
             bytes = rest;
             let n = take_varint(&mut bytes).map_err(fail)?;
             let hash = hash_word(word);
-            if shard_of(hash) != index {
+            if shard_of(hash) != self.index {
                 return Err(fail(&format!("holds a word of shard {}", shard_of(hash))));
             }
             if n != 0 {
-                shard.add_hashed(word, hash, n);
+                add(word, hash, n);
             }
         }
         if !bytes.is_empty() {
             return Err(fail(&format!("{} bytes after the last word", bytes.len())));
         }
-        Ok(shard)
+        Ok(())
+    }
+
+    /// Whether [`read`](Self::read) would succeed.
+    fn check(&self) -> Result<(), String> {
+        self.read(|_, _, _| {})
     }
 }
 
@@ -1074,6 +1110,46 @@ impl<'de> Visitor<'de> for SectionSeed {
     }
 }
 
+/// The byte strings of a table's wire form: none, or one per shard.
+fn read_sections<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Vec<Cow<'de, [u8]>>, A::Error> {
+    struct Expected;
+    impl serde::de::Expected for Expected {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "no byte string or {SHARDS}, one per shard")
+        }
+    }
+    let mut sections = Vec::with_capacity(SHARDS);
+    while let Some(section) = seq.next_element_seed(SectionSeed)? {
+        if sections.len() == SHARDS {
+            return Err(serde::de::Error::invalid_length(SHARDS + 1, &Expected));
+        }
+        sections.push(section);
+    }
+    if !sections.is_empty() && sections.len() != SHARDS {
+        return Err(serde::de::Error::invalid_length(sections.len(), &Expected));
+    }
+    Ok(sections)
+}
+
+/// `f` on every shard's item (with its index), in parallel when `bytes`, the
+/// size of the sections they come from, is large; the first error, if any.
+fn per_shard<T: Sync, R: Send>(
+    items: &[T],
+    bytes: usize,
+    f: impl Fn(usize, &T) -> Result<R, String> + Sync + Send,
+) -> Result<Vec<R>, String> {
+    if bytes >= PARALLEL_MIN_BYTES {
+        items.par_iter().enumerate().map(|(i, item)| f(i, item)).collect()
+    } else {
+        items.iter().enumerate().map(|(i, item)| f(i, item)).collect()
+    }
+}
+
+/// Total length of a table's sections.
+fn total_len(sections: &[Cow<'_, [u8]>]) -> usize {
+    sections.iter().map(|s| s.len()).sum()
+}
+
 /// Reads the shards written by `Serialize`, in parallel when they are large.
 impl<'de> Deserialize<'de> for WordCounts {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -1081,35 +1157,62 @@ impl<'de> Deserialize<'de> for WordCounts {
         impl<'de> Visitor<'de> for V {
             type Value = WordCounts;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "no byte string or {SHARDS}, one per shard")
+                write!(f, "a word-count table: {SHARDS} byte strings, or none")
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<WordCounts, A::Error> {
-                let mut sections = Vec::with_capacity(SHARDS);
-                while let Some(section) = seq.next_element_seed(SectionSeed)? {
-                    if sections.len() == SHARDS {
-                        return Err(serde::de::Error::invalid_length(SHARDS + 1, &self));
-                    }
-                    sections.push(section);
-                }
-                if sections.is_empty() {
-                    return Ok(WordCounts::new());
-                }
-                if sections.len() != SHARDS {
-                    return Err(serde::de::Error::invalid_length(sections.len(), &self));
-                }
-                let decode = |(index, section): (usize, &Cow<'de, [u8]>)| Shard::decode(index, section);
-                let bytes: usize = sections.iter().map(|s| s.len()).sum();
-                let shards: Result<Vec<Shard>, String> = if bytes >= PARALLEL_MIN_BYTES {
-                    sections.par_iter().enumerate().map(decode).collect()
-                } else {
-                    sections.iter().enumerate().map(decode).collect()
-                };
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<WordCounts, A::Error> {
+                let sections = read_sections(seq)?;
+                let shards = per_shard(&sections, total_len(&sections), |i, s| Shard::decode(i, s));
                 Ok(WordCounts {
                     shards: shards.map_err(serde::de::Error::custom)?,
                 })
             }
         }
         deserializer.deserialize_seq(V)
+    }
+}
+
+impl WordCounts {
+    /// Adds a table in its serialized form into this one, as it decodes it:
+    /// the same result as deserializing it and calling
+    /// [`merge`](Self::merge), without building the table only to merge and
+    /// drop it. On an error, `self` is unchanged: every shard is checked
+    /// before any is added.
+    pub fn merge_encoded<'de, D: Deserializer<'de>>(&mut self, deserializer: D) -> Result<(), D::Error> {
+        struct V<'a>(&'a mut WordCounts);
+        impl<'de> Visitor<'de> for V<'_> {
+            type Value = ();
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a word-count table: {SHARDS} byte strings, or none")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+                let sections = read_sections(seq)?;
+                let bytes = total_len(&sections);
+                let table = self.0;
+                if table.shards.is_empty() {
+                    let shards = per_shard(&sections, bytes, |i, s| Shard::decode(i, s));
+                    table.shards = shards.map_err(serde::de::Error::custom)?;
+                    return Ok(());
+                }
+                let opened: Result<Vec<Section<'_>>, String> = sections
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| Section::open(i, s))
+                    .collect();
+                let opened = opened.map_err(serde::de::Error::custom)?;
+                per_shard(&opened, bytes, |_, section| section.check()).map_err(serde::de::Error::custom)?;
+                let add = |(shard, section): (&mut Shard, &Section<'_>)| {
+                    // Checked above: reading cannot fail.
+                    let _ = section.read(|word, hash, n| shard.add_hashed(word, hash, n));
+                };
+                if bytes >= PARALLEL_MIN_BYTES {
+                    table.shards.par_iter_mut().zip(&opened).for_each(add);
+                } else {
+                    table.shards.iter_mut().zip(&opened).for_each(add);
+                }
+                Ok(())
+            }
+        }
+        deserializer.deserialize_seq(V(self))
     }
 }
 
@@ -1662,9 +1765,9 @@ mod tests {
         );
     }
 
-    /// The wire form of a table holding `pairs` as given: repeats and zero
-    /// counts included, each word in its own shard.
-    fn wire(pairs: &[(&[u8], u64)]) -> Vec<u8> {
+    /// The shards' sections of a table holding `pairs` as given: repeats and
+    /// zero counts included, each word in its own shard.
+    fn sections_of(pairs: &[(&[u8], u64)]) -> Vec<Vec<u8>> {
         let mut words = [0u64; SHARDS];
         let mut bodies = vec![Vec::new(); SHARDS];
         for &(word, n) in pairs {
@@ -1674,15 +1777,24 @@ mod tests {
             bodies[shard].extend_from_slice(word);
             put_varint(&mut bodies[shard], n);
         }
-        let sections: Vec<Vec<u8>> = (0..SHARDS)
+        (0..SHARDS)
             .map(|shard| {
                 let mut section = Vec::new();
                 put_varint(&mut section, words[shard]);
                 section.extend_from_slice(&bodies[shard]);
                 section
             })
-            .collect();
+            .collect()
+    }
+
+    /// A table's wire form, made of these sections.
+    fn encode_sections(sections: &[Vec<u8>]) -> Vec<u8> {
         postcard::to_allocvec(&sections.iter().map(|s| BytesRef(s)).collect::<Vec<_>>()).unwrap()
+    }
+
+    /// The wire form of a table holding `pairs` as given.
+    fn wire(pairs: &[(&[u8], u64)]) -> Vec<u8> {
+        encode_sections(&sections_of(pairs))
     }
 
     #[test]
@@ -1742,6 +1854,58 @@ mod tests {
         list.swap(elsewhere, home);
         let table: WordCounts = postcard::from_bytes(&sections(&list)).unwrap();
         assert_eq!(table.get(word), 1);
+    }
+
+    /// `into.merge_encoded` of `other`'s postcard bytes.
+    fn merge_encoded(into: &mut WordCounts, other: &[u8]) -> postcard::Result<()> {
+        into.merge_encoded(&mut postcard::Deserializer::from_bytes(other))
+    }
+
+    #[test]
+    fn merging_encoded_tables_equals_merging_decoded_ones() {
+        // Small (one thread) and large (parallel) tables, into empty and full ones.
+        for size in [50, 3 * PARALLEL_MIN] {
+            let keys = many_keys(size, 3);
+            let (a, _) = table_of(&keys.iter().map(|k| (k.clone(), 2)).collect::<Vec<_>>());
+            let (b, _) = table_of(
+                &keys[size / 2..]
+                    .iter()
+                    .chain(&many_keys(size, 4))
+                    .map(|k| (k.clone(), 3))
+                    .collect::<Vec<_>>(),
+            );
+            let mut want = a.clone();
+            want.merge(b.clone());
+            let mut got = a.clone();
+            merge_encoded(&mut got, &postcard::to_allocvec(&b).unwrap()).unwrap();
+            assert_eq!(got, want, "{size} words");
+            let mut from_empty = WordCounts::new();
+            merge_encoded(&mut from_empty, &postcard::to_allocvec(&b).unwrap()).unwrap();
+            assert_eq!(from_empty, b);
+            merge_encoded(
+                &mut from_empty,
+                &postcard::to_allocvec(&WordCounts::new()).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(from_empty, b);
+        }
+    }
+
+    #[test]
+    fn a_table_that_fails_to_merge_leaves_the_result_unchanged() {
+        let keys = many_keys(3 * PARALLEL_MIN, 5);
+        let (a, _) = table_of(&keys.iter().map(|k| (k.clone(), 1)).collect::<Vec<_>>());
+        // Every shard is sound but the last, which holds a word of another
+        // shard: all are checked before any is added.
+        let pairs: Vec<(&[u8], u64)> = keys.iter().map(|k| (&k[..], 7)).collect();
+        let mut sections = sections_of(&pairs);
+        let misfiled: &[u8] = b"misfiled";
+        assert_ne!(shard_of(hash_word(misfiled)), SHARDS - 1, "pick another word");
+        sections[SHARDS - 1] = [&[1, misfiled.len() as u8][..], misfiled, &[1]].concat();
+        let bytes = encode_sections(&sections);
+        let mut result = a.clone();
+        assert!(merge_encoded(&mut result, &bytes).is_err());
+        assert_eq!(result, a);
     }
 
     #[test]

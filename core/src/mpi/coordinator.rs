@@ -14,7 +14,7 @@ use super::wire::{self, FromRank, Segment, TAG_CANCEL, TAG_CONTROL, TileHeader, 
 use crate::engine::{Encoded, JobStats, Progress, Run, report};
 use crate::error::{Error, Result, TaskIndex};
 use crate::input::{Input, SharedOutput};
-use crate::job::Job;
+use crate::job::{Job, absorb_partial};
 
 /// Tasks sent ahead to each rank when they carry no input bytes: one running,
 /// one waiting, so that a rank does not idle for a round trip between tasks.
@@ -394,17 +394,12 @@ impl<J: Job> JobState<'_, J> {
                 wire::receive_data(world, rank, &mut data).map_err(|err| slot.breach(err))?;
                 let merging = Instant::now();
                 self.stats.bytes_from_workers += data.len() as u64;
-                let partial: J::Partial = postcard::from_bytes(&data).map_err(|err| Error::Codec {
+                absorb_partial(self.job, &mut self.result, &data).map_err(|err| Error::Codec {
                     job: J::NAME,
                     what: "decode a rank's partial",
                     message: err.to_string(),
                 })?;
                 drop(data);
-                match &mut self.result {
-                    Some(result) => self.job.merge(result, partial),
-                    // The first partial is the result so far: no merge needed.
-                    None => self.result = Some(partial),
-                }
                 self.stats.merge += merging.elapsed();
                 slot.folded = 0;
                 slot.flushing = false;

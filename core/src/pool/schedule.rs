@@ -18,7 +18,7 @@ use super::{Config, Ipc, Kill, Slot, State, describe, reap};
 use crate::engine::{Encoded, JobStats, Progress, Run, report};
 use crate::error::{Error, Result, TaskIndex};
 use crate::input::{Input, SharedOutput};
-use crate::job::Job;
+use crate::job::{Job, absorb_partial};
 
 /// Tasks sent ahead to each worker: one running, one waiting, so that a busy
 /// worker does not idle for a round trip between tasks.
@@ -448,19 +448,11 @@ impl<J: Job> JobState<'_, J> {
                 self.stats.bytes_from_workers += data.bytes().len() as u64;
                 // A partial that does not decode is a worker gone wrong: it is
                 // killed and its tasks run again (a bounded number of times).
-                let partial: J::Partial = match postcard::from_bytes(data.bytes()) {
-                    Ok(partial) => partial,
-                    Err(err) => {
-                        slot.kill(Kill::Breach(format!(
-                            "sent a partial that does not decode: {err}"
-                        )));
-                        return Ok(());
-                    }
-                };
-                match &mut self.result {
-                    Some(result) => self.job.merge(result, partial),
-                    // The first partial is the result so far: no merge needed.
-                    None => self.result = Some(partial),
+                if let Err(err) = absorb_partial(self.job, &mut self.result, data.bytes()) {
+                    slot.kill(Kill::Breach(format!(
+                        "sent a partial that does not decode: {err}"
+                    )));
+                    return Ok(());
                 }
                 self.stats.merge += merging.elapsed();
                 slot.folded.clear();

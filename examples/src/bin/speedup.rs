@@ -182,9 +182,11 @@ impl Workload {
         let cpu_before = CpuSnapshot::take(pids);
         let started = Instant::now();
         let result = match (self, product.as_mut()) {
-            (Workload::WordCount { job, input }, _) => {
-                Run::new(job, input).stats(&mut stats).on(engine).map(Some)
-            }
+            (Workload::WordCount { job, input }, _) => Run::new(job, input)
+                .tasks_per_worker(std::env::var("TPW").map_or(8, |v| v.parse().unwrap()))
+                .stats(&mut stats)
+                .on(engine)
+                .map(Some),
             (Workload::MatMul { job, input }, Some(product)) => Run::new(job, input)
                 .output(product)
                 .stats(&mut stats)
