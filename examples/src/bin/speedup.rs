@@ -538,11 +538,16 @@ fn run(args: Args) -> Result<(), Failure> {
                 && engine == "processes"
                 && row.stats.total > 0.0
             {
+                let pieces = row.stats.serial() / fit.t1;
                 writeln!(
                     stdout,
-                    "    serial pieces / T1 = {:.2}% (the fitted s is {:.2}%)",
-                    100.0 * row.stats.serial() / fit.t1,
-                    100.0 * fit.serial
+                    "    serial pieces / T1 = {:.2}% (the fitted s is {:.2}%); with s = the serial pieces, Amdahl \
+                     projects {:.2}x on 8 cores, 16: {:.2}x, 64: {:.2}x",
+                    100.0 * pieces,
+                    100.0 * fit.serial,
+                    amdahl::speedup(pieces, 8.0),
+                    amdahl::speedup(pieces, 16.0),
+                    amdahl::speedup(pieces, 64.0)
                 )?;
             }
         }
