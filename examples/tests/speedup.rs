@@ -207,6 +207,46 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
 }
 
 #[test]
+fn text_from_a_file_is_counted_and_the_file_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = speedup(&[
+        "--quick",
+        "--text-mb",
+        "1",
+        "--size",
+        "16",
+        "--max-workers",
+        "1",
+        "--text-input",
+        "file",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let (_, after) = text
+        .split_once("--split words) in ")
+        .unwrap_or_else(|| panic!("{text}"));
+    let (corpus, _) = after
+        .split_once(", mapped afresh by each run")
+        .unwrap_or_else(|| panic!("{text}"));
+    let corpus = std::path::Path::new(corpus);
+    assert_eq!(corpus.parent(), Some(dir.path()), "{text}");
+    // Every engine counted the same words as the sequential one (the study
+    // checks), and the file is gone.
+    assert!(
+        text.lines().any(|l| l.starts_with("word count  processes ")),
+        "{text}"
+    );
+    assert!(!corpus.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+}
+
+#[test]
 fn bad_arguments_end_with_one_line_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");
@@ -216,6 +256,7 @@ fn bad_arguments_end_with_one_line_and_exit_2() {
         &["--max-workers", "0"],
         &["--size", "x"],
         &["--no-such-flag"],
+        &["--text-input", "disk"],
         &["--quick", "--out", file.to_str().unwrap()],
     ] {
         let output = speedup(args);

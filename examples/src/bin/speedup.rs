@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,12 @@ struct Args {
     #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     text_mb: Option<u64>,
 
+    /// Where word count reads the text: copied once into shared memory (as
+    /// `wordcount` does with standard input), or from a file written once under
+    /// --out, which every run maps afresh (as `wordcount FILE` does).
+    #[arg(long, value_enum, default_value_t = TextInput::Memory)]
+    text_input: TextInput,
+
     /// Multiply two random N x N f64 matrices [default: 2048, or 512 with --quick].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     size: Option<u64>,
@@ -62,6 +68,16 @@ struct Args {
     /// Seed of the corpus and of the matrices.
     #[arg(long, value_name = "S", default_value_t = 1)]
     seed: u64,
+}
+
+/// Where the word-count text lives during the study.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TextInput {
+    /// In shared memory, filled once: the coordinator has its pages mapped
+    /// before any run, worker processes map them in each run.
+    Memory,
+    /// In a file that every run maps afresh, whatever the engine.
+    File,
 }
 
 /// How often the memory sampler looks at most.
@@ -129,8 +145,36 @@ fn pids(engine: &AnyEngine) -> Vec<u32> {
 
 /// A job and its input.
 enum Workload {
-    WordCount { job: WordCount, input: Input },
+    WordCount { job: WordCount, text: Text },
     MatMul { job: MatMul, input: Input },
+}
+
+/// The word-count text.
+enum Text {
+    Memory(Input),
+    /// A file, removed when the study ends.
+    File(TempText),
+}
+
+impl Text {
+    fn bytes(&self) -> u64 {
+        match self {
+            Text::Memory(input) => input.total_bytes(),
+            Text::File(file) => file.bytes,
+        }
+    }
+}
+
+/// The generated text written to a file, removed on drop.
+struct TempText {
+    path: PathBuf,
+    bytes: u64,
+}
+
+impl Drop for TempText {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// What a run gave, to compare with the sequential engine's.
@@ -159,8 +203,8 @@ impl Workload {
     fn throughput(&self, seconds: f64) -> Throughput {
         let seconds = seconds.max(1e-9);
         match self {
-            Workload::WordCount { input, .. } => {
-                Throughput::MegabytesPerSecond(input.total_bytes() as f64 / 1e6 / seconds)
+            Workload::WordCount { text, .. } => {
+                Throughput::MegabytesPerSecond(text.bytes() as f64 / 1e6 / seconds)
             }
             Workload::MatMul { job, .. } => Throughput::GigaflopsPerSecond(
                 2.0 * job.m as f64 * job.k as f64 * job.n as f64 / 1e9 / seconds,
@@ -177,16 +221,34 @@ impl Workload {
             Workload::WordCount { .. } => None,
             Workload::MatMul { job, .. } => Some(SharedOutput::new(job.output_len())),
         };
+        // A file is mapped for this run only: its pages are not mapped here
+        // yet, as when `wordcount FILE` starts.
+        let mapped;
+        let text = match self {
+            Workload::WordCount {
+                text: Text::File(file),
+                ..
+            } => {
+                let mut input = Input::new();
+                input.push_file(&file.path)?;
+                mapped = input;
+                Some(&mapped)
+            }
+            Workload::WordCount {
+                text: Text::Memory(input),
+                ..
+            } => Some(input),
+            Workload::MatMul { .. } => None,
+        };
         machine::trim_heap();
         let sampler = PssSampler::start(pids.to_vec(), SAMPLE_INTERVAL);
         let cpu_before = CpuSnapshot::take(pids);
         let started = Instant::now();
         let result = match (self, product.as_mut()) {
-            (Workload::WordCount { job, input }, _) => Run::new(job, input)
-                .tasks_per_worker(std::env::var("TPW").map_or(8, |v| v.parse().unwrap()))
-                .stats(&mut stats)
-                .on(engine)
-                .map(Some),
+            (Workload::WordCount { job, .. }, _) => {
+                let input = text.expect("word count has a text");
+                Run::new(job, input).stats(&mut stats).on(engine).map(Some)
+            }
             (Workload::MatMul { job, input }, Some(product)) => Run::new(job, input)
                 .output(product)
                 .stats(&mut stats)
@@ -350,22 +412,38 @@ fn measure(workload: &Workload, configs: &[Config], runs: u32, bar: &RunsBar) ->
     Ok(study)
 }
 
-fn word_count_workload(megabytes: u64, seed: u64) -> Result<(Workload, f64), Failure> {
+fn word_count_workload(
+    megabytes: u64,
+    seed: u64,
+    where_: TextInput,
+    out_dir: &Path,
+) -> Result<(Workload, f64), Failure> {
     let bytes = megabytes * 1_000_000;
-    // The generated text and its copy in shared memory.
+    // The generated text and its copy in shared memory (or the page cache).
     cli::check_fits_in_memory(2 * u128::from(bytes), &format!("--text-mb {megabytes}"))?;
     let started = Instant::now();
-    let text = corpus::generate(bytes as usize, DEFAULT_VOCABULARY, seed);
-    let mut input = Input::new();
-    input.push_bytes(&text);
-    drop(text);
+    let generated = corpus::generate(bytes as usize, DEFAULT_VOCABULARY, seed);
+    let text = match where_ {
+        TextInput::Memory => {
+            let mut input = Input::new();
+            input.push_bytes(&generated);
+            Text::Memory(input)
+        }
+        TextInput::File => {
+            let file = TempText {
+                path: out_dir.join(format!("corpus-{}.txt", std::process::id())),
+                bytes,
+            };
+            std::fs::write(&file.path, &generated)
+                .with_context(|| format!("writing {}", file.path.display()))?;
+            Text::File(file)
+        }
+    };
+    drop(generated);
     let job = WordCount {
         mode: SplitMode::Words,
     };
-    Ok((
-        Workload::WordCount { job, input },
-        started.elapsed().as_secs_f64(),
-    ))
+    Ok((Workload::WordCount { job, text }, started.elapsed().as_secs_f64()))
 }
 
 fn matmul_workload(n: u64, seed: u64) -> Result<(Workload, f64), Failure> {
@@ -440,16 +518,20 @@ fn run(args: Args) -> Result<(), Failure> {
             format!("generating two {size} x {size} matrices")
         });
         let (workload, setup) = if which == 0 {
-            word_count_workload(text_mb, args.seed)?
+            word_count_workload(text_mb, args.seed, args.text_input, &out_dir)?
         } else {
             matmul_workload(size, args.seed)?
         };
         bar.suspend(|| match &workload {
-            Workload::WordCount { input, .. } => writeln!(
+            Workload::WordCount { text, .. } => writeln!(
                 stdout,
-                "word count: {:.1} MB of generated text (vocabulary {DEFAULT_VOCABULARY}, seed {}, --split words) in {setup:.2} s",
-                input.total_bytes() as f64 / 1e6,
-                args.seed
+                "word count: {:.1} MB of generated text (vocabulary {DEFAULT_VOCABULARY}, seed {}, --split words) {} in {setup:.2} s",
+                text.bytes() as f64 / 1e6,
+                args.seed,
+                match text {
+                    Text::Memory(_) => "in shared memory".to_string(),
+                    Text::File(file) => format!("in {}, mapped afresh by each run", file.path.display()),
+                }
             ),
             Workload::MatMul { .. } => writeln!(
                 stdout,
