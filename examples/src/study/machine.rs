@@ -114,19 +114,20 @@ impl CpuSnapshot {
     }
 }
 
-/// Makes the allocator return every block of 128 KiB or more to the system as
-/// soon as it is freed (glibc's `M_MMAP_THRESHOLD`, which also turns off its
-/// growth). By default glibc raises that threshold after such frees, up to
-/// 32 MiB, and then keeps up to twice as much free at the top of each thread's
-/// arena, where `malloc_trim` does not reach: in a study that runs many
-/// engines in one process, earlier runs' tables stayed resident (about
-/// 150 MB after one round of word count) and were counted in later runs'
-/// memory. Does nothing elsewhere.
-pub fn return_large_blocks() {
+/// Fixes glibc's thresholds so that freed memory goes back to the system:
+/// blocks of 4 MiB or more are unmapped when freed, and free memory over
+/// 128 KiB at the top of an arena is trimmed. By default glibc raises both
+/// after large frees (the trim threshold up to 64 MiB per arena, where
+/// `malloc_trim` does not reach): in a study that runs many engines in one
+/// process, earlier runs' tables stayed resident (about 150 MB after one
+/// round of word count) and were counted in later runs' memory. Does nothing
+/// elsewhere.
+pub fn give_freed_memory_back() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes a tuning parameter of the allocator.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 10);
     }
 }
 
