@@ -115,7 +115,7 @@ impl CpuSnapshot {
 }
 
 /// Fixes glibc's thresholds so that freed memory goes back to the system:
-/// blocks of 4 MiB or more are unmapped when freed, and free memory over
+/// blocks of 128 KiB or more are unmapped when freed, and free memory over
 /// 128 KiB at the top of an arena is trimmed. By default glibc raises both
 /// after large frees (the trim threshold up to 64 MiB per arena, where
 /// `malloc_trim` does not reach): in a study that runs many engines in one
@@ -126,7 +126,7 @@ pub fn give_freed_memory_back() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes a tuning parameter of the allocator.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 10);
     }
 }
