@@ -56,7 +56,9 @@
 //!
 //! 1. Write a [`Job`]: `split` cuts the [`Input`] into small tasks (ranges),
 //!    `map` runs one task and folds its result into the worker's partial,
-//!    `merge` combines partials (associative and commutative).
+//!    `merge` combines partials (associative and commutative). Jobs with
+//!    large partials can also merge one as it is decoded
+//!    ([`Job::merge_encoded`]).
 //! 2. Call [`init`] first in `main`, listing your jobs ([`register`]). Workers
 //!    are your own program re-executed; `init` is where they turn into workers.
 //! 3. Build an [`Input`] from bytes, plain-old-data slices, files (mapped, not
