@@ -108,9 +108,25 @@ fn merge(c: &mut Criterion) {
         b.iter(|| postcard::to_allocvec(black_box(a)).expect("encoding"));
     });
     let encoded = OnceCell::new();
+    let encoded = || encoded.get_or_init(|| postcard::to_allocvec(&partials().1).expect("encoding"));
     group.bench_function(BenchmarkId::new("postcard_decode", DISTINCT_WORDS), |b| {
-        let bytes = encoded.get_or_init(|| postcard::to_allocvec(&partials().0).expect("encoding"));
+        let bytes = encoded();
         b.iter(|| postcard::from_bytes::<WordCounts>(black_box(bytes)).expect("decoding"));
+    });
+    // What the coordinator does with every partial after the first: merge it
+    // into the result as it decodes it (`Job::merge_encoded`).
+    group.bench_function(BenchmarkId::new("merge_encoded", DISTINCT_WORDS), |b| {
+        let (a, _) = partials();
+        let bytes = encoded();
+        b.iter_batched(
+            || a.clone(),
+            |mut into| {
+                into.merge_encoded(&mut postcard::Deserializer::from_bytes(black_box(bytes)))
+                    .expect("decoding");
+                into
+            },
+            BatchSize::LargeInput,
+        );
     });
     group.finish();
 }
