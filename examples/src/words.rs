@@ -1608,6 +1608,40 @@ mod tests {
             prop_assert_eq!(counts(mode, &text).to_btree(), reference_counts(mode, &text));
         }
 
+        /// A partial from a worker gone wrong: a sound table's bytes with some
+        /// changed. Decoding never panics, and a merge that fails changes
+        /// nothing.
+        #[test]
+        fn corrupted_tables_are_rejected_or_decoded_never_half_merged(
+            text in mixed_text(),
+            other in mixed_text(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+        ) {
+            let into = counts(SplitMode::Words, &text);
+            let mut bytes = postcard::to_allocvec(&counts(SplitMode::Words, &other)).unwrap();
+            for (at, byte) in edits {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+            }
+            if truncate {
+                bytes.truncate(cut.index(bytes.len() + 1));
+            }
+            let decoded = postcard::from_bytes::<WordCounts>(&bytes);
+            let mut merged = into.clone();
+            let result = merged.merge_encoded(&mut postcard::Deserializer::from_bytes(&bytes));
+            match (decoded, result) {
+                (Ok(table), Ok(())) => {
+                    let mut want = into.clone();
+                    want.merge(table);
+                    prop_assert_eq!(merged, want);
+                }
+                (Err(_), Err(_)) => prop_assert_eq!(merged, into),
+                (decoded, result) => prop_assert!(false, "decode {:?}, merge {:?}", decoded.is_ok(), result),
+            }
+        }
+
         #[test]
         fn count_matches_reference_mixed(mode in any_mode(), text in mixed_text()) {
             prop_assert_eq!(counts(mode, &text).to_btree(), reference_counts(mode, &text));
