@@ -489,9 +489,19 @@ impl Shard {
         out.reserve(10 + self.len * 36);
         put_varint(out, self.len as u64);
         for slot in self.occupied() {
-            let word = self.key_of(slot);
-            put_varint(out, word.len() as u64);
-            out.extend_from_slice(word);
+            if slot.is_long() {
+                let word = &self.arena[slot.long_range()];
+                put_varint(out, word.len() as u64);
+                out.extend_from_slice(word);
+            } else {
+                // All 16 bytes, then cut back to the word: a fixed-size copy
+                // is cheaper than a call to copy a few bytes.
+                let len = usize::from(slot.key[15]);
+                // At most INLINE (15): its LEB128 form is the byte itself.
+                out.push(len as u8);
+                out.extend_from_slice(&slot.key);
+                out.truncate(out.len() - 16 + len);
+            }
             put_varint(out, slot.count);
         }
     }
