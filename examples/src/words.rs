@@ -545,11 +545,9 @@ impl<'a> Section<'a> {
         })
     }
 
-    /// Calls `add(word, hash, count)` on each word whose count is not zero.
-    /// Bytes that do not parse, or a word of another shard, are an error,
-    /// found after `add` saw the words before it: [`check`](Self::check)
-    /// first where that matters.
-    fn read(&self, mut add: impl FnMut(&[u8], u64, u64)) -> Result<(), String> {
+    /// Calls `each(word, count)` on each word, in order; fails on bytes that
+    /// do not parse, after `each` saw the words before them.
+    fn parse(&self, mut each: impl FnMut(&'a [u8], u64)) -> Result<(), String> {
         let fail = |what: &str| format!("shard {}: {what}", self.index);
         let mut bytes = self.bytes;
         for _ in 0..self.words {
@@ -561,14 +559,7 @@ impl<'a> Section<'a> {
                 return Err(fail("a word runs past the end"));
             };
             bytes = rest;
-            let n = take_varint(&mut bytes).map_err(fail)?;
-            let hash = hash_word(word);
-            if shard_of(hash) != self.index {
-                return Err(fail(&format!("holds a word of shard {}", shard_of(hash))));
-            }
-            if n != 0 {
-                add(word, hash, n);
-            }
+            each(word, take_varint(&mut bytes).map_err(fail)?);
         }
         if !bytes.is_empty() {
             return Err(fail(&format!("{} bytes after the last word", bytes.len())));
@@ -576,9 +567,46 @@ impl<'a> Section<'a> {
         Ok(())
     }
 
-    /// Whether [`read`](Self::read) would succeed.
-    fn check(&self) -> Result<(), String> {
-        self.read(|_, _, _| {})
+    /// Calls `add(word, hash, count)` on each word whose count is not zero.
+    /// Bytes that do not parse, or a word of another shard, are an error,
+    /// found after `add` saw the words before it: [`check`](Self::check)
+    /// first where that matters.
+    fn read(&self, mut add: impl FnMut(&[u8], u64, u64)) -> Result<(), String> {
+        let mut misfiled = None;
+        self.parse(|word, n| {
+            let hash = hash_word(word);
+            if shard_of(hash) != self.index {
+                misfiled.get_or_insert(shard_of(hash));
+            } else if n != 0 && misfiled.is_none() {
+                add(word, hash, n);
+            }
+        })?;
+        match misfiled {
+            Some(shard) => Err(format!("shard {}: holds a word of shard {shard}", self.index)),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether [`read`](Self::read) would succeed; if so, the hashes of the
+    /// words whose count is not zero, in order, for [`add_checked`](Self::add_checked).
+    fn check(&self) -> Result<Vec<u64>, String> {
+        let mut hashes = Vec::with_capacity(self.words);
+        self.read(|_, hash, _| hashes.push(hash))?;
+        Ok(hashes)
+    }
+
+    /// Adds the words of a section that [`check`](Self::check) passed, with
+    /// the hashes it returned.
+    fn add_checked(&self, shard: &mut Shard, hashes: &[u64]) {
+        let mut hashes = hashes.iter();
+        // Checked: parsing cannot fail.
+        let _ = self.parse(|word, n| {
+            if n != 0
+                && let Some(&hash) = hashes.next()
+            {
+                shard.add_hashed(word, hash, n);
+            }
+        });
     }
 }
 
@@ -1209,15 +1237,20 @@ impl WordCounts {
                     .map(|(i, s)| Section::open(i, s))
                     .collect();
                 let opened = opened.map_err(serde::de::Error::custom)?;
-                per_shard(&opened, bytes, |_, section| section.check()).map_err(serde::de::Error::custom)?;
-                let add = |(shard, section): (&mut Shard, &Section<'_>)| {
-                    // Checked above: reading cannot fail.
-                    let _ = section.read(|word, hash, n| shard.add_hashed(word, hash, n));
+                let hashes = per_shard(&opened, bytes, |_, section| section.check());
+                let hashes = hashes.map_err(serde::de::Error::custom)?;
+                let add = |((shard, section), hashes): ((&mut Shard, &Section<'_>), &Vec<u64>)| {
+                    section.add_checked(shard, hashes);
                 };
                 if bytes >= PARALLEL_MIN_BYTES {
-                    table.shards.par_iter_mut().zip(&opened).for_each(add);
+                    table
+                        .shards
+                        .par_iter_mut()
+                        .zip(&opened)
+                        .zip(&hashes)
+                        .for_each(add);
                 } else {
-                    table.shards.iter_mut().zip(&opened).for_each(add);
+                    table.shards.iter_mut().zip(&opened).zip(&hashes).for_each(add);
                 }
                 Ok(())
             }
