@@ -1103,29 +1103,21 @@ impl Serialize for BytesRef<'_> {
 /// misfiled.
 impl Serialize for WordCounts {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(Some(self.shards.len()))?;
-        if self.distinct() >= PARALLEL_MIN {
-            // Shards encoded side by side: a worker's last encoding is on the
-            // job's critical path, and by then other cores are often idle.
-            let sections: Vec<Vec<u8>> = self
-                .shards
-                .par_iter()
-                .map(|shard| {
-                    let mut section = Vec::new();
-                    shard.encode(&mut section);
-                    section
-                })
-                .collect();
-            for section in &sections {
-                seq.serialize_element(&BytesRef(section))?;
-            }
-        } else {
+        let encode = |shard: &Shard| {
             let mut section = Vec::new();
-            for shard in &self.shards {
-                section.clear();
-                shard.encode(&mut section);
-                seq.serialize_element(&BytesRef(&section))?;
-            }
+            shard.encode(&mut section);
+            section
+        };
+        // Large tables' shards side by side: a worker's last encoding is on
+        // the job's critical path, and by then other cores are often idle.
+        let sections: Vec<Vec<u8>> = if self.distinct() >= PARALLEL_MIN {
+            self.shards.par_iter().map(encode).collect()
+        } else {
+            self.shards.iter().map(encode).collect()
+        };
+        let mut seq = serializer.serialize_seq(Some(sections.len()))?;
+        for section in &sections {
+            seq.serialize_element(&BytesRef(section))?;
         }
         seq.end()
     }
