@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 
+use memmap2::MmapMut;
 use rayon::prelude::*;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
@@ -208,8 +209,8 @@ fn shard_of(hash: u64) -> usize {
     (hash >> (64 - SHARD_BITS)) as usize
 }
 
-/// One entry of an open-addressing table: 24 bytes.
-#[derive(Debug, Clone, Copy, Default)]
+/// One entry of an open-addressing table: 24 bytes, all zero when empty.
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 struct Slot {
     /// An inline key: its inline value, little-endian. A long key: its offset
@@ -234,18 +235,83 @@ impl Slot {
     }
 }
 
-/// One shard of a table: linear probing over slots, with long keys in one
-/// byte arena. Capacity is zero or a power of two; at most 3/4 of the slots
-/// are occupied.
-#[derive(Debug, Clone, Default)]
-struct Shard {
-    slots: Vec<Slot>,
-    /// Occupied slots.
-    len: usize,
-    /// Most occupied slots before the table grows.
-    limit: usize,
-    /// The bytes of the long keys, one after the other.
-    arena: Vec<u8>,
+/// The slots of a table, all empty (zero) at first. Large ones get an
+/// anonymous mapping of their own, aligned to 2 MiB, with transparent huge
+/// pages asked for: the kernel then maps them 2 MiB at a time instead of 4 KiB
+/// (one fault instead of 512 when a table is built), and lookups spread over
+/// tens of MB rarely miss the TLB: counting 300 MB of text went about 5 %
+/// faster, and the coordinator's merge of two workers' tables from 25 to 18 ms.
+#[derive(Default)]
+struct Slots(SlotMemory);
+
+#[derive(Default)]
+enum SlotMemory {
+    #[default]
+    None,
+    Heap(Vec<Slot>),
+    /// `len` slots from `offset` bytes into `map`.
+    Mapped {
+        map: MmapMut,
+        offset: usize,
+        len: usize,
+    },
+}
+
+/// Huge-page size on x86-64 and arm64 (4 KiB base pages).
+const HUGE_PAGE: usize = 2 << 20;
+
+impl Slots {
+    /// `n` empty slots.
+    fn zeroed(n: usize) -> Slots {
+        let bytes = n * std::mem::size_of::<Slot>();
+        if bytes >= HUGE_PAGE
+            && let Some(mapped) = Self::mapped(n, bytes)
+        {
+            return mapped;
+        }
+        Slots(SlotMemory::Heap(vec![Slot::default(); n]))
+    }
+
+    /// `n` slots (`bytes` bytes) in a new anonymous mapping (zeroed by the
+    /// kernel, page by page as they are touched); `None` if mapping fails.
+    fn mapped(n: usize, bytes: usize) -> Option<Slots> {
+        // One spare huge page to align the start: only touched pages cost memory.
+        let map = MmapMut::map_anon(bytes + HUGE_PAGE).ok()?;
+        let offset = (map.as_ptr() as usize).next_multiple_of(HUGE_PAGE) - map.as_ptr() as usize;
+        // Only a hint: without huge pages (disabled, or not on Linux) the
+        // slots work the same.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise_range(memmap2::Advice::HugePage, offset, bytes);
+        Some(Slots(SlotMemory::Mapped { map, offset, len: n }))
+    }
+
+    fn as_slice(&self) -> &[Slot] {
+        match &self.0 {
+            SlotMemory::None => &[],
+            SlotMemory::Heap(slots) => slots,
+            SlotMemory::Mapped { map, offset, len } => {
+                bytemuck::cast_slice(&map[*offset..*offset + len * std::mem::size_of::<Slot>()])
+            }
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Slot] {
+        match &mut self.0 {
+            SlotMemory::None => &mut [],
+            SlotMemory::Heap(slots) => slots,
+            SlotMemory::Mapped { map, offset, len } => {
+                bytemuck::cast_slice_mut(&mut map[*offset..*offset + *len * std::mem::size_of::<Slot>()])
+            }
+        }
+    }
+}
+
+impl Clone for Slots {
+    fn clone(&self) -> Self {
+        let mut copy = Slots::zeroed(self.as_slice().len());
+        copy.as_mut_slice().copy_from_slice(self.as_slice());
+        copy
+    }
 }
 
 /// Fewest slots of a shard that holds anything.
@@ -278,159 +344,61 @@ fn prefetch(slots: &[Slot], i: usize) {
     let _ = (slots, i);
 }
 
-impl Shard {
-    /// An empty shard with room for `n` keys.
-    fn with_capacity(n: usize) -> Shard {
-        let mut shard = Shard::default();
-        if n > 0 {
-            let mut capacity = MIN_SLOTS;
-            while limit_of(capacity) < n {
-                capacity *= 2;
-            }
-            shard.slots = vec![Slot::default(); capacity];
-            shard.limit = limit_of(capacity);
-        }
-        shard
+/// The bytes of the key of an occupied slot of a shard whose long keys are in `arena`.
+#[inline]
+fn key_of<'a>(slot: &'a Slot, arena: &'a [u8]) -> &'a [u8] {
+    if slot.is_long() {
+        &arena[slot.long_range()]
+    } else {
+        &slot.key[..slot.key[15] as usize]
     }
+}
 
-    /// The bytes of the key of an occupied slot.
-    #[inline]
-    fn key_of<'a>(&'a self, slot: &'a Slot) -> &'a [u8] {
-        if slot.is_long() {
-            &self.arena[slot.long_range()]
-        } else {
-            &slot.key[..slot.key[15] as usize]
-        }
+/// The hash of the key of an occupied slot of a shard whose long keys are in `arena`.
+#[inline]
+fn hash_of(slot: &Slot, arena: &[u8]) -> u64 {
+    if slot.is_long() {
+        hash_long(&arena[slot.long_range()])
+    } else {
+        hash_inline(u128::from_le_bytes(slot.key))
     }
+}
 
-    /// The hash of the key of an occupied slot.
-    #[inline]
-    fn hash_of(&self, slot: &Slot) -> u64 {
-        if slot.is_long() {
-            hash_long(&self.arena[slot.long_range()])
-        } else {
-            hash_inline(u128::from_le_bytes(slot.key))
-        }
+/// Stores a slot whose key (of hash `hash`) is not in `slots`, where there is
+/// room (`slots` is a power of two long and not full).
+#[inline]
+fn put_new(slots: &mut [Slot], slot: Slot, hash: u64) {
+    let mask = slots.len() - 1;
+    let mut i = hash as usize & mask;
+    while slots[i].count != 0 {
+        i = (i + 1) & mask;
     }
+    slots[i] = slot;
+}
 
+/// A shard with no room for one more word: the table grows, then the
+/// operation goes on.
+#[derive(Debug)]
+struct Full;
+
+/// One shard of a table, to read: its region of the table's slots (linear
+/// probing over a power of two of them, at most 3/4 occupied) and the bytes
+/// of its long keys.
+#[derive(Clone, Copy)]
+struct ShardRef<'a> {
+    slots: &'a [Slot],
+    len: usize,
+    arena: &'a [u8],
+}
+
+impl<'a> ShardRef<'a> {
     /// Occupied slots.
-    fn occupied(&self) -> impl Iterator<Item = &Slot> + '_ {
+    fn occupied(self) -> impl Iterator<Item = &'a Slot> {
         self.slots.iter().filter(|s| s.count != 0)
     }
 
-    /// Doubles the capacity (or allocates the first slots).
-    #[cold]
-    #[inline(never)]
-    fn grow(&mut self) {
-        let capacity = (self.slots.len() * 2).max(MIN_SLOTS);
-        let old = std::mem::replace(&mut self.slots, vec![Slot::default(); capacity]);
-        self.limit = limit_of(capacity);
-        for slot in old.into_iter().filter(|s| s.count != 0) {
-            self.put_new(slot, self.hash_of(&slot));
-        }
-    }
-
-    /// Stores a slot whose key (of hash `hash`) is not in the table, where
-    /// there is room.
-    #[inline]
-    fn put_new(&mut self, slot: Slot, hash: u64) {
-        let mask = self.slots.len() - 1;
-        let mut i = hash as usize & mask;
-        while self.slots[i].count != 0 {
-            i = (i + 1) & mask;
-        }
-        self.slots[i] = slot;
-    }
-
-    /// Stores a slot whose key is not in the table, growing it first if full.
-    #[inline]
-    fn insert_new(&mut self, slot: Slot, hash: u64) {
-        if self.len >= self.limit {
-            self.grow();
-        }
-        self.put_new(slot, hash);
-        self.len += 1;
-    }
-
-    /// Adds `n` (not zero) to the count of the inline key of inline value
-    /// `key` and hash `hash`.
-    #[inline(always)]
-    fn add_inline(&mut self, key: u128, hash: u64, n: u64) {
-        if !self.slots.is_empty() {
-            let mask = self.slots.len() - 1;
-            let mut i = hash as usize & mask;
-            loop {
-                let slot = &mut self.slots[i];
-                if slot.count == 0 {
-                    break;
-                }
-                if u128::from_le_bytes(slot.key) == key {
-                    slot.count += n;
-                    return;
-                }
-                i = (i + 1) & mask;
-            }
-            if self.len < self.limit {
-                self.slots[i] = Slot {
-                    key: key.to_le_bytes(),
-                    count: n,
-                };
-                self.len += 1;
-                return;
-            }
-        }
-        let slot = Slot {
-            key: key.to_le_bytes(),
-            count: n,
-        };
-        self.insert_new(slot, hash);
-    }
-
-    /// Adds `n` (not zero) to the count of the long key `word` of hash `hash`.
-    #[inline(never)]
-    fn add_long(&mut self, word: &[u8], hash: u64, n: u64) {
-        if !self.slots.is_empty() {
-            let mask = self.slots.len() - 1;
-            let mut i = hash as usize & mask;
-            loop {
-                let slot = &self.slots[i];
-                if slot.count == 0 {
-                    break;
-                }
-                if slot.is_long()
-                    && slot.long_range().len() == word.len()
-                    && self.arena[slot.long_range()] == *word
-                {
-                    self.slots[i].count += n;
-                    return;
-                }
-                i = (i + 1) & mask;
-            }
-        }
-        let start = self.arena.len() as u128;
-        self.arena.extend_from_slice(word);
-        let key = start | (word.len() as u128) << 64 | u128::from(LONG) << 120;
-        self.insert_new(
-            Slot {
-                key: key.to_le_bytes(),
-                count: n,
-            },
-            hash,
-        );
-    }
-
-    /// Adds `n` (not zero) to the count of `word`, whose hash is `hash`.
-    #[inline]
-    fn add_hashed(&mut self, word: &[u8], hash: u64, n: u64) {
-        if word.len() <= INLINE {
-            self.add_inline(inline_key(word), hash, n);
-        } else {
-            self.add_long(word, hash, n);
-        }
-    }
-
     /// Count of `word`, whose hash is `hash` (zero if absent).
-    fn get(&self, word: &[u8], hash: u64) -> u64 {
+    fn get(self, word: &[u8], hash: u64) -> u64 {
         if self.slots.is_empty() {
             return 0;
         }
@@ -441,50 +409,16 @@ impl Shard {
             if slot.count == 0 {
                 return 0;
             }
-            if self.key_of(slot) == word {
+            if key_of(slot, self.arena) == word {
                 return slot.count;
             }
             i = (i + 1) & mask;
         }
     }
 
-    /// Adds the counts of `other` (the same shard of another table).
-    fn merge(&mut self, mut other: Shard) {
-        if self.len < other.len {
-            std::mem::swap(self, &mut other);
-        }
-        if other.len == 0 {
-            return;
-        }
-        // Slots taken 64 at a time: the occupied ones are picked without a
-        // branch, their slots here prefetched, then they are added.
-        let mut picked = [0u8; 64];
-        let mut hashes = [0u64; 64];
-        for block in other.slots.chunks(64) {
-            let mut n = 0;
-            for (k, slot) in block.iter().enumerate() {
-                picked[n] = k as u8;
-                n += usize::from(slot.count != 0);
-            }
-            let mask = self.slots.len().wrapping_sub(1);
-            for (&k, hash) in picked[..n].iter().zip(&mut hashes) {
-                *hash = other.hash_of(&block[k as usize]);
-                prefetch(&self.slots, *hash as usize & mask);
-            }
-            for (&k, &hash) in picked[..n].iter().zip(&hashes) {
-                let slot = &block[k as usize];
-                if slot.is_long() {
-                    self.add_long(&other.arena[slot.long_range()], hash, slot.count);
-                } else {
-                    self.add_inline(u128::from_le_bytes(slot.key), hash, slot.count);
-                }
-            }
-        }
-    }
-
     /// Appends this shard in its wire form (see [`WordCounts`]'s `Serialize`):
     /// the number of words, then each word's length, bytes and count.
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(self, out: &mut Vec<u8>) {
         // At most 10 bytes for each number, 16 for an inline word.
         out.reserve(10 + self.len * 36);
         put_varint(out, self.len as u64);
@@ -505,15 +439,137 @@ impl Shard {
             put_varint(out, slot.count);
         }
     }
+}
 
-    /// Shard number `index` of a table, from its wire form. Repeated words are
-    /// summed and zero counts dropped; a word that belongs to another shard,
-    /// or bytes that do not parse, are an error.
-    fn decode(index: usize, bytes: &[u8]) -> Result<Shard, String> {
-        let section = Section::open(index, bytes)?;
-        let mut shard = Shard::with_capacity(section.words);
-        section.read(|word, hash, n| shard.add_hashed(word, hash, n))?;
-        Ok(shard)
+/// One shard of a table, to add to: as [`ShardRef`], with room for
+/// [`limit_of`] its slots. Adding a word it has no room for fails with
+/// [`Full`] and changes nothing.
+struct ShardMut<'a> {
+    slots: &'a mut [Slot],
+    len: &'a mut usize,
+    arena: &'a mut Vec<u8>,
+}
+
+impl ShardMut<'_> {
+    /// Stores a slot whose key is not in the shard, if there is room.
+    #[inline]
+    fn insert_new(&mut self, slot: Slot, hash: u64) -> Result<(), Full> {
+        if *self.len >= limit_of(self.slots.len()) {
+            return Err(Full);
+        }
+        put_new(self.slots, slot, hash);
+        *self.len += 1;
+        Ok(())
+    }
+
+    /// Adds `n` (not zero) to the count of the inline key of inline value
+    /// `key` and hash `hash`.
+    #[inline(always)]
+    fn add_inline(&mut self, key: u128, hash: u64, n: u64) -> Result<(), Full> {
+        if self.slots.is_empty() {
+            return Err(Full);
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        loop {
+            let slot = &mut self.slots[i];
+            if slot.count == 0 {
+                break;
+            }
+            if u128::from_le_bytes(slot.key) == key {
+                slot.count += n;
+                return Ok(());
+            }
+            i = (i + 1) & mask;
+        }
+        if *self.len >= limit_of(self.slots.len()) {
+            return Err(Full);
+        }
+        self.slots[i] = Slot {
+            key: key.to_le_bytes(),
+            count: n,
+        };
+        *self.len += 1;
+        Ok(())
+    }
+
+    /// Adds `n` (not zero) to the count of the long key `word` of hash `hash`.
+    #[inline(never)]
+    fn add_long(&mut self, word: &[u8], hash: u64, n: u64) -> Result<(), Full> {
+        if !self.slots.is_empty() {
+            let mask = self.slots.len() - 1;
+            let mut i = hash as usize & mask;
+            loop {
+                let slot = &self.slots[i];
+                if slot.count == 0 {
+                    break;
+                }
+                if slot.is_long()
+                    && slot.long_range().len() == word.len()
+                    && self.arena[slot.long_range()] == *word
+                {
+                    self.slots[i].count += n;
+                    return Ok(());
+                }
+                i = (i + 1) & mask;
+            }
+        }
+        let start = self.arena.len() as u128;
+        let key = start | (word.len() as u128) << 64 | u128::from(LONG) << 120;
+        self.insert_new(
+            Slot {
+                key: key.to_le_bytes(),
+                count: n,
+            },
+            hash,
+        )?;
+        self.arena.extend_from_slice(word);
+        Ok(())
+    }
+
+    /// Adds `n` (not zero) to the count of `word`, whose hash is `hash`.
+    #[inline]
+    fn add_hashed(&mut self, word: &[u8], hash: u64, n: u64) -> Result<(), Full> {
+        if word.len() <= INLINE {
+            self.add_inline(inline_key(word), hash, n)
+        } else {
+            self.add_long(word, hash, n)
+        }
+    }
+
+    /// Adds the counts of the occupied slots of `other` (the same shard of
+    /// another table) from slot `from` on. On [`Full`], the slot to go on
+    /// from once the table has grown.
+    fn merge_from(&mut self, other: ShardRef<'_>, from: usize) -> Result<(), usize> {
+        // Slots taken 64 at a time: the occupied ones are picked without a
+        // branch, their slots here prefetched, then they are added.
+        let mut picked = [0u8; 64];
+        let mut hashes = [0u64; 64];
+        for (b, block) in other.slots[from..].chunks(64).enumerate() {
+            let base = from + b * 64;
+            let mut n = 0;
+            for (k, slot) in block.iter().enumerate() {
+                picked[n] = k as u8;
+                n += usize::from(slot.count != 0);
+            }
+            let mask = self.slots.len().wrapping_sub(1);
+            for (&k, hash) in picked[..n].iter().zip(&mut hashes) {
+                *hash = hash_of(&block[k as usize], other.arena);
+                prefetch(self.slots, *hash as usize & mask);
+            }
+            for (&k, &hash) in picked[..n].iter().zip(&hashes) {
+                let slot = &block[k as usize];
+                let added = if slot.is_long() {
+                    self.add_long(&other.arena[slot.long_range()], hash, slot.count)
+                } else {
+                    self.add_inline(u128::from_le_bytes(slot.key), hash, slot.count)
+                };
+                if added.is_err() {
+                    return Err(base + k as usize);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -596,17 +652,39 @@ impl<'a> Section<'a> {
     }
 
     /// Adds the words of a section that [`check`](Self::check) passed, with
-    /// the hashes it returned.
-    fn add_checked(&self, shard: &mut Shard, hashes: &[u64]) {
-        let mut hashes = hashes.iter();
-        // Checked: parsing cannot fail.
+    /// the hashes it returned, from word `from` on (counting words whose
+    /// count is not zero). On [`Full`], the word to go on from once the table
+    /// has grown.
+    fn add_checked(&self, shard: &mut ShardMut<'_>, hashes: &[u64], from: usize) -> Result<(), usize> {
+        let (mut i, mut stopped) = (0, None);
+        // Checked: parsing cannot fail, and there is a hash for each word.
         let _ = self.parse(|word, n| {
-            if n != 0
-                && let Some(&hash) = hashes.next()
+            if n == 0 || stopped.is_some() {
+                return;
+            }
+            i += 1;
+            if i > from
+                && let Some(&hash) = hashes.get(i - 1)
+                && shard.add_hashed(word, hash, n).is_err()
             {
-                shard.add_hashed(word, hash, n);
+                stopped = Some(i - 1);
             }
         });
+        stopped.map_or(Ok(()), Err)
+    }
+
+    /// Adds the words of this section to `shard`, which has room for
+    /// [`words`](Self::words) more: the shard of this number of a table built
+    /// from sections. Bytes that do not parse, or a word of another shard,
+    /// are an error.
+    fn read_into(&self, shard: &mut ShardMut<'_>) -> Result<(), String> {
+        let mut full = false;
+        self.read(|word, hash, n| full |= shard.add_hashed(word, hash, n).is_err())?;
+        if full {
+            // Cannot happen: each word takes at most one new slot.
+            return Err(format!("shard {}: more words than it says", self.index));
+        }
+        Ok(())
     }
 }
 
@@ -681,35 +759,35 @@ impl Batch {
 
     /// Adds one occurrence of the inline key of inline value `key`.
     #[inline(always)]
-    fn push(&mut self, shards: &mut [Shard; SHARDS], key: u128) {
+    fn push(&mut self, table: &mut WordCounts, key: u128) {
         let hash = hash_inline(key);
-        let slots = &shards[shard_of(hash)].slots;
-        prefetch(slots, hash as usize & slots.len().wrapping_sub(1));
+        prefetch(table.slots.as_slice(), table.slot_of(hash));
         let k = self.len;
         self.keys[k] = key;
         self.hashes[k] = hash;
         self.len = k + 1;
         if k + 1 == BATCH {
-            self.flush(shards);
+            self.flush(table);
         }
     }
 
     /// Counts the keys of the batch.
     #[inline(always)]
-    fn flush(&mut self, shards: &mut [Shard; SHARDS]) {
-        for k in 0..self.len.min(BATCH) {
-            let hash = self.hashes[k];
-            shards[shard_of(hash)].add_inline(self.keys[k], hash, 1);
-        }
+    fn flush(&mut self, table: &mut WordCounts) {
+        let n = self.len.min(BATCH);
+        table.add_inlines(&self.keys[..n], &self.hashes[..n]);
         self.len = 0;
     }
 }
 
 /// Adds `n` (not zero) occurrences of `word`.
 #[inline]
-fn add_word(shards: &mut [Shard; SHARDS], word: &[u8], n: u64) {
+fn add_word(table: &mut WordCounts, word: &[u8], n: u64) {
     let hash = hash_word(word);
-    shards[shard_of(hash)].add_hashed(word, hash, n);
+    let k = shard_of(hash);
+    while table.shard_mut(k).add_hashed(word, hash, n).is_err() {
+        table.grow();
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -770,7 +848,7 @@ fn load16(buf: &[u8], i: usize) -> (u64, u64) {
 /// Counts whitespace-separated tokens of `buf` starting at `i`, while 16 bytes
 /// can be read at the current position; returns where it stopped (a token
 /// start or a whitespace byte, at most 15 bytes before the end).
-fn scan_whitespace(shards: &mut [Shard; SHARDS], batch: &mut Batch, buf: &[u8], mut i: usize) -> usize {
+fn scan_whitespace(table: &mut WordCounts, batch: &mut Batch, buf: &[u8], mut i: usize) -> usize {
     while i + 16 <= buf.len() {
         let (w0, w1) = load16(buf, i);
         let space = movemask(swar_space(w0)) | movemask(swar_space(w1)) << 8;
@@ -785,13 +863,13 @@ fn scan_whitespace(shards: &mut [Shard; SHARDS], batch: &mut Batch, buf: &[u8], 
                 .iter()
                 .position(|&b| IS_SPACE[b as usize])
                 .map_or(buf.len(), |p| i + 16 + p);
-            add_word(shards, &buf[i..end], 1);
+            add_word(table, &buf[i..end], 1);
             i = end;
             continue;
         }
         // At most 15 (= INLINE): a whitespace byte is among the 16.
         let len = space.trailing_zeros() as usize;
-        batch.push(shards, inline_value(w0, w1, len));
+        batch.push(table, inline_value(w0, w1, len));
         // The next token in these 16 bytes, if any.
         let next = !space & (0xFFFF << len) & 0xFFFF;
         i += if next != 0 {
@@ -805,15 +883,15 @@ fn scan_whitespace(shards: &mut [Shard; SHARDS], batch: &mut Batch, buf: &[u8], 
 
 /// Counts the words of a run of `buf` that holds no ASCII separator (in Words
 /// mode) but may hold bytes >= 0x80 or uppercase letters.
-fn count_run(shards: &mut [Shard; SHARDS], run: &[u8], scratch: &mut Vec<u8>) {
+fn count_run(table: &mut WordCounts, run: &[u8], scratch: &mut Vec<u8>) {
     if !run.is_ascii() {
-        count_non_ascii_run(shards, run, scratch);
+        count_non_ascii_run(table, run, scratch);
     } else if run.iter().any(u8::is_ascii_uppercase) {
         scratch.clear();
         scratch.extend(run.iter().map(|&b| ASCII_LOWER[b as usize]));
-        add_word(shards, scratch, 1);
+        add_word(table, scratch, 1);
     } else {
-        add_word(shards, run, 1);
+        add_word(table, run, 1);
     }
 }
 
@@ -822,7 +900,7 @@ fn count_run(shards: &mut [Shard; SHARDS], run: &[u8], scratch: &mut Vec<u8>) {
 /// and always ends an invalid one, decoding the run on its own gives the
 /// same characters as decoding the whole text with `from_utf8_lossy`.
 #[inline(never)]
-fn count_non_ascii_run(shards: &mut [Shard; SHARDS], run: &[u8], scratch: &mut Vec<u8>) {
+fn count_non_ascii_run(table: &mut WordCounts, run: &[u8], scratch: &mut Vec<u8>) {
     scratch.clear();
     for chunk in run.utf8_chunks() {
         for c in chunk.valid().chars() {
@@ -835,18 +913,18 @@ fn count_non_ascii_run(shards: &mut [Shard; SHARDS], run: &[u8], scratch: &mut V
                     scratch.extend_from_slice(l.encode_utf8(&mut buf).as_bytes());
                 }
             } else if !scratch.is_empty() {
-                add_word(shards, scratch, 1);
+                add_word(table, scratch, 1);
                 scratch.clear();
             }
         }
         // Invalid bytes (one or more U+FFFD) end the current word.
         if !chunk.invalid().is_empty() && !scratch.is_empty() {
-            add_word(shards, scratch, 1);
+            add_word(table, scratch, 1);
             scratch.clear();
         }
     }
     if !scratch.is_empty() {
-        add_word(shards, scratch, 1);
+        add_word(table, scratch, 1);
         scratch.clear();
     }
 }
@@ -855,7 +933,7 @@ fn count_non_ascii_run(shards: &mut [Shard; SHARDS], run: &[u8], scratch: &mut V
 /// bytes can be read at the current position; returns where it stopped (a
 /// word start or a separator, at most 15 bytes before the end).
 fn scan_words(
-    shards: &mut [Shard; SHARDS],
+    table: &mut WordCounts,
     batch: &mut Batch,
     buf: &[u8],
     mut i: usize,
@@ -876,16 +954,16 @@ fn scan_words(
                 .iter()
                 .position(|&b| WORD_CLASS[b as usize] == SEP)
                 .map_or(buf.len(), |p| i + 16 + p);
-            count_run(shards, &buf[i..end], scratch);
+            count_run(table, &buf[i..end], scratch);
             i = end;
             continue;
         }
         let len = sep.trailing_zeros() as usize;
         let high = movemask(high0) | movemask(high1) << 8;
         if high & ((1 << len) - 1) != 0 {
-            count_non_ascii_run(shards, &buf[i..i + len], scratch);
+            count_non_ascii_run(table, &buf[i..i + len], scratch);
         } else {
-            batch.push(shards, inline_value(lower0, lower1, len));
+            batch.push(table, inline_value(lower0, lower1, len));
         }
         let next = !sep & (0xFFFF << len) & 0xFFFF;
         i += if next != 0 {
@@ -900,7 +978,8 @@ fn scan_words(
 /// Word -> count table, the per-worker partial of word count.
 ///
 /// A hash table of its own: 64 shards (picked by the top bits of a key's hash)
-/// of open addressing with linear probing; each 24-byte slot holds a count and
+/// of open addressing with linear probing, laid side by side in one block of
+/// slots (huge pages asked for when large); each 24-byte slot holds a count and
 /// the key itself with its length when it has at most 15 bytes (longer keys
 /// live in the shard's byte arena), so that a lookup usually touches one cache
 /// line and counting allocates nothing per word. The tokenizers read 16 bytes
@@ -910,8 +989,14 @@ fn scan_words(
 /// Invariant: no word has a count of zero.
 #[derive(Clone, Default)]
 pub struct WordCounts {
-    /// Empty, or `SHARDS` shards.
-    shards: Vec<Shard>,
+    /// `SHARDS` regions of `1 << region_bits` slots each, region `k` for
+    /// shard `k`; none before the first word. All shards grow together.
+    slots: Slots,
+    region_bits: u32,
+    /// Words in each shard: empty, or `SHARDS` numbers.
+    lens: Vec<usize>,
+    /// The bytes of each shard's long keys, one after the other: as `lens`.
+    arenas: Vec<Vec<u8>>,
 }
 
 impl WordCounts {
@@ -922,22 +1007,200 @@ impl WordCounts {
 
     /// An empty table with room for `capacity` distinct words.
     pub fn with_capacity(capacity: usize) -> Self {
-        if capacity == 0 {
-            return Self::default();
+        let mut table = Self::default();
+        if capacity > 0 {
+            // Shards fill unevenly: some slack over an even share.
+            table.reserve(capacity / SHARDS + capacity / SHARDS / 8 + 1);
         }
-        // Shards fill unevenly: some slack over an even share.
-        let share = capacity / SHARDS + capacity / SHARDS / 8 + 1;
-        Self {
-            shards: (0..SHARDS).map(|_| Shard::with_capacity(share)).collect(),
+        table
+    }
+
+    /// Slots of each shard: zero before the first word.
+    #[inline(always)]
+    fn region_len(&self) -> usize {
+        if self.lens.is_empty() {
+            0
+        } else {
+            1 << self.region_bits
         }
     }
 
-    /// The shards, made if there were none.
-    fn shards_mut(&mut self) -> &mut [Shard; SHARDS] {
-        if self.shards.is_empty() {
-            self.shards = (0..SHARDS).map(|_| Shard::default()).collect();
+    /// Where the probe for a key of hash `hash` starts in `slots`.
+    #[inline(always)]
+    fn slot_of(&self, hash: u64) -> usize {
+        shard_of(hash) << self.region_bits | hash as usize & self.region_len().wrapping_sub(1)
+    }
+
+    fn shard(&self, k: usize) -> ShardRef<'_> {
+        let region = self.region_len();
+        ShardRef {
+            slots: &self.slots.as_slice()[k * region..(k + 1) * region],
+            len: self.lens.get(k).copied().unwrap_or(0),
+            arena: self.arenas.get(k).map_or(&[], Vec::as_slice),
         }
-        self.shards.as_mut_slice().try_into().expect("SHARDS shards")
+    }
+
+    /// Shard `k`; the table must have its shards (see [`Self::shards`]).
+    #[inline(always)]
+    fn shard_mut(&mut self, k: usize) -> ShardMut<'_> {
+        let region = self.region_len();
+        ShardMut {
+            slots: &mut self.slots.as_mut_slice()[k * region..(k + 1) * region],
+            len: &mut self.lens[k],
+            arena: &mut self.arenas[k],
+        }
+    }
+
+    /// The shards, none before the first word.
+    fn shards(&self) -> impl Iterator<Item = ShardRef<'_>> + '_ {
+        (0..self.lens.len()).map(|k| self.shard(k))
+    }
+
+    fn shards_mut(&mut self) -> impl Iterator<Item = ShardMut<'_>> + '_ {
+        let region = self.region_len().max(1);
+        (self
+            .slots
+            .as_mut_slice()
+            .chunks_mut(region)
+            .zip(&mut self.lens)
+            .zip(&mut self.arenas))
+        .map(|((slots, len), arena)| ShardMut { slots, len, arena })
+    }
+
+    fn par_shards_mut(&mut self) -> impl IndexedParallelIterator<Item = ShardMut<'_>> + '_ {
+        let region = self.region_len().max(1);
+        (self.slots.as_mut_slice().par_chunks_mut(region))
+            .zip(&mut self.lens)
+            .zip(&mut self.arenas)
+            .map(|((slots, len), arena)| ShardMut { slots, len, arena })
+    }
+
+    /// Makes the shards' regions `region` slots long (a power of two, at
+    /// least what they hold), moving every word.
+    #[cold]
+    #[inline(never)]
+    fn resize(&mut self, region: usize) {
+        let mut slots = Slots::zeroed(SHARDS * region);
+        if self.lens.is_empty() {
+            self.lens = vec![0; SHARDS];
+            self.arenas = vec![Vec::new(); SHARDS];
+        } else {
+            let (old, old_region, arenas) = (self.slots.as_slice(), self.region_len(), &self.arenas);
+            let rehash = |(k, new): (usize, &mut [Slot])| {
+                for slot in old[k * old_region..(k + 1) * old_region]
+                    .iter()
+                    .filter(|s| s.count != 0)
+                {
+                    put_new(new, *slot, hash_of(slot, &arenas[k]));
+                }
+            };
+            if self.distinct() >= PARALLEL_MIN {
+                slots
+                    .as_mut_slice()
+                    .par_chunks_mut(region)
+                    .enumerate()
+                    .for_each(rehash);
+            } else {
+                slots
+                    .as_mut_slice()
+                    .chunks_mut(region)
+                    .enumerate()
+                    .for_each(rehash);
+            }
+        }
+        self.slots = slots;
+        self.region_bits = region.trailing_zeros();
+    }
+
+    /// Doubles every shard's slots (or makes the shards).
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self) {
+        self.resize((self.region_len() * 2).max(MIN_SLOTS));
+    }
+
+    /// Makes room for `words` words in every shard (and makes the shards).
+    fn reserve(&mut self, words: usize) {
+        let mut region = MIN_SLOTS;
+        while limit_of(region) < words {
+            region *= 2;
+        }
+        if self.lens.is_empty() || region > self.region_len() {
+            self.resize(region);
+        }
+    }
+
+    /// Adds one occurrence of each inline key of inline value `keys[i]` and
+    /// hash `hashes[i]`.
+    #[inline(always)]
+    fn add_inlines(&mut self, keys: &[u128], hashes: &[u64]) {
+        let mut done = 0;
+        while done < keys.len() {
+            // The slots looked up once for the batch, not once a word.
+            let bits = self.region_bits;
+            let slots = self.slots.as_mut_slice();
+            for (&key, &hash) in keys[done..].iter().zip(&hashes[done..]) {
+                let k = shard_of(hash);
+                let mut shard = ShardMut {
+                    slots: &mut slots[k << bits..(k + 1) << bits],
+                    len: &mut self.lens[k],
+                    arena: &mut self.arenas[k],
+                };
+                if shard.add_inline(key, hash, 1).is_err() {
+                    break;
+                }
+                done += 1;
+            }
+            if done < keys.len() {
+                self.grow();
+            }
+        }
+    }
+
+    /// Calls `add(k, shard k, from)` on every shard, in parallel if asked,
+    /// starting with `from` 0. `add` adds words to the shard from position
+    /// `from` of what it adds; when the shard is full, it returns the
+    /// position to go on from, and the table grows before it is called again.
+    fn add_per_shard(
+        &mut self,
+        parallel: bool,
+        add: impl Fn(usize, &mut ShardMut<'_>, usize) -> Result<(), usize> + Sync,
+    ) {
+        let mut from = vec![Some(0); self.lens.len()];
+        let step = |(k, (mut shard, from)): (usize, (ShardMut<'_>, &mut Option<usize>))| {
+            if let Some(start) = *from {
+                *from = add(k, &mut shard, start).err();
+            }
+        };
+        loop {
+            if parallel {
+                self.par_shards_mut().zip(&mut from).enumerate().for_each(step);
+            } else {
+                self.shards_mut().zip(&mut from).enumerate().for_each(step);
+            }
+            if from.iter().all(Option::is_none) {
+                return;
+            }
+            self.grow();
+        }
+    }
+
+    /// A table made of the sections of its wire form (none, or one per
+    /// shard), each checked.
+    fn decode<S: AsRef<[u8]> + Sync>(sections: &[S]) -> Result<WordCounts, String> {
+        let mut table = WordCounts::default();
+        if sections.is_empty() {
+            return Ok(table);
+        }
+        let opened = open_sections(sections)?;
+        table.reserve(opened.iter().map(|s| s.words).max().unwrap_or(0));
+        let read = |(k, mut shard): (usize, ShardMut<'_>)| opened[k].read_into(&mut shard);
+        if total_len(sections) >= PARALLEL_MIN_BYTES {
+            table.par_shards_mut().enumerate().try_for_each(read)?;
+        } else {
+            table.shards_mut().enumerate().try_for_each(read)?;
+        }
+        Ok(table)
     }
 
     /// Counts the words of `text` (a piece that starts and ends at word
@@ -946,7 +1209,10 @@ impl WordCounts {
         if text.is_empty() {
             return;
         }
-        let shards = self.shards_mut();
+        if self.lens.is_empty() {
+            self.grow();
+        }
+        let table = self;
         // The bulk, then the last few bytes copied into a buffer padded with
         // spaces (a separator in both modes), so that the same scan can read
         // 16 bytes at every position.
@@ -955,50 +1221,45 @@ impl WordCounts {
         match mode {
             SplitMode::Words => {
                 let mut scratch = Vec::new();
-                let i = scan_words(shards, &mut batch, text, 0, &mut scratch);
+                let i = scan_words(table, &mut batch, text, 0, &mut scratch);
                 tail[..text.len() - i].copy_from_slice(&text[i..]);
-                scan_words(shards, &mut batch, &tail, 0, &mut scratch);
+                scan_words(table, &mut batch, &tail, 0, &mut scratch);
             }
             SplitMode::Whitespace => {
-                let i = scan_whitespace(shards, &mut batch, text, 0);
+                let i = scan_whitespace(table, &mut batch, text, 0);
                 tail[..text.len() - i].copy_from_slice(&text[i..]);
-                scan_whitespace(shards, &mut batch, &tail, 0);
+                scan_whitespace(table, &mut batch, &tail, 0);
             }
         }
-        batch.flush(shards);
+        batch.flush(table);
     }
 
     /// Adds `other` into `self` (associative and commutative).
     pub fn merge(&mut self, mut other: WordCounts) {
-        if other.shards.is_empty() {
-            return;
-        }
-        if self.shards.is_empty() {
+        // The smaller into the larger.
+        if self.distinct() < other.distinct() {
             std::mem::swap(self, &mut other);
+        }
+        if other.is_empty() {
             return;
         }
-        if self.distinct().min(other.distinct()) >= PARALLEL_MIN {
-            self.shards
-                .par_iter_mut()
-                .zip(other.shards)
-                .for_each(|(into, from)| into.merge(from));
-        } else {
-            for (into, from) in self.shards.iter_mut().zip(other.shards) {
-                into.merge(from);
-            }
-        }
+        let parallel = other.distinct() >= PARALLEL_MIN;
+        self.add_per_shard(parallel, |k, shard, from| shard.merge_from(other.shard(k), from));
     }
 
     /// Adds `n` occurrences of `word` (a no-op when `n` is zero).
     pub fn add(&mut self, word: &[u8], n: u64) {
         if n != 0 {
-            add_word(self.shards_mut(), word, n);
+            if self.lens.is_empty() {
+                self.grow();
+            }
+            add_word(self, word, n);
         }
     }
 
     /// Number of distinct words.
     pub fn distinct(&self) -> usize {
-        self.shards.iter().map(|s| s.len).sum()
+        self.lens.iter().sum()
     }
 
     /// Whether no word has been counted.
@@ -1013,18 +1274,20 @@ impl WordCounts {
 
     /// Count of `word` (zero if absent).
     pub fn get(&self, word: &[u8]) -> u64 {
-        if self.shards.is_empty() {
+        if self.lens.is_empty() {
             return 0;
         }
         let hash = hash_word(word);
-        self.shards[shard_of(hash)].get(word, hash)
+        self.shard(shard_of(hash)).get(word, hash)
     }
 
     /// All (word, count) pairs, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], u64)> + '_ {
-        self.shards
-            .iter()
-            .flat_map(|shard| shard.occupied().map(move |slot| (shard.key_of(slot), slot.count)))
+        self.shards().flat_map(|shard| {
+            shard
+                .occupied()
+                .map(move |slot| (key_of(slot, shard.arena), slot.count))
+        })
     }
 
     /// All (word, count) pairs sorted by count descending, then by word bytes
@@ -1103,17 +1366,17 @@ impl Serialize for BytesRef<'_> {
 /// misfiled.
 impl Serialize for WordCounts {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let encode = |shard: &Shard| {
+        let encode = |k: usize| {
             let mut section = Vec::new();
-            shard.encode(&mut section);
+            self.shard(k).encode(&mut section);
             section
         };
         // Large tables' shards side by side: a worker's last encoding is on
         // the job's critical path, and by then other cores are often idle.
         let sections: Vec<Vec<u8>> = if self.distinct() >= PARALLEL_MIN {
-            self.shards.par_iter().map(encode).collect()
+            (0..self.lens.len()).into_par_iter().map(encode).collect()
         } else {
-            self.shards.iter().map(encode).collect()
+            (0..self.lens.len()).map(encode).collect()
         };
         let mut seq = serializer.serialize_seq(Some(sections.len()))?;
         for section in &sections {
@@ -1178,23 +1441,16 @@ fn read_sections<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Vec<Cow<'de, [u8]
     Ok(sections)
 }
 
-/// `f` on every shard's item (with its index), in parallel when `bytes`, the
-/// size of the sections they come from, is large; the first error, if any.
-fn per_shard<T: Sync, R: Send>(
-    items: &[T],
-    bytes: usize,
-    f: impl Fn(usize, &T) -> Result<R, String> + Sync + Send,
-) -> Result<Vec<R>, String> {
-    if bytes >= PARALLEL_MIN_BYTES {
-        items.par_iter().enumerate().map(|(i, item)| f(i, item)).collect()
-    } else {
-        items.iter().enumerate().map(|(i, item)| f(i, item)).collect()
-    }
+/// Total length of a table's sections.
+fn total_len<S: AsRef<[u8]>>(sections: &[S]) -> usize {
+    sections.iter().map(|s| s.as_ref().len()).sum()
 }
 
-/// Total length of a table's sections.
-fn total_len(sections: &[Cow<'_, [u8]>]) -> usize {
-    sections.iter().map(|s| s.len()).sum()
+/// Each section's word count read, the sections numbered by shard.
+fn open_sections<S: AsRef<[u8]>>(sections: &[S]) -> Result<Vec<Section<'_>>, String> {
+    (sections.iter().enumerate())
+        .map(|(k, s)| Section::open(k, s.as_ref()))
+        .collect()
 }
 
 /// Reads the shards written by `Serialize`, in parallel when they are large.
@@ -1207,11 +1463,7 @@ impl<'de> Deserialize<'de> for WordCounts {
                 write!(f, "a word-count table: {SHARDS} byte strings, or none")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<WordCounts, A::Error> {
-                let sections = read_sections(seq)?;
-                let shards = per_shard(&sections, total_len(&sections), |i, s| Shard::decode(i, s));
-                Ok(WordCounts {
-                    shards: shards.map_err(serde::de::Error::custom)?,
-                })
+                WordCounts::decode(&read_sections(seq)?).map_err(serde::de::Error::custom)
             }
         }
         deserializer.deserialize_seq(V)
@@ -1233,33 +1485,23 @@ impl WordCounts {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
                 let sections = read_sections(seq)?;
-                let bytes = total_len(&sections);
                 let table = self.0;
-                if table.shards.is_empty() {
-                    let shards = per_shard(&sections, bytes, |i, s| Shard::decode(i, s));
-                    table.shards = shards.map_err(serde::de::Error::custom)?;
+                if table.is_empty() {
+                    *table = WordCounts::decode(&sections).map_err(serde::de::Error::custom)?;
                     return Ok(());
                 }
-                let opened: Result<Vec<Section<'_>>, String> = sections
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| Section::open(i, s))
-                    .collect();
-                let opened = opened.map_err(serde::de::Error::custom)?;
-                let hashes = per_shard(&opened, bytes, |_, section| section.check());
-                let hashes = hashes.map_err(serde::de::Error::custom)?;
-                let add = |((shard, section), hashes): ((&mut Shard, &Section<'_>), &Vec<u64>)| {
-                    section.add_checked(shard, hashes);
-                };
-                if bytes >= PARALLEL_MIN_BYTES {
-                    table
-                        .shards
-                        .par_iter_mut()
-                        .zip(&opened)
-                        .zip(&hashes)
-                        .for_each(add);
+                let opened = open_sections(&sections).map_err(serde::de::Error::custom)?;
+                let parallel = total_len(&sections) >= PARALLEL_MIN_BYTES;
+                let hashes: Result<Vec<Vec<u64>>, String> = if parallel {
+                    opened.par_iter().map(Section::check).collect()
                 } else {
-                    table.shards.iter_mut().zip(&opened).zip(&hashes).for_each(add);
+                    opened.iter().map(Section::check).collect()
+                };
+                let hashes = hashes.map_err(serde::de::Error::custom)?;
+                if !opened.is_empty() {
+                    table.add_per_shard(parallel, |k, shard, from| {
+                        opened[k].add_checked(shard, &hashes[k], from)
+                    });
                 }
                 Ok(())
             }
@@ -1843,12 +2085,46 @@ mod tests {
         sized_ab.merge(b);
         assert_eq!(sized_ab, ab);
         // Every shard is used, and evenly: the hash's top bits are mixed.
-        let per_shard: Vec<usize> = ab.shards.iter().map(|s| s.len).collect();
+        let per_shard = ab.lens.clone();
         let mean = ab.distinct() / SHARDS;
         assert!(
             per_shard.iter().all(|&n| n > mean * 3 / 4 && n < mean * 5 / 4),
             "{per_shard:?}"
         );
+    }
+
+    #[test]
+    fn shards_that_fill_up_in_a_merge_grow_and_go_on() {
+        // `b`'s words are all new to `a`: every shard of `a` fills up in the
+        // middle of the merge, the table grows, and each shard goes on where
+        // it stopped. One thread, then in parallel, then past 2 MiB of slots
+        // (a mapping of its own).
+        for size in [2000, 3 * PARALLEL_MIN, 120_000] {
+            let adds = |salt, n| {
+                many_keys(size, salt)
+                    .into_iter()
+                    .map(|k| (k, n))
+                    .collect::<Vec<_>>()
+            };
+            let (a, model_a) = table_of(&adds(6, 1));
+            let (b, model_b) = table_of(&adds(7, 2));
+            let mut model = model_a;
+            model.extend(model_b);
+            assert_eq!(model.len(), 2 * size, "disjoint keys");
+            let mut ab = a.clone();
+            ab.merge(b.clone());
+            check_table(&ab, &model).unwrap();
+            assert!(
+                ab.region_len() > a.region_len(),
+                "{size}: the merge grew the table"
+            );
+            let mut encoded = a.clone();
+            merge_encoded(&mut encoded, &postcard::to_allocvec(&b).unwrap()).unwrap();
+            check_table(&encoded, &model).unwrap();
+        }
+        let large = WordCounts::with_capacity(200_000);
+        assert!(matches!(large.slots.0, SlotMemory::Mapped { .. }));
+        assert!(large.is_empty() && large.clone().is_empty());
     }
 
     /// The shards' sections of a table holding `pairs` as given: repeats and
@@ -1915,7 +2191,12 @@ mod tests {
         assert!(postcard::from_bytes::<WordCounts>(&sections(&[empty; SHARDS + 1])).is_err());
         // postcard keeps no message of its own errors: the messages are those
         // of decoding one shard.
-        let error = |bytes: &[u8]| Shard::decode(0, bytes).unwrap_err();
+        let decode_shard = |k: usize, bytes: &[u8]| {
+            let mut list = vec![empty; SHARDS];
+            list[k] = bytes;
+            WordCounts::decode(&list)
+        };
+        let error = |bytes: &[u8]| decode_shard(0, bytes).unwrap_err();
         // A word count larger than the bytes could hold.
         assert_eq!(error(&[100, 1]), "shard 0: 100 words cannot fit in 1 bytes");
         // A word longer than what is left, and bytes left over.
@@ -1931,7 +2212,7 @@ mod tests {
         let section = [&[1, word.len() as u8][..], word, &[1]].concat();
         let elsewhere = (home + 1) % SHARDS;
         assert_eq!(
-            Shard::decode(elsewhere, &section).unwrap_err(),
+            decode_shard(elsewhere, &section).unwrap_err(),
             format!("shard {elsewhere}: holds a word of shard {home}")
         );
         let mut list = vec![empty; SHARDS];
