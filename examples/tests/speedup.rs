@@ -131,6 +131,22 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
         }
     }
 
+    // Round-by-round ratios at 2 workers, each workload.
+    for workload in WORKLOADS {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.trim_start()
+                    .starts_with(&format!("{workload}, 2 workers: speedup over sequential"))
+            })
+            .unwrap_or_else(|| panic!("no round-by-round ratios for {workload}\n{text}"));
+        // One round: the median is the min and the max.
+        let ratio = line.rsplit("processes / threads time ").next().unwrap();
+        let (median, range) = ratio.split_once(' ').unwrap();
+        assert_eq!(range, format!("({median}-{median})"), "{line}");
+        assert!(median.parse::<f64>().unwrap() > 0.0, "{line}");
+    }
+
     // Amdahl's law, fitted per workload, with projections.
     assert!(text.contains("Amdahl's law"), "{text}");
     for workload in WORKLOADS {

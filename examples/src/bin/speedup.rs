@@ -589,6 +589,16 @@ fn run(args: Args) -> Result<(), Failure> {
         )?;
     }
 
+    // Ratios round by round: the runs of a round follow one another, so the
+    // machine's drift (it is shared) mostly cancels out of them.
+    writeln!(
+        stdout,
+        "\nRound by round (each ratio between runs of the same round; median, then min-max over {runs} round(s)):"
+    )?;
+    for (study, name) in &studies {
+        write_paired_ratios(&mut stdout, study, name)?;
+    }
+
     // Amdahl's law over the processes engine.
     writeln!(
         stdout,
@@ -662,6 +672,35 @@ fn run(args: Args) -> Result<(), Failure> {
 
 /// Fits and prints Amdahl's law for one workload; returns the fit relative to
 /// the processes engine at one worker.
+/// For each worker count above one: speedup of processes and threads over
+/// sequential, and the time of processes over threads, round by round.
+fn write_paired_ratios(out: &mut impl Write, study: &Study, name: &str) -> io::Result<()> {
+    let row = |engine: &str, workers: usize| {
+        (study.rows.iter()).find(|r| r.engine == engine && r.workers == workers)
+    };
+    let Some(sequential) = row("sequential", 1) else {
+        return Ok(());
+    };
+    let show = |s: Option<report::Summary>, unit: &str| {
+        s.map_or_else(
+            || "-".to_string(),
+            |s| format!("{:.2}{unit} ({:.2}-{:.2})", s.median, s.min, s.max),
+        )
+    };
+    for p in (study.rows.iter()).filter(|r| r.engine == "processes" && r.workers > 1) {
+        let threads = row("threads", p.workers);
+        writeln!(
+            out,
+            "  {name}, {} workers: speedup over sequential of processes {}, of threads {}; processes / threads time {}",
+            p.workers,
+            show(report::paired_ratios(sequential, p), "x"),
+            show(threads.and_then(|t| report::paired_ratios(sequential, t)), "x"),
+            show(threads.and_then(|t| report::paired_ratios(p, t)), ""),
+        )?;
+    }
+    Ok(())
+}
+
 fn fit_amdahl(
     out: &mut impl Write,
     study: &Study,

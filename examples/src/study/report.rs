@@ -158,6 +158,20 @@ impl Row {
     }
 }
 
+/// `numerator`'s time over `denominator`'s, run by run: run `i` of each row
+/// ran in the same round, close in time, so that a machine that drifts
+/// (shared, throttled) weighs on both alike. `None` if the rows do not have
+/// as many runs, or have none.
+pub fn paired_ratios(numerator: &Row, denominator: &Row) -> Option<Summary> {
+    if numerator.times.len() != denominator.times.len() {
+        return None;
+    }
+    let ratios: Vec<f64> = (numerator.times.iter().zip(&denominator.times))
+        .map(|(a, b)| a / b)
+        .collect();
+    Summary::of(&ratios)
+}
+
 fn megabytes(bytes: Option<u64>) -> String {
     bytes.map_or_else(|| "-".to_string(), |b| format!("{:.0}", b as f64 / 1e6))
 }
@@ -376,6 +390,20 @@ mod tests {
         assert_eq!(Summary::of(&[4.0, 1.0, 2.0, 3.0]).unwrap().median, 2.5);
         assert_eq!(Summary::of(&[]), None);
         assert_eq!(median(&[]), 0.0);
+    }
+
+    #[test]
+    fn paired_ratios_divide_run_by_run() {
+        // The machine slows down by half in the second round: each round's
+        // ratio is still 2.
+        let slow = row("threads", vec![2.0, 4.0, 3.0]);
+        let fast = row("processes", vec![1.0, 2.0, 1.5]);
+        let ratios = paired_ratios(&slow, &fast).unwrap();
+        assert_eq!((ratios.median, ratios.min, ratios.max), (2.0, 2.0, 2.0));
+        let uneven = paired_ratios(&slow, &row("processes", vec![1.0, 4.0, 0.75])).unwrap();
+        assert_eq!((uneven.median, uneven.min, uneven.max), (2.0, 1.0, 4.0));
+        assert_eq!(paired_ratios(&slow, &row("processes", vec![1.0])), None);
+        assert_eq!(paired_ratios(&row("a", vec![]), &row("b", vec![])), None);
     }
 
     #[test]
