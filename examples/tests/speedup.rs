@@ -79,6 +79,8 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
         "--quick",
         "--text-mb",
         "2",
+        "--vocabulary",
+        "5000",
         "--size",
         "128",
         "--max-workers",
@@ -89,6 +91,10 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
     let took = started.elapsed();
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(
+        text.contains("MB of generated text (vocabulary 5000, seed 1"),
+        "{text}"
+    );
     assert!(
         took < Duration::from_secs(60),
         "took {took:?}\n{}",

@@ -39,6 +39,13 @@ struct Args {
     #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     text_mb: Option<u64>,
 
+    /// Distinct words the generated text draws from (Zipf-distributed). The
+    /// default is about what 400 MB of English holds; a smaller one gives
+    /// smaller tables, which the caches hold better.
+    #[arg(long, value_name = "WORDS", default_value_t = DEFAULT_VOCABULARY,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000_000))]
+    vocabulary: usize,
+
     /// Where word count reads the text: copied once into shared memory (as
     /// `wordcount` does with standard input), or from a file written once under
     /// --out, which every run maps afresh (as `wordcount FILE` does).
@@ -414,6 +421,7 @@ fn measure(workload: &Workload, configs: &[Config], runs: u32, bar: &RunsBar) ->
 
 fn word_count_workload(
     megabytes: u64,
+    vocabulary: usize,
     seed: u64,
     where_: TextInput,
     out_dir: &Path,
@@ -422,7 +430,7 @@ fn word_count_workload(
     // The generated text and its copy in shared memory (or the page cache).
     cli::check_fits_in_memory(2 * u128::from(bytes), &format!("--text-mb {megabytes}"))?;
     let started = Instant::now();
-    let generated = corpus::generate(bytes as usize, DEFAULT_VOCABULARY, seed);
+    let generated = corpus::generate(bytes as usize, vocabulary, seed);
     let text = match where_ {
         TextInput::Memory => {
             let mut input = Input::new();
@@ -518,15 +526,16 @@ fn run(args: Args) -> Result<(), Failure> {
             format!("generating two {size} x {size} matrices")
         });
         let (workload, setup) = if which == 0 {
-            word_count_workload(text_mb, args.seed, args.text_input, &out_dir)?
+            word_count_workload(text_mb, args.vocabulary, args.seed, args.text_input, &out_dir)?
         } else {
             matmul_workload(size, args.seed)?
         };
         bar.suspend(|| match &workload {
             Workload::WordCount { text, .. } => writeln!(
                 stdout,
-                "word count: {:.1} MB of generated text (vocabulary {DEFAULT_VOCABULARY}, seed {}, --split words) {} in {setup:.2} s",
+                "word count: {:.1} MB of generated text (vocabulary {}, seed {}, --split words) {} in {setup:.2} s",
                 text.bytes() as f64 / 1e6,
+                args.vocabulary,
                 args.seed,
                 match text {
                     Text::Memory(_) => "in shared memory".to_string(),
