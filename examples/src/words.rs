@@ -504,7 +504,8 @@ impl ShardMut<'_> {
                 break;
             }
             if u128::from_le_bytes(slot.key) == key {
-                slot.count += n;
+                // Saturating: a worker gone wrong may send any count.
+                slot.count = slot.count.saturating_add(n);
                 return Ok(());
             }
             i = (i + 1) & mask;
@@ -535,7 +536,7 @@ impl ShardMut<'_> {
                     && slot.long_range().len() == word.len()
                     && self.arena[slot.long_range()] == *word
                 {
-                    self.slots[i].count += n;
+                    self.slots[i].count = self.slots[i].count.saturating_add(n);
                     return Ok(());
                 }
                 i = (i + 1) & mask;
@@ -614,7 +615,8 @@ impl<'a> Section<'a> {
     fn open(index: usize, mut bytes: &'a [u8]) -> Result<Self, String> {
         let words = take_varint(&mut bytes).map_err(|what| format!("shard {index}: {what}"))?;
         // Every word takes at least two bytes (its length and its count), so a
-        // lying word count cannot make a decoder allocate more than the input.
+        // lying word count cannot make a decoder reserve more than the input
+        // (and slots are allocated only once every word has been read).
         if words > bytes.len() as u64 / 2 {
             return Err(format!(
                 "shard {index}: {words} words cannot fit in {} bytes",
@@ -698,20 +700,6 @@ impl<'a> Section<'a> {
             }
         });
         stopped.map_or(Ok(()), Err)
-    }
-
-    /// Adds the words of this section to `shard`, which has room for
-    /// [`words`](Self::words) more: the shard of this number of a table built
-    /// from sections. Bytes that do not parse, or a word of another shard,
-    /// are an error.
-    fn read_into(&self, shard: &mut ShardMut<'_>) -> Result<(), String> {
-        let mut full = false;
-        self.read(|word, hash, n| full |= shard.add_hashed(word, hash, n).is_err())?;
-        if full {
-            // Cannot happen: each word takes at most one new slot.
-            return Err(format!("shard {}: more words than it says", self.index));
-        }
-        Ok(())
     }
 }
 
@@ -1219,15 +1207,17 @@ impl WordCounts {
         if sections.is_empty() {
             return Ok(table);
         }
-        let opened = open_sections(sections)?;
-        table.reserve(opened.iter().map(|s| s.words).max().unwrap_or(0));
-        let read = |(k, mut shard): (usize, ShardMut<'_>)| opened[k].read_into(&mut shard);
-        if total_len(sections) >= PARALLEL_MIN_BYTES {
-            table.par_shards_mut().enumerate().try_for_each(read)?;
-        } else {
-            table.shards_mut().enumerate().try_for_each(read)?;
-        }
+        let (opened, hashes) = check_sections(sections)?;
+        table.reserve(hashes.iter().map(Vec::len).max().unwrap_or(0));
+        table.add_sections(&opened, &hashes, total_len(sections) >= PARALLEL_MIN_BYTES);
         Ok(table)
+    }
+
+    /// Adds checked sections (see [`check_sections`]), one per shard.
+    fn add_sections(&mut self, sections: &[Section<'_>], hashes: &[Vec<u64>], parallel: bool) {
+        self.add_per_shard(parallel, |k, shard, from| {
+            sections[k].add_checked(shard, &hashes[k], from)
+        });
     }
 
     /// Counts the words of `text` (a piece that starts and ends at word
@@ -1473,11 +1463,35 @@ fn total_len<S: AsRef<[u8]>>(sections: &[S]) -> usize {
     sections.iter().map(|s| s.as_ref().len()).sum()
 }
 
-/// Each section's word count read, the sections numbered by shard.
-fn open_sections<S: AsRef<[u8]>>(sections: &[S]) -> Result<Vec<Section<'_>>, String> {
-    (sections.iter().enumerate())
+/// Most words a shard may hold over twice the mean of a table's shards.
+const UNEVEN_SLACK: usize = 1024;
+
+/// The sections of a table's wire form (one per shard), each read through
+/// and checked, with the hashes of their words ([`Section::check`]), before
+/// anything is allocated for them. A table far more uneven than hashing makes
+/// one (a shard with over twice the mean and [`UNEVEN_SLACK`] more) is refused:
+/// every shard of a table has as many slots as its largest, so such a table
+/// would cost up to 64 times its size.
+fn check_sections<S: AsRef<[u8]> + Sync>(
+    sections: &[S],
+) -> Result<(Vec<Section<'_>>, Vec<Vec<u64>>), String> {
+    let opened: Vec<Section<'_>> = (sections.iter().enumerate())
         .map(|(k, s)| Section::open(k, s.as_ref()))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    let hashes: Vec<Vec<u64>> = if total_len(sections) >= PARALLEL_MIN_BYTES {
+        opened.par_iter().map(Section::check).collect::<Result<_, _>>()?
+    } else {
+        opened.iter().map(Section::check).collect::<Result<_, _>>()?
+    };
+    let words: usize = hashes.iter().map(Vec::len).sum();
+    let most = words / SHARDS * 2 + UNEVEN_SLACK;
+    if let Some((k, shard)) = hashes.iter().enumerate().find(|(_, h)| h.len() > most) {
+        return Err(format!(
+            "shard {k}: {} of the table's {words} words, far more than hashing puts in one shard",
+            shard.len()
+        ));
+    }
+    Ok((opened, hashes))
 }
 
 /// Reads the shards written by `Serialize`, in parallel when they are large.
@@ -1517,19 +1531,11 @@ impl WordCounts {
                     *table = WordCounts::decode(&sections).map_err(serde::de::Error::custom)?;
                     return Ok(());
                 }
-                let opened = open_sections(&sections).map_err(serde::de::Error::custom)?;
-                let parallel = total_len(&sections) >= PARALLEL_MIN_BYTES;
-                let hashes: Result<Vec<Vec<u64>>, String> = if parallel {
-                    opened.par_iter().map(Section::check).collect()
-                } else {
-                    opened.iter().map(Section::check).collect()
-                };
-                let hashes = hashes.map_err(serde::de::Error::custom)?;
-                if !opened.is_empty() {
-                    table.add_per_shard(parallel, |k, shard, from| {
-                        opened[k].add_checked(shard, &hashes[k], from)
-                    });
+                if sections.is_empty() {
+                    return Ok(());
                 }
+                let (opened, hashes) = check_sections(&sections).map_err(serde::de::Error::custom)?;
+                table.add_sections(&opened, &hashes, total_len(&sections) >= PARALLEL_MIN_BYTES);
                 Ok(())
             }
         }
@@ -2300,6 +2306,58 @@ mod tests {
         let mut result = a.clone();
         assert!(merge_encoded(&mut result, &bytes).is_err());
         assert_eq!(result, a);
+    }
+
+    #[test]
+    fn tables_far_more_uneven_than_hashing_are_refused() {
+        // 3,000 words in one shard, none elsewhere: every shard would get the
+        // slots of that one. The same word repeated counts as much.
+        let home = shard_of(hash_word(b"a"));
+        let many: Vec<Vec<u8>> = many_keys(200_000, 9)
+            .into_iter()
+            .filter(|k| shard_of(hash_word(k)) == home)
+            .take(3000)
+            .collect();
+        assert_eq!(many.len(), 3000);
+        let distinct: Vec<(&[u8], u64)> = many.iter().map(|k| (&k[..], 1)).collect();
+        let repeated: Vec<(&[u8], u64)> = vec![(b"a", 1); 3000];
+        for pairs in [distinct, repeated] {
+            let bytes = encode_sections(&sections_of(&pairs));
+            let error = postcard::from_bytes::<WordCounts>(&bytes).unwrap_err();
+            assert!(matches!(error, postcard::Error::SerdeDeCustom), "{error:?}");
+            let sections = sections_of(&pairs);
+            let message = WordCounts::decode(&sections).unwrap_err();
+            assert_eq!(
+                message,
+                format!(
+                    "shard {home}: 3000 of the table's 3000 words, far more than hashing puts in one shard"
+                )
+            );
+            let (a, _) = table_of(&[(b"b".to_vec(), 2)]);
+            let mut result = a.clone();
+            assert!(merge_encoded(&mut result, &bytes).is_err());
+            assert_eq!(result, a);
+        }
+        // Up to twice the mean and the slack is fine.
+        let fine: Vec<(&[u8], u64)> = many[..UNEVEN_SLACK].iter().map(|k| (&k[..], 1)).collect();
+        let table = WordCounts::decode(&sections_of(&fine)).unwrap();
+        assert_eq!(table.distinct(), UNEVEN_SLACK);
+    }
+
+    #[test]
+    fn counts_saturate_instead_of_wrapping() {
+        // A worker gone wrong may send any count: the sum stays a count, and
+        // the table stays whole.
+        let (a, _) = table_of(&[(b"word".to_vec(), 5), (b"other".to_vec(), 1)]);
+        let (b, _) = table_of(&[(b"word".to_vec(), u64::MAX)]);
+        let mut result = a.clone();
+        merge_encoded(&mut result, &postcard::to_allocvec(&b).unwrap()).unwrap();
+        assert_eq!(result.get(b"word"), u64::MAX);
+        assert_eq!(result.distinct(), 2);
+        round_trips(&result).unwrap();
+        let mut merged = a;
+        merged.merge(b);
+        assert_eq!(merged, result);
     }
 
     #[test]
