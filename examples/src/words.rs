@@ -1001,6 +1001,12 @@ fn scan_words(
 /// at a time and prefetch the slots of the next 64 words while they count.
 /// Merges and decoding work shard by shard, in parallel for large tables.
 ///
+/// The hash is not keyed, and the shards grow together: text crafted so that
+/// many of its words fall in one shard makes every shard as large as that one
+/// (and its probes long), and a table decoded from such a partial is refused
+/// (see [`WordCounts::merge_encoded`]). Hashing spreads the words of ordinary
+/// text evenly.
+///
 /// Invariant: no word has a count of zero.
 #[derive(Clone, Default)]
 pub struct WordCounts {
@@ -1516,7 +1522,9 @@ impl WordCounts {
     /// the same result as deserializing it and calling
     /// [`merge`](Self::merge), without building the table only to merge and
     /// drop it. On an error, `self` is unchanged: every shard is checked
-    /// before any is added.
+    /// before any is added. A table whose words are far more uneven across
+    /// shards than hashing makes them (over twice the mean and 1,024 more in
+    /// one shard) is an error: no worker counting ordinary text sends one.
     pub fn merge_encoded<'de, D: Deserializer<'de>>(&mut self, deserializer: D) -> Result<(), D::Error> {
         struct V<'a>(&'a mut WordCounts);
         impl<'de> Visitor<'de> for V<'_> {
