@@ -652,32 +652,24 @@ impl<'a> Section<'a> {
         Ok(())
     }
 
-    /// Calls `add(word, hash, count)` on each word whose count is not zero.
-    /// Bytes that do not parse, or a word of another shard, are an error,
-    /// found after `add` saw the words before it: [`check`](Self::check)
-    /// first where that matters.
-    fn read(&self, mut add: impl FnMut(&[u8], u64, u64)) -> Result<(), String> {
+    /// The hashes of the words whose count is not zero, in order, for
+    /// [`add_checked`](Self::add_checked); an error if the bytes do not parse
+    /// or a word belongs to another shard.
+    fn check(&self) -> Result<Vec<u64>, String> {
+        let mut hashes = Vec::with_capacity(self.words);
         let mut misfiled = None;
         self.parse(|word, n| {
             let hash = hash_word(word);
             if shard_of(hash) != self.index {
                 misfiled.get_or_insert(shard_of(hash));
-            } else if n != 0 && misfiled.is_none() {
-                add(word, hash, n);
+            } else if n != 0 {
+                hashes.push(hash);
             }
         })?;
         match misfiled {
             Some(shard) => Err(format!("shard {}: holds a word of shard {shard}", self.index)),
-            None => Ok(()),
+            None => Ok(hashes),
         }
-    }
-
-    /// Whether [`read`](Self::read) would succeed; if so, the hashes of the
-    /// words whose count is not zero, in order, for [`add_checked`](Self::add_checked).
-    fn check(&self) -> Result<Vec<u64>, String> {
-        let mut hashes = Vec::with_capacity(self.words);
-        self.read(|_, hash, _| hashes.push(hash))?;
-        Ok(hashes)
     }
 
     /// Adds the words of a section that [`check`](Self::check) passed, with
