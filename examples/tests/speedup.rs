@@ -101,6 +101,11 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
         describe(&output)
     );
 
+    assert!(
+        text.contains("1 timed round(s)") && text.contains("then one round that samples memory"),
+        "{text}"
+    );
+
     // The table: a row per workload, engine and worker count.
     let header = text
         .lines()
@@ -132,6 +137,11 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
                 assert!(row[8].ends_with(unit), "{row:?}");
                 if engine == "sequential" {
                     assert_eq!(row[6], "1.00", "{row:?}");
+                }
+                // Sampled in the memory round, which every configuration runs.
+                if std::path::Path::new("/proc/self/smaps_rollup").exists() {
+                    let peak: f64 = row[9].parse().unwrap_or_else(|_| panic!("no peak PSS: {row:?}"));
+                    assert!(peak > 0.0, "{row:?}");
                 }
             }
         }

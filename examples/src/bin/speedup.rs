@@ -219,10 +219,10 @@ impl Workload {
         }
     }
 
-    /// Runs the job once on `engine`, timing only the run itself, while a
-    /// sampler watches the memory of `pids` and their CPU time is counted
-    /// against everything else's.
-    fn run_once(&self, engine: &AnyEngine, pids: &[u32]) -> coop::Result<Measured> {
+    /// Runs the job once on `engine`, timing only the run itself, while the
+    /// CPU time of `pids` is counted against everything else's and, if
+    /// `sample_memory`, a sampler watches their memory.
+    fn run_once(&self, engine: &AnyEngine, pids: &[u32], sample_memory: bool) -> coop::Result<Measured> {
         let mut stats = JobStats::default();
         let mut product = match self {
             Workload::WordCount { .. } => None,
@@ -248,7 +248,7 @@ impl Workload {
             Workload::MatMul { .. } => None,
         };
         machine::trim_heap();
-        let sampler = PssSampler::start(pids.to_vec(), SAMPLE_INTERVAL);
+        let sampler = sample_memory.then(|| PssSampler::start(pids.to_vec(), SAMPLE_INTERVAL));
         let cpu_before = CpuSnapshot::take(pids);
         let started = Instant::now();
         let result = match (self, product.as_mut()) {
@@ -268,7 +268,7 @@ impl Workload {
             (Some(before), Some(after)) => before.until(&after),
             _ => CpuShare::default(),
         };
-        let memory = sampler.stop();
+        let memory = sampler.map(PssSampler::stop).unwrap_or_default();
         let outcome = match (result?, product) {
             (Some(counts), _) => Outcome::Counts(counts),
             (None, Some(product)) => Outcome::Product(product),
@@ -334,6 +334,7 @@ struct Runs {
     times: Vec<f64>,
     starts: Vec<f64>,
     stats: Vec<JobStats>,
+    /// From the memory round.
     peak: Option<u64>,
     cpu: CpuShare,
 }
@@ -345,6 +346,12 @@ struct Runs {
 /// own, started before it and stopped after it, so that no other engine's
 /// workers hold memory while it is measured. Every result is checked against
 /// the sequential engine's.
+///
+/// Memory is sampled in one more round, whose runs are not timed: reading
+/// `smaps_rollup` takes CPU time and the measured processes' memory-map
+/// locks, which a run that keeps every core busy pays for and a sequential
+/// run, with cores to spare, does not (2 to 6 % of a 2-worker word count
+/// here).
 fn measure(workload: &Workload, configs: &[Config], runs: u32, bar: &RunsBar) -> Result<Study, Failure> {
     let name = workload.name();
     let mut reference: Option<Outcome> = None;
@@ -357,18 +364,25 @@ fn measure(workload: &Workload, configs: &[Config], runs: u32, bar: &RunsBar) ->
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let mut measured: Vec<Runs> = configs.iter().map(|_| Runs::default()).collect();
-    for run in 1..=runs {
+    for run in 1..=runs + 1 {
+        let memory_round = run > runs;
         for (&config, so_far) in configs.iter().zip(&mut measured) {
             let (label, workers) = (config.label(), config.workers());
             let context = || format!("{name}: {label} with {workers} worker(s), run {run}");
-            bar.message(format!("{name}: {label} x{workers}: run {run}/{runs}"));
+            bar.message(if memory_round {
+                format!("{name}: {label} x{workers}: memory")
+            } else {
+                format!("{name}: {label} x{workers}: run {run}/{runs}")
+            });
             let started = Instant::now();
             let engine = config
                 .start()
                 .with_context(|| format!("{}: starting the engine", context()))?;
-            so_far.starts.push(started.elapsed().as_secs_f64());
+            let start = started.elapsed().as_secs_f64();
             let pids = pids(&engine);
-            let outcome = workload.run_once(&engine, &pids).with_context(context)?;
+            let outcome = workload
+                .run_once(&engine, &pids, memory_round)
+                .with_context(context)?;
             drop(engine);
             match &reference {
                 None => reference = Some(outcome.outcome),
@@ -382,14 +396,16 @@ fn measure(workload: &Workload, configs: &[Config], runs: u32, bar: &RunsBar) ->
                     }
                 }
             }
-            so_far.times.push(outcome.seconds);
-            so_far.stats.push(outcome.stats);
-            if let Some(bytes) = outcome.memory.peak_bytes {
-                so_far.peak = Some(so_far.peak.map_or(bytes, |p| p.max(bytes)));
+            if memory_round {
+                so_far.peak = outcome.memory.peak_bytes;
+                study.samples += u64::from(outcome.memory.samples);
+                study.sampling += outcome.memory.sampling;
+            } else {
+                so_far.starts.push(start);
+                so_far.times.push(outcome.seconds);
+                so_far.stats.push(outcome.stats);
+                so_far.cpu += outcome.cpu;
             }
-            study.samples += u64::from(outcome.memory.samples);
-            study.sampling += outcome.memory.sampling;
-            so_far.cpu += outcome.cpu;
             bar.run_done();
         }
     }
@@ -510,11 +526,12 @@ fn run(args: Args) -> Result<(), Failure> {
         .bad_input()?;
 
     let configs = Config::all(max_workers);
-    let bar = RunsBar::new(2 * configs.len() as u64 * u64::from(runs));
+    // The timed rounds and the memory round, for each workload.
+    let bar = RunsBar::new(2 * configs.len() as u64 * (u64::from(runs) + 1));
     let mut stdout = io::stdout().lock();
     writeln!(
         stdout,
-        "speedup: {cores} core(s); workers 1 to {max_workers}; {runs} round(s), each running every engine and worker count once, on an engine started for that run"
+        "speedup: {cores} core(s); workers 1 to {max_workers}; {runs} timed round(s), each running every engine and worker count once, on an engine started for that run, then one round that samples memory"
     )?;
 
     let mut studies = Vec::new();
@@ -559,7 +576,8 @@ fn run(args: Args) -> Result<(), Failure> {
     writeln!(
         stdout,
         "\nspeedup: sequential median / median. efficiency: speedup / workers. peak PSS: the largest sum of the \
-         proportional set sizes of the coordinator and its workers during a run (shared pages counted once). \
+         proportional set sizes of the coordinator and its workers during its run of the memory round, which \
+         is not timed (shared pages counted once). \
          start s: starting the engine (worker processes or thread pool) before each run, not part of it. others %: CPU \
          time of other programs on this machine during the runs, as a share of all {cores} core(s) (- when \
          the runs were too short to tell)."
@@ -569,8 +587,8 @@ fn run(args: Args) -> Result<(), Failure> {
     });
     writeln!(
         stdout,
-        "memory: {samples} samples of /proc/PID/smaps_rollup, at most every {} ms and at least {} times a \
-         sample's cost apart; {:.2} ms per sample on average",
+        "memory: {samples} samples of /proc/PID/smaps_rollup in the memory round, at most every {} ms and at \
+         least {} times a sample's cost apart; {:.2} ms per sample on average",
         SAMPLE_INTERVAL.as_millis(),
         memory::COST_FACTOR,
         sampling.as_secs_f64() * 1e3 / samples.max(1) as f64
