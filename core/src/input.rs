@@ -227,7 +227,9 @@ impl SharedOutput {
         &self.region
     }
 
-    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+    /// The region's bytes, writable: to fill it before a job, or to write
+    /// tiles without an engine, as `speedup`'s bare threads do.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: `&mut self` excludes other references in this process, and no
         // worker holds a mapping of the region outside a job: engines hand it to
         // workers only while they run a job that borrows this output mutably,

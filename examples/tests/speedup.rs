@@ -9,7 +9,13 @@ use coop_examples::study::report::CSV_COLUMNS;
 
 const SPEEDUP: &str = env!("CARGO_BIN_EXE_speedup");
 
-const ENGINES: [&str; 4] = ["sequential", "threads", "processes", "processes/messages"];
+const ENGINES: [&str; 5] = [
+    "sequential",
+    "bare threads",
+    "threads",
+    "processes",
+    "processes/messages",
+];
 const WORKLOADS: [&str; 2] = ["word count", "matmul"];
 
 /// A hung study fails its test instead of hanging the suite.
@@ -117,13 +123,14 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
         .take_while(|l| !l.trim().is_empty())
         .map(cells)
         .collect();
-    assert_eq!(rows.len(), 2 * (1 + 3 * 2), "{text}");
+    // Sequential once, bare threads at 2, the three engines at 1 and 2.
+    assert_eq!(rows.len(), 2 * (1 + 1 + 3 * 2), "{text}");
     for workload in WORKLOADS {
         for engine in ENGINES {
-            let workers: &[&str] = if engine == "sequential" {
-                &["1"]
-            } else {
-                &["1", "2"]
+            let workers: &[&str] = match engine {
+                "sequential" => &["1"],
+                "bare threads" => &["2"],
+                _ => &["1", "2"],
             };
             for &n in workers {
                 let row = rows
@@ -157,10 +164,23 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
             })
             .unwrap_or_else(|| panic!("no round-by-round ratios for {workload}\n{text}"));
         // One round: the median is the min and the max.
-        let ratio = line.rsplit("processes / threads time ").next().unwrap();
-        let (median, range) = ratio.split_once(' ').unwrap();
-        assert_eq!(range, format!("({median}-{median})"), "{line}");
-        assert!(median.parse::<f64>().unwrap() > 0.0, "{line}");
+        for ratio in [
+            "of bare threads ",
+            "processes / threads time ",
+            "processes / bare threads time ",
+        ] {
+            let after = line
+                .split(ratio)
+                .nth(1)
+                .unwrap_or_else(|| panic!("no {ratio}: {line}"));
+            let (median, range) = after.split_once(' ').unwrap();
+            let median = median.trim_end_matches('x');
+            assert!(
+                range.starts_with(&format!("({median}-{median})")),
+                "{ratio}: {line}"
+            );
+            assert!(median.parse::<f64>().unwrap() > 0.0, "{line}");
+        }
     }
 
     // Amdahl's law, fitted per workload, with projections.
@@ -233,7 +253,13 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
     assert!(text.contains(&svg_path.display().to_string()), "{text}");
     let svg = std::fs::read_to_string(&svg_path).unwrap();
     assert!(svg.contains("<svg"), "not an SVG");
-    for label in ["word count", "matmul", "processes/messages", "ideal (y = x)"] {
+    for label in [
+        "word count",
+        "matmul",
+        "bare threads",
+        "processes/messages",
+        "ideal (y = x)",
+    ] {
         assert!(svg.contains(label), "{label} missing from the chart");
     }
 }

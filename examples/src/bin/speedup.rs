@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -24,8 +25,8 @@ use coop_examples::study::memory::{self, PeakPss, PssSampler};
 use coop_examples::study::plot::{self, Panel, Series};
 use coop_examples::study::progress::RunsBar;
 use coop_examples::study::report::{self, Row, StatsSummary, Throughput};
-use coop_examples::wordcount::WordCount;
-use coop_examples::words::{SplitMode, WordCounts};
+use coop_examples::wordcount::{Piece, WordCount};
+use coop_examples::words::{SplitMode, WordCounts, split_ranges};
 use rand::{RngExt, SeedableRng};
 
 /// Time coop's engines (sequential, threads, processes over shared memory or
@@ -98,12 +99,15 @@ fn main() -> ExitCode {
     cli::main(run)
 }
 
-/// One engine at one worker count.
+/// One engine at one worker count, or bare threads.
 #[derive(Debug, Clone, Copy)]
 enum Config {
     Sequential,
     Threads(usize),
     Processes(usize, Ipc),
+    /// No engine: plain threads, each calling the job's `map` on a fixed
+    /// share of the input at once (see [`bare`]).
+    Bare(usize),
 }
 
 impl Config {
@@ -113,27 +117,33 @@ impl Config {
             Config::Threads(_) => "threads",
             Config::Processes(_, Ipc::SharedMemory) => "processes",
             Config::Processes(_, Ipc::Messages) => "processes/messages",
+            Config::Bare(_) => "bare threads",
         }
     }
 
     fn workers(self) -> usize {
         match self {
             Config::Sequential => 1,
-            Config::Threads(n) | Config::Processes(n, _) => n,
+            Config::Threads(n) | Config::Processes(n, _) | Config::Bare(n) => n,
         }
     }
 
-    fn start(self) -> coop::Result<AnyEngine> {
-        Ok(match self {
+    /// The engine (none for bare threads).
+    fn start(self) -> coop::Result<Option<AnyEngine>> {
+        Ok(Some(match self {
             Config::Sequential => AnyEngine::Sequential(Sequential),
             Config::Threads(n) => AnyEngine::Threads(Threads::new(n)?),
             Config::Processes(n, ipc) => AnyEngine::Processes(Pool::builder().workers(n).ipc(ipc).build()?),
-        })
+            Config::Bare(_) => return Ok(None),
+        }))
     }
 
-    /// Every configuration of a study up to `max` workers, sequential first.
+    /// Every configuration of a study up to `max` workers, sequential first
+    /// (bare threads from 2: one is the sequential engine without its
+    /// bookkeeping).
     fn all(max: usize) -> Vec<Config> {
         let mut all = vec![Config::Sequential];
+        all.extend((2..=max).map(Config::Bare));
         all.extend((1..=max).map(Config::Threads));
         all.extend((1..=max).map(|n| Config::Processes(n, Ipc::SharedMemory)));
         all.extend((1..=max).map(|n| Config::Processes(n, Ipc::Messages)));
@@ -142,12 +152,51 @@ impl Config {
 }
 
 /// The coordinator and, for a pool, its workers.
-fn pids(engine: &AnyEngine) -> Vec<u32> {
+fn pids(engine: Option<&AnyEngine>) -> Vec<u32> {
     let mut pids = vec![std::process::id()];
-    if let AnyEngine::Processes(pool) = engine {
+    if let Some(AnyEngine::Processes(pool)) = engine {
         pids.extend(pool.worker_pids());
     }
     pids
+}
+
+/// Calls the job's own `map` from one plain thread per share, all at once,
+/// each on its share (tasks whose output ranges, if any, are disjoint and in
+/// order) into a partial of its own: the kernel with no engine (no pool, no
+/// task queue, no messages, no merge), the most any engine can make of these
+/// cores. Returns the partials, unmerged.
+fn bare<J: Job>(
+    job: &J,
+    input: &Input,
+    shares: &[J::Task],
+    mut output: &mut [u8],
+) -> Result<Vec<J::Partial>, TaskError> {
+    let mut tiles = Vec::with_capacity(shares.len());
+    let mut offset = 0;
+    for share in shares {
+        let range = job.output_range(share);
+        let (_, rest) = std::mem::take(&mut output).split_at_mut(range.start - offset);
+        let (tile, rest) = rest.split_at_mut(range.len());
+        tiles.push(tile);
+        (output, offset) = (rest, range.end);
+    }
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (shares.iter().zip(tiles))
+            .map(|(share, tile)| {
+                scope.spawn(move || {
+                    let mut partial = J::Partial::default();
+                    job.map(share, input, tile, &mut partial).map(|()| partial)
+                })
+            })
+            .collect();
+        (threads.into_iter())
+            .map(|thread| {
+                thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
 
 /// A job and its input.
@@ -219,10 +268,17 @@ impl Workload {
         }
     }
 
-    /// Runs the job once on `engine`, timing only the run itself, while the
-    /// CPU time of `pids` is counted against everything else's and, if
-    /// `sample_memory`, a sampler watches their memory.
-    fn run_once(&self, engine: &AnyEngine, pids: &[u32], sample_memory: bool) -> coop::Result<Measured> {
+    /// Runs the job once on `engine`, or on `workers` bare threads if there is
+    /// none, timing only the run itself, while the CPU time of `pids` is
+    /// counted against everything else's and, if `sample_memory`, a sampler
+    /// watches their memory.
+    fn run_once(
+        &self,
+        engine: Option<&AnyEngine>,
+        workers: usize,
+        pids: &[u32],
+        sample_memory: bool,
+    ) -> anyhow::Result<Measured> {
         let mut stats = JobStats::default();
         let mut product = match self {
             Workload::WordCount { .. } => None,
@@ -251,17 +307,43 @@ impl Workload {
         let sampler = sample_memory.then(|| PssSampler::start(pids.to_vec(), SAMPLE_INTERVAL));
         let cpu_before = CpuSnapshot::take(pids);
         let started = Instant::now();
-        let result = match (self, product.as_mut()) {
-            (Workload::WordCount { job, .. }, _) => {
+        // Word count gives its table, or bare threads' unmerged tables.
+        let result: anyhow::Result<Vec<WordCounts>> = match (self, engine) {
+            (Workload::WordCount { job, .. }, Some(engine)) => {
                 let input = text.expect("word count has a text");
-                Run::new(job, input).stats(&mut stats).on(engine).map(Some)
+                Run::new(job, input)
+                    .stats(&mut stats)
+                    .on(engine)
+                    .map(|counts| vec![counts])
+                    .map_err(Into::into)
             }
-            (Workload::MatMul { job, input }, Some(product)) => Run::new(job, input)
-                .output(product)
-                .stats(&mut stats)
-                .on(engine)
-                .map(|()| None),
-            (Workload::MatMul { .. }, None) => unreachable!("a product is made for matmul"),
+            (Workload::WordCount { job, .. }, None) => {
+                let input = text.expect("word count has a text");
+                let shares: Vec<Piece> = split_ranges(job.mode, input.bytes(0), workers)
+                    .into_iter()
+                    .map(|range| Piece { segment: 0, range })
+                    .collect();
+                bare(job, input, &shares, &mut []).map_err(|err| anyhow!("{err}"))
+            }
+            (Workload::MatMul { job, input }, engine) => {
+                let product = product.as_mut().expect("a product is made for matmul");
+                match engine {
+                    Some(engine) => Run::new(job, input)
+                        .output(product)
+                        .stats(&mut stats)
+                        .on(engine)
+                        .map_err(Into::into),
+                    None => {
+                        let shares: Vec<Range<usize>> = (0..workers)
+                            .map(|k| k * job.m / workers..(k + 1) * job.m / workers)
+                            .collect();
+                        bare(job, input, &shares, product.bytes_mut())
+                            .map(drop)
+                            .map_err(|err| anyhow!("{err}"))
+                    }
+                }
+                .map(|()| Vec::new())
+            }
         };
         let seconds = started.elapsed().as_secs_f64();
         let cpu = match (cpu_before, CpuSnapshot::take(pids)) {
@@ -269,10 +351,19 @@ impl Workload {
             _ => CpuShare::default(),
         };
         let memory = sampler.map(PssSampler::stop).unwrap_or_default();
-        let outcome = match (result?, product) {
-            (Some(counts), _) => Outcome::Counts(counts),
-            (None, Some(product)) => Outcome::Product(product),
-            (None, None) => unreachable!("word count returns counts"),
+        let tables = result?;
+        let outcome = match (self, product) {
+            (Workload::WordCount { job, .. }, _) => {
+                let mut tables = tables.into_iter();
+                let mut counts = tables.next().unwrap_or_default();
+                for table in tables {
+                    job.merge(&mut counts, table);
+                }
+                Outcome::Counts(counts)
+            }
+            (Workload::MatMul { .. }, product) => {
+                Outcome::Product(product.expect("a product is made for matmul"))
+            }
         };
         Ok(Measured {
             seconds,
@@ -379,9 +470,9 @@ fn measure(workload: &Workload, configs: &[Config], runs: u32, bar: &RunsBar) ->
                 .start()
                 .with_context(|| format!("{}: starting the engine", context()))?;
             let start = started.elapsed().as_secs_f64();
-            let pids = pids(&engine);
+            let pids = pids(engine.as_ref());
             let outcome = workload
-                .run_once(&engine, &pids, memory_round)
+                .run_once(engine.as_ref(), workers, &pids, memory_round)
                 .with_context(context)?;
             drop(engine);
             match &reference {
@@ -578,7 +669,10 @@ fn run(args: Args) -> Result<(), Failure> {
         "\nspeedup: sequential median / median. efficiency: speedup / workers. peak PSS: the largest sum of the \
          proportional set sizes of the coordinator and its workers during its run of the memory round, which \
          is not timed (shared pages counted once). \
-         start s: starting the engine (worker processes or thread pool) before each run, not part of it. others %: CPU \
+         start s: starting the engine (worker processes or thread pool) before each run, not part of it. \
+         bare threads: no engine, but plain threads that each call the job's map on a fixed share of the \
+         input, all at once, with no tasks, messages or merge (the tables are merged after the timing): what \
+         these cores give the kernel itself, the most any engine can reach. others %: CPU \
          time of other programs on this machine during the runs, as a share of all {cores} core(s) (- when \
          the runs were too short to tell)."
     )?;
@@ -699,8 +793,9 @@ fn run(args: Args) -> Result<(), Failure> {
 
 /// Fits and prints Amdahl's law for one workload; returns the fit relative to
 /// the processes engine at one worker.
-/// For each worker count above one: speedup of processes and threads over
-/// sequential, and the time of processes over threads, round by round.
+/// For each worker count above one: speedup of processes, threads and bare
+/// threads over sequential, and the time of processes over threads and over
+/// bare threads, round by round.
 fn write_paired_ratios(out: &mut impl Write, study: &Study, name: &str) -> io::Result<()> {
     let row = |engine: &str, workers: usize| {
         (study.rows.iter()).find(|r| r.engine == engine && r.workers == workers)
@@ -715,14 +810,17 @@ fn write_paired_ratios(out: &mut impl Write, study: &Study, name: &str) -> io::R
         )
     };
     for p in (study.rows.iter()).filter(|r| r.engine == "processes" && r.workers > 1) {
-        let threads = row("threads", p.workers);
+        let (threads, bare) = (row("threads", p.workers), row("bare threads", p.workers));
         writeln!(
             out,
-            "  {name}, {} workers: speedup over sequential of processes {}, of threads {}; processes / threads time {}",
+            "  {name}, {} workers: speedup over sequential of processes {}, of threads {}, of bare threads {}; \
+             processes / threads time {}; processes / bare threads time {}",
             p.workers,
             show(report::paired_ratios(sequential, p), "x"),
             show(threads.and_then(|t| report::paired_ratios(sequential, t)), "x"),
+            show(bare.and_then(|b| report::paired_ratios(sequential, b)), "x"),
             show(threads.and_then(|t| report::paired_ratios(p, t)), ""),
+            show(bare.and_then(|b| report::paired_ratios(p, b)), ""),
         )?;
     }
     Ok(())
@@ -813,7 +911,7 @@ fn panel(study: &Study, name: &str, max_workers: usize) -> Panel {
         points: vec![(1.0, 1.0), (max_workers.max(2) as f64, 1.0)],
         measured: false,
     }];
-    for engine in ["threads", "processes", "processes/messages"] {
+    for engine in ["bare threads", "threads", "processes", "processes/messages"] {
         series.push(Series {
             label: engine.to_string(),
             points: study
