@@ -95,13 +95,19 @@ impl Job for MatMul {
     type Partial = ();
 
     fn split(&self, _: &Input, hint: usize) -> Vec<Range<usize>> {
-        // Each task packs all of B again (matrixmultiply packs per call), so
-        // tasks stay large, up to 512 rows, as long as each worker (hint /
-        // DEFAULT_TASKS_PER_WORKER of them) still gets two, for balance.
+        // Each task packs all of B again (matrixmultiply packs per call, about
+        // 10 ms for n = 2048 here), so tasks are as large as one per worker
+        // (hint / DEFAULT_TASKS_PER_WORKER of them), up to 1,024 rows so that
+        // progress still moves. Smaller tasks would not balance anything:
+        // engines hand each worker its next task ahead of time, so tasks
+        // were in effect split evenly across workers from the start anyway.
         let hint = hint.max(1);
         let workers = hint.div_ceil(coop::DEFAULT_TASKS_PER_WORKER);
-        let balanced = self.m / (2 * workers);
-        let step = self.m.div_ceil(hint).max(balanced.min(512)).max(1);
+        let step = self
+            .m
+            .div_ceil(hint)
+            .max(self.m.div_ceil(workers).min(1024))
+            .max(1);
         (0..self.m)
             .step_by(step)
             .map(|r| r..(r + step).min(self.m))
@@ -279,5 +285,47 @@ pub fn multiply_rows<T: Element>(a: Matrix<'_, T>, b: Matrix<'_, T>, rows: Range
             b.cols as isize,
             1,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(m: usize) -> MatMul {
+        let operand = |segment| Operand {
+            segment,
+            offset: 0,
+            fortran: false,
+        };
+        MatMul {
+            dtype: Dtype::F64,
+            m,
+            k: 8,
+            n: 8,
+            a: operand(0),
+            b: operand(1),
+        }
+    }
+
+    #[test]
+    fn tasks_cover_every_row_once_one_per_worker_up_to_1024_rows() {
+        let input = Input::new();
+        for m in [0, 1, 7, 100, 2048, 4096, 10_000] {
+            for workers in [1, 2, 3, 16] {
+                let tasks = job(m).split(&input, workers * coop::DEFAULT_TASKS_PER_WORKER);
+                let mut next = 0;
+                for rows in &tasks {
+                    assert_eq!(rows.start, next, "m = {m}, {workers} workers: {tasks:?}");
+                    assert!(!rows.is_empty() && rows.len() <= 1024.max(m.div_ceil(8 * workers)));
+                    next = rows.end;
+                }
+                assert_eq!(next, m, "m = {m}, {workers} workers: {tasks:?}");
+                // B is packed once per task: no more tasks than needed to
+                // give every worker one of at most 1,024 rows.
+                let wanted = workers.max(m.div_ceil(1024)).min(m);
+                assert!(tasks.len() <= wanted, "m = {m}, {workers} workers: {tasks:?}");
+            }
+        }
     }
 }
