@@ -98,9 +98,9 @@ impl Job for MatMul {
         // Each task packs all of B again (matrixmultiply packs per call, about
         // 10 ms for n = 2048 here), so tasks are as large as one per worker
         // (hint / DEFAULT_TASKS_PER_WORKER of them), up to 1,024 rows so that
-        // progress still moves. Smaller tasks would not balance anything:
-        // engines hand each worker its next task ahead of time, so tasks
-        // were in effect split evenly across workers from the start anyway.
+        // progress still moves. Two per worker balanced little: the pool hands
+        // each worker its second task ahead of time, so they were split
+        // evenly from the start, and a slow worker still held up the job.
         let hint = hint.max(1);
         let workers = hint.div_ceil(coop::DEFAULT_TASKS_PER_WORKER);
         let step = self
