@@ -441,8 +441,8 @@ struct Runs {
 /// Memory is sampled in one more round, whose runs are not timed: reading
 /// `smaps_rollup` takes CPU time and the measured processes' memory-map
 /// locks, which a run that keeps every core busy pays for and a sequential
-/// run, with cores to spare, does not (2 to 6 % of a 2-worker word count
-/// here).
+/// run, with cores to spare, does not (1.6 and 6 % of a 2-thread word
+/// count here, medians of two series of paired runs).
 fn measure(workload: &Workload, configs: &[Config], runs: u32, bar: &RunsBar) -> Result<Study, Failure> {
     let name = workload.name();
     let mut reference: Option<Outcome> = None;
