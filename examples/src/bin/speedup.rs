@@ -30,7 +30,8 @@ use coop_examples::words::{SplitMode, WordCounts, split_ranges};
 use rand::{RngExt, SeedableRng};
 
 /// Time coop's engines (sequential, threads, processes over shared memory or
-/// messages) at 1 to N workers on word count and matrix multiply; print a
+/// messages) at 1 to N workers on word count and matrix multiply, next to bare
+/// threads (the jobs' kernels with no engine: what the cores allow); print a
 /// table, an Amdahl's-law fit and where the time goes; write a CSV file and an
 /// SVG chart of speedup against workers.
 #[derive(Debug, Parser)]
