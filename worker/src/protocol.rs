@@ -25,6 +25,27 @@ pub const ENV_TOKEN: &str = "COOP_WORKER_TOKEN";
 /// through a shared-memory region (one copy, no serialization by ipc-channel).
 pub const INLINE_PAYLOAD_MAX: usize = 64 * 1024;
 
+/// Largest message on a bulk channel: the largest that ipc-channel sends whole
+/// (capped at 1 MiB).
+///
+/// A larger message goes out in fragments, the rest of them over a dedicated
+/// socket whose receiving end the sender keeps open until the last fragment
+/// is sent; if the receiving process dies (a worker killed for a timeout)
+/// after the first fragment, nothing ever reads the rest, and the sender
+/// blocks for good. A message sent whole fails with a broken pipe instead.
+pub fn bulk_piece_len() -> usize {
+    ipc_channel::platform::OsIpcSender::get_max_fragment_size().clamp(1, 1 << 20)
+}
+
+/// Sends `bytes` (a chunk's) on a bulk channel, in pieces of at most
+/// [`bulk_piece_len`] bytes; stops at the first failed send.
+pub fn send_chunk(bulk: &IpcBytesSender, bytes: &[u8]) -> std::io::Result<()> {
+    for piece in bytes.chunks(bulk_piece_len()) {
+        bulk.send(piece)?;
+    }
+    Ok(())
+}
+
 /// One input segment, as the coordinator describes it to a worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum SegmentDesc {
@@ -57,8 +78,9 @@ pub enum OutputDesc {
     },
 }
 
-/// Part of a segment sent with a task: its bytes follow as one message on
-/// the worker's bulk channel ([`FromWorker::Hello::bulk`]).
+/// Part of a segment sent with a task: its bytes follow on the worker's bulk
+/// channel ([`FromWorker::Hello::bulk`]), in messages of at most
+/// [`bulk_piece_len`] bytes each ([`send_chunk`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chunk {
     /// Segment index.
@@ -217,5 +239,58 @@ impl Payload {
             Payload::Inline(bytes) => bytes,
             Payload::Shared(region) => region,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use ipc_channel::ipc;
+
+    use super::*;
+
+    #[test]
+    fn a_chunk_travels_in_pieces_ipc_channel_sends_whole() {
+        let (tx, rx) = ipc::bytes_channel().unwrap();
+        let piece = bulk_piece_len();
+        let bytes: Vec<u8> = (0..3 * piece + 17).map(|i| (i % 251) as u8).collect();
+        let sender = {
+            let bytes = bytes.clone();
+            std::thread::spawn(move || send_chunk(&tx, &bytes))
+        };
+        let mut received = Vec::new();
+        while received.len() < bytes.len() {
+            let message = rx.recv().unwrap();
+            assert!(
+                !message.is_empty() && message.len() <= piece,
+                "{} bytes",
+                message.len()
+            );
+            received.extend_from_slice(&message);
+        }
+        sender.join().unwrap().unwrap();
+        assert_eq!(received, bytes);
+    }
+
+    /// The hang this guards against: a message ipc-channel must fragment,
+    /// sent to a process that dies after its first fragment, blocks its
+    /// sender for good (found by the fault suite: a worker stopped, then
+    /// killed for its timeout, with its input in flight).
+    #[test]
+    fn a_chunk_to_a_receiver_that_goes_away_fails_instead_of_blocking() {
+        let (tx, rx) = ipc::bytes_channel().unwrap();
+        let (done, outcome) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(send_chunk(&tx, &vec![7u8; 16 << 20]));
+        });
+        // Let the sender fill the socket, then close the receiving end unread.
+        std::thread::sleep(Duration::from_millis(200));
+        drop(rx);
+        let sent = outcome
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the sender still blocks after its receiver went away");
+        assert!(sent.is_err(), "16 MiB sent to a receiver that read nothing");
     }
 }

@@ -187,7 +187,7 @@ fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(
                 // they would be taken for the next task's.
                 let mut data = Vec::with_capacity(chunks.len());
                 for chunk in &chunks {
-                    data.push((chunk, bulk.recv()?));
+                    data.push((chunk, receive_chunk(&bulk, chunk.len)?));
                 }
                 // A task of a job that was ended or failed is stale: skip it.
                 let Some(open) = current.as_mut().filter(|o| o.id == job && !o.failed) else {
@@ -244,23 +244,44 @@ fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(
     }
 }
 
+/// The pieces of one chunk of `len` bytes from the bulk channel (see
+/// [`send_chunk`](crate::protocol::send_chunk)): messages until `len` bytes
+/// came, or one that is empty or goes past them.
+fn receive_chunk(bulk: &IpcBytesReceiver, len: u64) -> Result<Vec<Vec<u8>>, WorkerError> {
+    let (mut pieces, mut received) = (Vec::new(), 0u64);
+    while received < len {
+        let piece = bulk.recv()?;
+        received += piece.len() as u64;
+        let wrong = piece.is_empty() || received > len;
+        pieces.push(piece);
+        if wrong {
+            break; // `receive_chunks` reports the mismatch
+        }
+    }
+    Ok(pieces)
+}
+
 /// Copies the input bytes sent with a task into the job's private segments.
-fn receive_chunks(instance: &mut dyn JobInstance, data: &[(&Chunk, Vec<u8>)]) -> Result<(), String> {
-    for (chunk, bytes) in data {
-        if bytes.len() as u64 != chunk.len {
+fn receive_chunks(instance: &mut dyn JobInstance, data: &[(&Chunk, Vec<Vec<u8>>)]) -> Result<(), String> {
+    for (chunk, pieces) in data {
+        let received: u64 = pieces.iter().map(|piece| piece.len() as u64).sum();
+        if received != chunk.len {
             return Err(format!(
-                "chunk of {} bytes announced, {} received",
-                chunk.len,
-                bytes.len()
+                "chunk of {} bytes announced, {received} received",
+                chunk.len
             ));
         }
         let region = instance
             .regions_mut()
             .get_mut(chunk.segment as usize)
             .ok_or_else(|| format!("chunk for segment {}, which does not exist", chunk.segment))?;
-        region
-            .write(chunk.offset as usize, bytes)
-            .map_err(|err| format!("segment {}: {err}", chunk.segment))?;
+        let mut offset = chunk.offset as usize;
+        for piece in pieces {
+            region
+                .write(offset, piece)
+                .map_err(|err| format!("segment {}: {err}", chunk.segment))?;
+            offset += piece.len();
+        }
     }
     Ok(())
 }

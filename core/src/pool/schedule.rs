@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use coop_worker::ipc_channel::TrySelectError;
 use coop_worker::ipc_channel::ipc::{IpcBytesSender, IpcSelectionResult};
-use coop_worker::protocol::{Chunk, Failure, FromWorker, OutputDesc, Rejection, SegmentDesc, Tile, ToWorker};
+use coop_worker::protocol::{
+    Chunk, Failure, FromWorker, OutputDesc, Rejection, SegmentDesc, Tile, ToWorker, send_chunk,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -93,7 +95,7 @@ pub(super) fn run_job<J: Job>(
                 .spawn_scoped(scope, move || {
                     for chunk in incoming {
                         let bytes = &input.bytes(chunk.segment as usize)[chunk.offset as usize..];
-                        if bulk.send(&bytes[..chunk.len as usize]).is_err() {
+                        if send_chunk(&bulk, &bytes[..chunk.len as usize]).is_err() {
                             break; // the worker is dead: its death is handled by the coordinator
                         }
                     }
@@ -369,7 +371,7 @@ impl<J: Job> JobState<'_, J> {
                     }
                     None => {
                         let bytes = &self.input.bytes(chunk.segment as usize)[chunk.offset as usize..];
-                        let _ = slot.worker.bulk.send(&bytes[..chunk.len as usize]);
+                        let _ = send_chunk(&slot.worker.bulk, &bytes[..chunk.len as usize]);
                     }
                 }
             }
