@@ -118,7 +118,7 @@ fn serve(rng: &mut Rng, one_in: u64) -> Result<(), Box<dyn std::error::Error>> {
                 for _ in &chunks {
                     bulk_rx.recv()?;
                 }
-                let range: Range<u64> = postcard::from_bytes::<Range<usize>>(&spec)
+                let range: Range<u64> = postcard::from_bytes::<Range<usize>>(spec.bytes())
                     .map(|r| r.start as u64 * 8..r.end as u64 * 8)
                     .unwrap_or(0..0);
                 Some(match lie {
@@ -196,7 +196,7 @@ fn task_reply(
                 task,
                 tile: Some(Tile {
                     offset,
-                    bytes: vec![0xAB; len as usize],
+                    bytes: Payload::new(vec![0xAB; len as usize]),
                 }),
             }
         }
@@ -212,7 +212,7 @@ fn task_done(job: u64, task: u32, range: Range<u64>, private: bool) -> FromWorke
         task,
         tile: private.then(|| Tile {
             offset: range.start,
-            bytes: vec![0; (range.end - range.start) as usize],
+            bytes: Payload::new(vec![0; (range.end - range.start) as usize]),
         }),
     }
 }

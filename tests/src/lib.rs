@@ -21,6 +21,7 @@ pub fn jobs() -> Vec<JobEntry> {
         coop::register::<Misbehave>(),
         coop::register::<HoldInput>(),
         coop::register::<BigPartial>(),
+        coop::register::<BigValue>(),
         coop_examples::wordcount::register(),
         coop_examples::matmul::register(),
     ]
@@ -324,5 +325,42 @@ impl Job for BigPartial {
 
     fn merge(&self, into: &mut Vec<u8>, other: Vec<u8>) {
         into.extend(other);
+    }
+}
+
+/// A job whose value and tasks are far larger than one socket buffer: each
+/// task carries `pad` too, and adds up the bytes of both copies, so a
+/// partial is `tasks * 2 * sum(pad)` only if both arrived whole.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BigValue {
+    /// Bytes carried by the job value and by every task.
+    pub pad: Vec<u8>,
+    /// Number of tasks.
+    pub tasks: usize,
+}
+
+impl BigValue {
+    /// What a job of `tasks` tasks over `pad` returns.
+    pub fn expected(pad: &[u8], tasks: usize) -> u64 {
+        2 * tasks as u64 * pad.iter().map(|&b| u64::from(b)).sum::<u64>()
+    }
+}
+
+impl Job for BigValue {
+    const NAME: &'static str = "test-big-value";
+    type Task = Vec<u8>;
+    type Partial = u64;
+
+    fn split(&self, _: &Input, _: usize) -> Vec<Vec<u8>> {
+        vec![self.pad.clone(); self.tasks]
+    }
+
+    fn map(&self, task: &Vec<u8>, _: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
+        *sum += self.pad.iter().chain(task).map(|&b| u64::from(b)).sum::<u64>();
+        Ok(())
+    }
+
+    fn merge(&self, into: &mut u64, other: u64) {
+        *into += other;
     }
 }

@@ -1,8 +1,8 @@
 //! The pool's normal life: start, jobs, shared input and output, scheduling.
 
 use coop::prelude::*;
-use coop::{Error, Sequential, Threads};
-use coop_tests::{HoldInput, Sleepy, Squares, Sum, Unregistered, pss_bytes};
+use coop::{Error, Ipc, Sequential, Threads};
+use coop_tests::{BigValue, HoldInput, Sleepy, Squares, Sum, Unregistered, pss_bytes};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn main() {
@@ -20,6 +20,10 @@ fn main() {
         Trial::test("slow_tasks_are_shared_out", slow_tasks_are_shared_out),
         Trial::test("progress_reaches_total", progress_reaches_total),
         Trial::test("engines_agree", engines_agree),
+        Trial::test(
+            "large_values_tasks_and_tiles_travel_whole",
+            large_values_tasks_and_tiles_travel_whole,
+        ),
         Trial::test("dropping_the_pool_reaps_workers", dropping_the_pool_reaps_workers),
         Trial::test("shared_input_is_not_copied_per_worker", || {
             input_is_not_copied_per_worker(false)
@@ -54,6 +58,41 @@ fn output_tiles_are_written_in_place() -> Result<(), Failed> {
     assert_eq!(written, data.len() as u64);
     let squares: Vec<u64> = data.iter().map(|x| x * x).collect();
     assert_eq!(out.as_slice::<u64>(), &squares[..]);
+    Ok(())
+}
+
+/// A job value, tasks and (with messages) output tiles far larger than a
+/// socket buffer reach the other side whole: they travel in shared memory,
+/// so that no message is ever split into fragments (a receiver waits for
+/// every fragment of a message it started, whatever its sender does).
+fn large_values_tasks_and_tiles_travel_whole() -> Result<(), Failed> {
+    let pad: Vec<u8> = (0..1_000_003u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let data = numbers(1 << 20);
+    let mut input = Input::new();
+    input.push_slice(&data);
+    let squares: Vec<u64> = data.iter().map(|x| x * x).collect();
+    for ipc in [Ipc::SharedMemory, Ipc::Messages] {
+        let pool = Pool::builder().workers(2).ipc(ipc).build()?;
+        let job = BigValue {
+            pad: pad.clone(),
+            tasks: 5,
+        };
+        assert_eq!(
+            pool.run(&job, &Input::new())?,
+            BigValue::expected(&pad, 5),
+            "{ipc:?}"
+        );
+        // Two tiles of 4 MiB each, with messages.
+        let mut out = SharedOutput::zeroed::<u64>(data.len());
+        let written = Run::new(&Squares, &input)
+            .output(&mut out)
+            .tasks_per_worker(1)
+            .on(&pool)?;
+        assert_eq!(written, data.len() as u64, "{ipc:?}");
+        assert!(out.as_slice::<u64>() == &squares[..], "{ipc:?}: wrong squares");
+    }
     Ok(())
 }
 

@@ -96,9 +96,9 @@ pub struct Chunk {
 pub struct Tile {
     /// Byte offset within the output.
     pub offset: u64,
-    /// The tile's bytes.
-    #[serde(with = "serde_bytes")]
-    pub bytes: Vec<u8>,
+    /// The tile's bytes: in shared memory when large, so that no message
+    /// from a worker is ever fragmented (see [`Payload`]).
+    pub bytes: Payload,
 }
 
 /// Coordinator to worker.
@@ -110,9 +110,8 @@ pub enum ToWorker {
         job: u64,
         /// [`crate::JobEntry::name`] of the job.
         name: String,
-        /// The job value, encoded with postcard.
-        #[serde(with = "serde_bytes")]
-        params: Vec<u8>,
+        /// The job value, encoded with postcard (see [`Payload`]).
+        params: Payload,
         /// Input segments, in order.
         input: Vec<SegmentDesc>,
         /// Where output tiles go, if the job has an output.
@@ -124,9 +123,8 @@ pub enum ToWorker {
         job: u64,
         /// Task index within the job.
         task: u32,
-        /// The task, encoded with postcard.
-        #[serde(with = "serde_bytes")]
-        spec: Vec<u8>,
+        /// The task, encoded with postcard (see [`Payload`]).
+        spec: Payload,
         /// Input bytes sent with the task (private segments only); each chunk's
         /// bytes follow on the bulk channel, in order.
         chunks: Vec<Chunk>,
@@ -215,6 +213,13 @@ pub enum Rejection {
 }
 
 /// Bytes that travel inline or, when large, in a shared-memory region.
+///
+/// Inline payloads are small enough that the message carrying them is never
+/// split into fragments by ipc-channel. That matters both ways: a receiver
+/// waits for every fragment of a message it started reading, so a worker
+/// stopped mid-message would block the coordinator; and a sender keeps
+/// sending fragments to a receiver that died after the first (see
+/// [`bulk_piece_len`]).
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Payload {
     /// Small payloads.
@@ -250,6 +255,17 @@ mod tests {
     use ipc_channel::ipc;
 
     use super::*;
+
+    #[test]
+    fn inline_payloads_fit_a_message_sent_whole_and_larger_ones_are_shared() {
+        // Room for the rest of the message around an inline payload.
+        assert!(INLINE_PAYLOAD_MAX + 16 * 1024 <= bulk_piece_len());
+        let inline = Payload::new(vec![1; INLINE_PAYLOAD_MAX]);
+        assert!(matches!(inline, Payload::Inline(_)));
+        let shared = Payload::new(vec![2; INLINE_PAYLOAD_MAX + 1]);
+        assert!(matches!(shared, Payload::Shared(_)));
+        assert_eq!(shared.bytes(), &vec![2; INLINE_PAYLOAD_MAX + 1][..]);
+    }
 
     #[test]
     fn a_chunk_travels_in_pieces_ipc_channel_sends_whole() {

@@ -166,7 +166,7 @@ fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(
                 output,
             } => {
                 current = None; // release the previous job's mappings first
-                match open_job(jobs, &name, &params, input, output) {
+                match open_job(jobs, &name, params.bytes(), input, output) {
                     Ok(instance) => {
                         current = Some(OpenJob {
                             id: job,
@@ -195,7 +195,7 @@ fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(
                 };
                 let (reply, aftermath) = match receive_chunks(open.instance.as_mut(), &data) {
                     Err(message) => (failed(open, task, Failure::Error(message)), None),
-                    Ok(()) => run_task(open, task, &spec, faults),
+                    Ok(()) => run_task(open, task, spec.bytes(), faults),
                 };
                 match aftermath {
                     Some(aftermath) => tx = carry_out(aftermath, tx)?,
@@ -307,7 +307,7 @@ fn run_task(open: &mut OpenJob, task: u32, spec: &[u8], faults: &Faults) -> (Fro
             let output = open.instance.output();
             let tile = output.is_private().then(|| Tile {
                 offset: range.start as u64,
-                bytes: output.bytes()[range].to_vec(),
+                bytes: Payload::new(output.bytes()[range].to_vec()),
             });
             FromWorker::TaskDone {
                 job: open.id,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use coop_worker::ipc_channel::TrySelectError;
 use coop_worker::ipc_channel::ipc::{IpcBytesSender, IpcSelectionResult};
 use coop_worker::protocol::{
-    Chunk, Failure, FromWorker, OutputDesc, Rejection, SegmentDesc, Tile, ToWorker, send_chunk,
+    Chunk, Failure, FromWorker, OutputDesc, Payload, Rejection, SegmentDesc, Tile, ToWorker, send_chunk,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -338,7 +338,7 @@ impl<J: Job> JobState<'_, J> {
             let _ = slot.worker.tx.send(ToWorker::StartJob {
                 job: self.id,
                 name: J::NAME.to_string(),
-                params: self.params.clone(),
+                params: Payload::new(self.params.clone()),
                 input,
                 output,
             });
@@ -353,7 +353,7 @@ impl<J: Job> JobState<'_, J> {
         let sent = slot.worker.tx.send(ToWorker::Task {
             job: self.id,
             task: task as u32,
-            spec: self.specs[task].clone(),
+            spec: Payload::new(self.specs[task].clone()),
             chunks: chunks.clone(),
         });
         if sent.is_ok() && !chunks.is_empty() {
@@ -497,17 +497,16 @@ impl<J: Job> JobState<'_, J> {
                 _ => Ok(()),
             };
         };
-        if self.ipc != Ipc::Messages
-            || tile.offset != expected.start as u64
-            || tile.bytes.len() != expected.len()
+        let bytes = tile.bytes.bytes();
+        if self.ipc != Ipc::Messages || tile.offset != expected.start as u64 || bytes.len() != expected.len()
         {
             return Err(format!(
                 "sent a tile for task {task} that is not its output range"
             ));
         }
-        self.stats.bytes_from_workers += tile.bytes.len() as u64;
+        self.stats.bytes_from_workers += bytes.len() as u64;
         if let Some(output) = self.output.as_deref_mut() {
-            output.bytes_mut()[expected.clone()].copy_from_slice(&tile.bytes);
+            output.bytes_mut()[expected.clone()].copy_from_slice(bytes);
         }
         Ok(())
     }
