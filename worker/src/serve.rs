@@ -336,11 +336,34 @@ fn scribble(instance: &mut dyn JobInstance, range: std::ops::Range<usize>) {
 
 fn failed(open: &mut OpenJob, task: u32, failure: Failure) -> FromWorker {
     open.failed = true;
+    let failure = match failure {
+        Failure::Panic(message) => Failure::Panic(cut(message)),
+        Failure::Error(message) => Failure::Error(cut(message)),
+    };
     FromWorker::TaskFailed {
         job: open.id,
         task,
         failure,
     }
+}
+
+/// Longest failure message sent whole: the message carrying it must stay
+/// small enough not to be fragmented (see [`Payload`]).
+const MESSAGE_MAX: usize = 16 * 1024;
+
+/// `message`, cut at [`MESSAGE_MAX`] bytes (on a character boundary) with a
+/// note of how much was left out.
+fn cut(mut message: String) -> String {
+    if message.len() > MESSAGE_MAX {
+        let total = message.len();
+        let end = (0..=MESSAGE_MAX)
+            .rev()
+            .find(|&i| message.is_char_boundary(i))
+            .unwrap_or(0);
+        message.truncate(end);
+        message.push_str(&format!("... ({} more bytes not sent)", total - end));
+    }
+    message
 }
 
 /// Opens job `name` from the registered `jobs` with its encoded parameters,
@@ -370,5 +393,20 @@ pub fn open_job(
             "opening the job panicked: {}",
             panic_message(&*payload)
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_failure_messages_are_cut_on_a_character_boundary() {
+        assert_eq!(cut("short".to_string()), "short");
+        let long = "é".repeat(MESSAGE_MAX); // 2 bytes each
+        let sent = cut(long.clone());
+        assert!(sent.len() < MESSAGE_MAX + 64, "{} bytes", sent.len());
+        assert!(sent.starts_with(&long[..MESSAGE_MAX]));
+        assert!(sent.ends_with(&format!("... ({} more bytes not sent)", long.len() - MESSAGE_MAX)));
     }
 }
