@@ -220,7 +220,7 @@ pub enum Rejection {
 /// stopped mid-message would block the coordinator; and a sender keeps
 /// sending fragments to a receiver that died after the first (see
 /// [`bulk_piece_len`]).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Payload {
     /// Small payloads.
     Inline(#[serde(with = "serde_bytes")] Vec<u8>),

@@ -64,7 +64,7 @@ pub(super) fn run_job<J: Job>(
         output,
         progress,
         ipc: config.ipc,
-        params,
+        params: Payload::new(params),
         specs,
         tasks: plan.tasks,
         ranges: plan.ranges,
@@ -159,7 +159,9 @@ struct JobState<'a, J: Job> {
     output: Option<&'a mut SharedOutput>,
     progress: Option<&'a (dyn Fn(Progress) + Sync)>,
     ipc: Ipc,
-    params: Vec<u8>,
+    /// The encoded job value, made once for every worker (a large one is in
+    /// shared memory, which each worker maps rather than gets a copy of).
+    params: Payload,
     specs: Vec<Vec<u8>>,
     tasks: Vec<J::Task>,
     /// Output range of each task, checked disjoint and in bounds.
@@ -334,11 +336,11 @@ impl<J: Job> JobState<'_, J> {
                     }),
                 ),
             };
-            self.stats.bytes_to_workers += self.params.len() as u64;
+            self.stats.bytes_to_workers += self.params.bytes().len() as u64;
             let _ = slot.worker.tx.send(ToWorker::StartJob {
                 job: self.id,
                 name: J::NAME.to_string(),
-                params: Payload::new(self.params.clone()),
+                params: self.params.clone(),
                 input,
                 output,
             });
