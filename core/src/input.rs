@@ -6,9 +6,9 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use bytemuck::Pod;
-use coop_worker::Region;
 use coop_worker::ipc_channel::ipc::IpcSharedMemory;
-use coop_worker::protocol::SegmentDesc;
+use coop_worker::protocol::{SegmentDesc, SharedDesc, new_region_id};
+use coop_worker::{Region, release_pages};
 
 use crate::error::{Error, Result};
 
@@ -24,6 +24,10 @@ use crate::error::{Error, Result};
 ///   a memfd region.
 ///
 /// Jobs read segments with [`bytes`](Input::bytes) and [`slice`](Input::slice).
+///
+/// A [`Pool`](crate::Pool)'s workers keep the shared-memory segments of their
+/// last job mapped, so that the next job on the same input starts with its
+/// pages mapped; dropping the input frees that memory at once all the same.
 #[derive(Debug, Default)]
 pub struct Input {
     regions: Vec<Region>,
@@ -168,16 +172,22 @@ impl Input {
         Ok(())
     }
 
-    pub(crate) fn describe(&self) -> Vec<SegmentDesc> {
-        self.regions.iter().map(Region::describe).collect()
+    /// The segments as a worker finds them; `held(id)` says whether it still
+    /// maps shared region `id` (see [`SharedDesc`]).
+    pub(crate) fn describe(&self, held: impl Fn(u64) -> bool + Copy) -> Vec<SegmentDesc> {
+        self.regions.iter().map(|region| region.describe(held)).collect()
     }
 }
 
 /// A writable shared-memory region, zeroed, that the tasks of a job fill: each
 /// task writes only its own disjoint tile ([`Job::output_range`](crate::Job::output_range)),
 /// straight into memory the caller reads afterwards. Nothing of it is serialized.
+///
+/// Its memory is freed when it is dropped, even in workers that keep it
+/// mapped for their next job.
 #[derive(Debug)]
 pub struct SharedOutput {
+    id: u64,
     region: IpcSharedMemory,
 }
 
@@ -185,6 +195,7 @@ impl SharedOutput {
     /// A zeroed region of `len` bytes.
     pub fn new(len: usize) -> Self {
         SharedOutput {
+            id: new_region_id(),
             region: IpcSharedMemory::from_byte(0, len),
         }
     }
@@ -223,18 +234,34 @@ impl SharedOutput {
         bytemuck::cast_slice(&self.region)
     }
 
-    pub(crate) fn region(&self) -> &IpcSharedMemory {
-        &self.region
+    /// How a worker finds the region: its handle, or its id alone if
+    /// `held(id)` says the worker still maps it (see [`SharedDesc`]).
+    pub(crate) fn describe(&self, held: impl Fn(u64) -> bool) -> SharedDesc {
+        if held(self.id) {
+            SharedDesc::Held { id: self.id }
+        } else {
+            SharedDesc::New {
+                id: self.id,
+                region: self.region.clone(),
+            }
+        }
     }
 
     /// The region's bytes, writable: to fill it before a job, or to write
     /// tiles without an engine, as `speedup`'s bare threads do.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: `&mut self` excludes other references in this process, and no
-        // worker holds a mapping of the region outside a job: engines hand it to
-        // workers only while they run a job that borrows this output mutably,
-        // and workers drop their mapping when the job ends.
+        // worker touches the region outside a job: engines hand it to workers
+        // only while they run a job that borrows this output mutably, and a
+        // worker that keeps it mapped afterwards (for its next job) neither
+        // reads nor writes it until a job that uses it again.
         unsafe { self.region.deref_mut() }
+    }
+}
+
+impl Drop for SharedOutput {
+    fn drop(&mut self) {
+        release_pages(&mut self.region);
     }
 }
 

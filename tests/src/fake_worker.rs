@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use coop_worker::ipc_channel::ipc::{self, IpcSender};
 use coop_worker::protocol::{
-    ENV_SERVER, ENV_TOKEN, Failure, FromWorker, OutputDesc, Payload, Rejection, Tile, ToWorker,
+    ENV_SERVER, ENV_TOKEN, Failure, FromWorker, OutputDesc, Payload, Rejection, SharedDesc, Tile, ToWorker,
 };
 use serde::{Deserialize, Serialize};
 
@@ -85,13 +85,22 @@ fn serve(rng: &mut Rng, one_in: u64) -> Result<(), Box<dyn std::error::Error>> {
     })?;
     // The output's length, and whether tiles go back in messages.
     let (mut output_len, mut private) = (0u64, false);
+    // Lengths of the shared outputs seen, which the coordinator names by id
+    // once it believes this worker keeps them mapped.
+    let mut shared_lens = std::collections::HashMap::new();
     loop {
         let lie = rng.below(one_in) == 0;
         let reply = match rx.recv()? {
             ToWorker::StartJob { job, output, .. } => {
                 (output_len, private) = match output {
                     Some(OutputDesc::Private { len }) => (len, true),
-                    Some(OutputDesc::Shared(region)) => (region.len() as u64, false),
+                    Some(OutputDesc::Shared(SharedDesc::New { id, region })) => {
+                        shared_lens.insert(id, region.len() as u64);
+                        (region.len() as u64, false)
+                    }
+                    Some(OutputDesc::Shared(SharedDesc::Held { id })) => {
+                        (shared_lens.get(&id).copied().unwrap_or(0), false)
+                    }
                     None => (0, false),
                 };
                 match rng.below(if lie { 3 } else { u64::MAX }) {

@@ -31,6 +31,10 @@ fn main() {
         Trial::test("mapped_file_is_not_copied_per_worker", || {
             input_is_not_copied_per_worker(true)
         }),
+        Trial::test(
+            "workers_keep_shared_input_mapped_between_jobs_until_it_is_dropped",
+            workers_keep_shared_input_mapped_between_jobs_until_it_is_dropped,
+        ),
     ];
     libtest_mimic::run(&Arguments::from_args(), tests).exit();
 }
@@ -295,5 +299,88 @@ fn input_is_not_copied_per_worker(from_file: bool) -> Result<(), Failed> {
         growth >> 20,
         SIZE >> 20
     );
+    Ok(())
+}
+
+/// The memfd mappings of `len` bytes in process `pid`: start address and
+/// resident KiB of each.
+fn memfd_mappings(pid: u32, len: usize) -> Result<Vec<(u64, u64)>, Failed> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let (mut found, mut current) = (Vec::new(), None);
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let Some((start, end)) = fields.first().and_then(|f| f.split_once('-'))
+            && let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        {
+            let memfd = fields.get(5).is_some_and(|path| path.starts_with("/memfd:"));
+            current = (memfd && end - start == len as u64).then_some(start);
+        } else if let (Some(start), Some(["Rss:", kib, "kB"])) = (current, fields.get(..3)) {
+            found.push((start, kib.parse()?));
+            current = None;
+        }
+    }
+    Ok(found)
+}
+
+/// Workers keep the shared input of their last job mapped, so that the next
+/// job on it does not map it again; dropping the input frees its memory in
+/// the workers that keep it; a job on other input unmaps it.
+fn workers_keep_shared_input_mapped_between_jobs_until_it_is_dropped() -> Result<(), Failed> {
+    // Sizes no other region of these workers has.
+    const FIRST: usize = 3 << 20;
+    const SECOND: usize = 5 << 20;
+    let pool = Pool::builder().workers(2).build()?;
+    let pids = pool.worker_pids();
+    let data = numbers(FIRST as u64 / 8);
+    let mut input = Input::new();
+    input.push_slice(&data);
+    let expected = data.iter().sum::<u64>();
+
+    assert_eq!(pool.run(&Sum, &input)?, expected);
+    let mut first = Vec::new();
+    for &pid in &pids {
+        let maps = memfd_mappings(pid, FIRST)?;
+        assert!(
+            matches!(maps[..], [(_, resident)] if resident > 0),
+            "worker {pid}: {maps:?}, one mapping with pages in it expected"
+        );
+        first.push(maps[0].0);
+    }
+    assert_eq!(pool.run(&Sum, &input)?, expected);
+    for (&pid, &start) in pids.iter().zip(&first) {
+        let maps = memfd_mappings(pid, FIRST)?;
+        assert!(
+            matches!(maps[..], [(at, _)] if at == start),
+            "worker {pid}: {maps:?}, the mapping at {start:#x} kept"
+        );
+    }
+
+    drop(input);
+    for &pid in &pids {
+        let maps = memfd_mappings(pid, FIRST)?;
+        assert!(
+            matches!(maps[..], [(_, 0)]),
+            "worker {pid}: {maps:?}, still mapped, no page left"
+        );
+    }
+
+    let mut other = Input::new();
+    other.push_slice(&numbers(SECOND as u64 / 8));
+    assert_eq!(
+        pool.run(&Sum, &other)?,
+        numbers(SECOND as u64 / 8).iter().sum::<u64>()
+    );
+    for &pid in &pids {
+        assert_eq!(
+            memfd_mappings(pid, FIRST)?,
+            [],
+            "worker {pid}: the dropped input is unmapped"
+        );
+        assert_eq!(
+            memfd_mappings(pid, SECOND)?.len(),
+            1,
+            "worker {pid}: the new input is mapped"
+        );
+    }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! - [`protocol`]: the messages coordinator and workers exchange, defined once.
 //! - [`Region`]: an input segment (shared memory, a mapped file, or private memory).
 //! - [`Output`]: where a worker writes output tiles (shared or private).
+//! - [`Mappings`]: the shared regions a worker keeps mapped between jobs.
 //! - [`JobInstance`], [`JobEntry`]: the type-erased job a worker runs.
 //! - [`fault`]: fault injection for tests (feature `fault-injection`).
 //! - [`run_if_worker`]: handshake, parent-death signal, the task loop, panic capture.
@@ -13,6 +14,7 @@
 
 pub mod fault;
 mod job;
+mod mappings;
 mod output;
 mod panic;
 pub mod protocol;
@@ -21,9 +23,10 @@ mod serve;
 mod sigbus;
 
 pub use job::{JobEntry, JobInstance, OpenJob};
+pub use mappings::Mappings;
 pub use output::Output;
 pub use panic::{capture_panics, panic_message};
-pub use region::Region;
+pub use region::{Region, release_pages};
 pub use serve::{open_job, run_if_worker};
 
 /// Re-exported so that `coop` and its workers agree on one version.

@@ -7,7 +7,7 @@ use ipc_channel::ipc::IpcSharedMemory;
 use memmap2::MmapMut;
 use nix::libc;
 
-use crate::protocol::OutputDesc;
+use crate::protocol::{OutputDesc, SharedDesc};
 
 /// The output region of a job, as a worker holds it.
 #[derive(Debug)]
@@ -15,17 +15,24 @@ pub enum Output {
     /// The job has no output.
     None,
     /// Shared with the coordinator and all workers: tiles are written in place.
-    Shared(IpcSharedMemory),
+    Shared {
+        /// The region's id ([`SharedDesc`](crate::protocol::SharedDesc)).
+        id: u64,
+        /// The region.
+        region: IpcSharedMemory,
+    },
     /// Private to this worker (message passing): tiles are sent back.
     Private(Option<MmapMut>),
 }
 
 impl Output {
-    /// Maps the output a coordinator described.
+    /// Maps the output a coordinator described; a shared region named by id
+    /// alone is refused: only [`Mappings`](crate::Mappings) holds those.
     pub fn open(desc: Option<OutputDesc>) -> io::Result<Self> {
         Ok(match desc {
             None => Output::None,
-            Some(OutputDesc::Shared(region)) => Output::Shared(region),
+            Some(OutputDesc::Shared(SharedDesc::New { id, region })) => Output::Shared { id, region },
+            Some(OutputDesc::Shared(SharedDesc::Held { id })) => return Err(crate::region::not_held(id)),
             Some(OutputDesc::Private { len: 0 }) => Output::Private(None),
             Some(OutputDesc::Private { len }) => Output::Private(Some(MmapMut::map_anon(len as usize)?)),
         })
@@ -40,7 +47,7 @@ impl Output {
     pub fn bytes(&self) -> &[u8] {
         match self {
             Output::None | Output::Private(None) => &[],
-            Output::Shared(region) => region,
+            Output::Shared { region, .. } => region,
             Output::Private(Some(map)) => map,
         }
     }
@@ -53,7 +60,7 @@ impl Output {
     /// happens for other outputs, or where the kernel (before Linux 5.14)
     /// does not know the advice.
     pub fn prefault(&self, range: Range<usize>) {
-        let Output::Shared(region) = self else {
+        let Output::Shared { region, .. } = self else {
             return;
         };
         let Some(tile) = region.get(range).filter(|tile| !tile.is_empty()) else {
@@ -81,7 +88,7 @@ impl Output {
         match self {
             Output::None | Output::Private(None) => &mut [],
             // SAFETY: forwarded to the caller's contract.
-            Output::Shared(region) => unsafe { region.deref_mut() },
+            Output::Shared { region, .. } => unsafe { region.deref_mut() },
             Output::Private(Some(map)) => map,
         }
     }
@@ -107,7 +114,10 @@ mod tests {
         let original = IpcSharedMemory::from_bytes(&bytes);
         // A clone is a second mapping of the same memory: nothing of it is
         // mapped in this process yet.
-        let output = Output::Shared(original.clone());
+        let output = Output::Shared {
+            id: 1,
+            region: original.clone(),
+        };
         let address = output.bytes().as_ptr();
         assert_eq!(resident_kib(address), 0);
         // An empty tile and one out of bounds are ignored.

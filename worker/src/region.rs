@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use ipc_channel::ipc::IpcSharedMemory;
 use memmap2::{Mmap, MmapMut};
 
-use crate::protocol::SegmentDesc;
+use crate::protocol::{SegmentDesc, SharedDesc, new_region_id};
 use crate::sigbus;
 
 /// One input segment, mapped into this process: a shared-memory region or a
@@ -20,7 +20,13 @@ pub struct Region {
 
 #[derive(Debug)]
 enum Backing {
-    Shared(IpcSharedMemory),
+    /// `id` names the region to workers ([`SharedDesc`]). The coordinator's
+    /// own regions are `owned`: see [`Region::drop`](#impl-Drop-for-Region).
+    Shared {
+        id: u64,
+        region: IpcSharedMemory,
+        owned: bool,
+    },
     /// `map` is `None` for an empty file, which cannot be mapped. `file`
     /// stays open so that [`Region::check_file`] sees the same file.
     File {
@@ -42,10 +48,40 @@ struct FileMap {
 }
 
 impl Region {
-    /// Wraps a shared-memory region.
+    /// Wraps a new shared-memory region that this process owns: it gets a new
+    /// id, and its memory is freed when the region is dropped, even while
+    /// workers still map it.
     pub fn shared(region: IpcSharedMemory) -> Self {
         Region {
-            backing: Backing::Shared(region),
+            backing: Backing::Shared {
+                id: new_region_id(),
+                region,
+                owned: true,
+            },
+        }
+    }
+
+    /// A worker's mapping of the coordinator's region `id`.
+    pub(crate) fn mapped(id: u64, region: IpcSharedMemory) -> Self {
+        Region {
+            backing: Backing::Shared {
+                id,
+                region,
+                owned: false,
+            },
+        }
+    }
+
+    /// A worker's mapping of a coordinator's region, handed back when the job
+    /// that used it closes (see [`Mappings`](crate::Mappings)); `None`, and
+    /// the region unchanged, for other segments.
+    pub(crate) fn take_mapped(&mut self) -> Option<(u64, IpcSharedMemory)> {
+        if !matches!(self.backing, Backing::Shared { owned: false, .. }) {
+            return None;
+        }
+        match std::mem::replace(&mut self.backing, Backing::Private(None)) {
+            Backing::Shared { id, region, .. } => Some((id, region)),
+            _ => unreachable!("checked above"),
         }
     }
 
@@ -118,7 +154,7 @@ impl Region {
     /// The segment's bytes.
     pub fn bytes(&self) -> &[u8] {
         match &self.backing {
-            Backing::Shared(region) => region,
+            Backing::Shared { region, .. } => region,
             Backing::File { map: Some(map), .. } => &map.map,
             Backing::File { map: None, .. } => &[],
             Backing::Private(Some(map)) => map,
@@ -165,10 +201,18 @@ impl Region {
         }
     }
 
-    /// How a worker finds this segment: the region's handle, or the file's path.
-    pub fn describe(&self) -> SegmentDesc {
+    /// How a worker finds this segment: the region's handle (or its id alone,
+    /// if `held(id)` says the worker still maps it), or the file's path.
+    pub fn describe(&self, held: impl Fn(u64) -> bool) -> SegmentDesc {
         match &self.backing {
-            Backing::Shared(region) => SegmentDesc::Shared(region.clone()),
+            Backing::Shared { id, region, .. } => SegmentDesc::Shared(if held(*id) {
+                SharedDesc::Held { id: *id }
+            } else {
+                SharedDesc::New {
+                    id: *id,
+                    region: region.clone(),
+                }
+            }),
             Backing::File { path, .. } => SegmentDesc::File {
                 path: path.clone(),
                 len: self.bytes().len() as u64,
@@ -180,10 +224,12 @@ impl Region {
     }
 
     /// Maps a segment described by a coordinator. A file whose length changed
-    /// since the coordinator mapped it is refused.
+    /// since the coordinator mapped it is refused, and so is a shared region
+    /// named by id alone: only [`Mappings`](crate::Mappings) holds those.
     pub fn open(desc: SegmentDesc) -> io::Result<Self> {
         match desc {
-            SegmentDesc::Shared(region) => Ok(Region::shared(region)),
+            SegmentDesc::Shared(SharedDesc::New { id, region }) => Ok(Region::mapped(id, region)),
+            SegmentDesc::Shared(SharedDesc::Held { id }) => Err(not_held(id)),
             SegmentDesc::File { path, len } => {
                 let region = Region::map_file(&path)
                     .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", path.display())))?;
@@ -198,6 +244,48 @@ impl Region {
             }
             SegmentDesc::Private { len } => Region::private(len as usize),
         }
+    }
+}
+
+/// The error for a shared region a coordinator named by id to a worker
+/// that does not hold it.
+pub(crate) fn not_held(id: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("shared region {id} was named by id, but this worker does not hold it"),
+    )
+}
+
+impl Drop for Region {
+    /// A region this process owns is emptied before it is unmapped: its pages
+    /// are freed now, not when the last worker that kept it mapped (see
+    /// [`Mappings`](crate::Mappings)) unmaps it at its next job. Nothing reads
+    /// it any more: jobs borrow their input and output for as long as they
+    /// run, and a worker never touches a kept region outside a job that uses it.
+    fn drop(&mut self) {
+        if let Backing::Shared {
+            region, owned: true, ..
+        } = &mut self.backing
+        {
+            release_pages(region);
+        }
+    }
+}
+
+/// Frees the pages of a shared-memory region, in every process that maps it:
+/// they read as zeros afterwards. For the owner of a region about to drop it,
+/// when other processes may keep it mapped without reading it. Only a hint:
+/// where it fails, the pages are freed when the last mapping goes.
+pub fn release_pages(region: &mut IpcSharedMemory) {
+    if region.is_empty() {
+        return;
+    }
+    // SAFETY: the range is exactly this live mapping (shared memory starts on
+    // a page boundary), and `&mut` means no reference into it is alive in
+    // this process. MADV_REMOVE punches a hole in the memfd: no byte of this
+    // process's memory is reinterpreted, pages just read as zeros.
+    unsafe {
+        nix::libc::madvise(region.as_ptr() as *mut _, region.len(), nix::libc::MADV_REMOVE);
     }
 }
 

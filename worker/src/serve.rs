@@ -11,13 +11,12 @@ use nix::unistd::{Pid, getppid};
 
 use crate::fault::{self, Aftermath, Fault, Garbage, Point};
 use crate::job::{JobEntry, JobInstance};
-use crate::output::Output;
+use crate::mappings::Mappings;
 use crate::panic::{capture_panics, panic_message};
 use crate::protocol::{
     Chunk, ENV_PARENT, ENV_SERVER, ENV_TOKEN, Failure, FromWorker, OutputDesc, Payload, Rejection,
     SegmentDesc, Tile, ToWorker,
 };
-use crate::region::Region;
 
 /// Exit status of a worker whose coordinator went away or broke the protocol.
 const EXIT_PROTOCOL: i32 = 3;
@@ -137,6 +136,13 @@ struct OpenJob {
     failed: bool,
 }
 
+/// Closes the open job, if any, taking back the shared regions it was lent.
+fn close(current: &mut Option<OpenJob>, mappings: &mut Mappings) {
+    if let Some(mut open) = current.take() {
+        mappings.reclaim(open.instance.as_mut());
+    }
+}
+
 /// A worker's three channels to its coordinator.
 struct Channels {
     /// Control messages and tasks.
@@ -150,6 +156,7 @@ struct Channels {
 fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(), WorkerError> {
     let Channels { rx, bulk, mut tx } = channels;
     let mut current: Option<OpenJob> = None;
+    let mut mappings = Mappings::default();
     loop {
         let message = match rx.recv() {
             Ok(message) => message,
@@ -165,8 +172,8 @@ fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(
                 input,
                 output,
             } => {
-                current = None; // release the previous job's mappings first
-                match open_job(jobs, &name, params.bytes(), input, output) {
+                close(&mut current, &mut mappings);
+                match open_job(jobs, &name, params.bytes(), input, output, &mut mappings) {
                     Ok(instance) => {
                         current = Some(OpenJob {
                             id: job,
@@ -236,7 +243,7 @@ fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(
             }
             ToWorker::EndJob { job } => {
                 if current.as_ref().is_some_and(|o| o.id == job) {
-                    current = None;
+                    close(&mut current, &mut mappings);
                 }
             }
             ToWorker::Shutdown => return Ok(()),
@@ -367,26 +374,25 @@ fn cut(mut message: String) -> String {
 }
 
 /// Opens job `name` from the registered `jobs` with its encoded parameters,
-/// input segments and output: what a worker does when a job starts, whatever
-/// carries its messages (ipc-channel here, MPI in `coop`).
+/// input segments and output, the shared ones from or into `mappings`: what
+/// a worker does when a job starts, whatever carries its messages
+/// (ipc-channel here, MPI in `coop`).
 pub fn open_job(
     jobs: &[JobEntry],
     name: &str,
     params: &[u8],
     input: Vec<SegmentDesc>,
     output: Option<OutputDesc>,
+    mappings: &mut Mappings,
 ) -> Result<Box<dyn JobInstance>, Rejection> {
     let Some(entry) = jobs.iter().find(|entry| entry.name == name) else {
         return Err(Rejection::UnknownJob {
             registered: jobs.iter().map(|entry| entry.name.to_string()).collect(),
         });
     };
-    let regions = input
-        .into_iter()
-        .map(Region::open)
-        .collect::<Result<Vec<_>, _>>()
+    let (regions, output) = mappings
+        .open(input, output)
         .map_err(|err| Rejection::Setup(err.to_string()))?;
-    let output = Output::open(output).map_err(|err| Rejection::Setup(format!("output: {err}")))?;
     match panic::catch_unwind(AssertUnwindSafe(|| (entry.open)(params, regions, output))) {
         Ok(result) => result.map_err(Rejection::Setup),
         Err(payload) => Err(Rejection::Setup(format!(

@@ -158,18 +158,15 @@ pub(super) fn run_job<J: Job>(
 
     let encoding = Instant::now();
     let Encoded { params, specs } = plan.encode(job)?;
-    let segments: Vec<Segment> = input
-        .describe()
-        .into_iter()
-        .map(|desc| match desc {
+    let segments: Vec<Segment> = (input.describe(|_| false).into_iter().enumerate())
+        .map(|(index, desc)| match desc {
             SegmentDesc::File { path, len } => Segment::File {
                 path: path.as_os_str().as_bytes().to_vec(),
                 len,
             },
-            SegmentDesc::Shared(region) => Segment::Memory {
-                len: region.len() as u64,
+            SegmentDesc::Shared(_) | SegmentDesc::Private { .. } => Segment::Memory {
+                len: input.bytes(index).len() as u64,
             },
-            SegmentDesc::Private { len } => Segment::Memory { len },
         })
         .collect();
     let in_memory = segments

@@ -7,7 +7,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 
 use coop_worker::protocol::{Failure, OutputDesc, SegmentDesc};
-use coop_worker::{JobEntry, JobInstance, capture_panics, open_job, panic_message};
+use coop_worker::{JobEntry, JobInstance, Mappings, capture_panics, open_job, panic_message};
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 
@@ -86,7 +86,8 @@ fn task_loop(world: &SimpleCommunicator, jobs: &[JobEntry]) -> Result<(), String
                     })
                     .collect();
                 let output = output.map(|len| OutputDesc::Private { len });
-                match open_job(jobs, &name, &params, input, output) {
+                // Ranks hold no shared memory: nothing to keep between jobs.
+                match open_job(jobs, &name, &params, input, output, &mut Mappings::default()) {
                     Ok(instance) => {
                         current = Some(OpenJob {
                             id: job,

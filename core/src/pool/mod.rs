@@ -292,6 +292,9 @@ struct Slot {
     killed: Option<Kill>,
     /// Input ranges (segment, start, end) the worker holds (message passing).
     sent: std::collections::HashSet<(usize, usize, usize)>,
+    /// Shared regions the worker keeps mapped: those of the last job it
+    /// opened ([`coop_worker::Mappings`]).
+    held: Vec<u64>,
 }
 
 impl State {
@@ -321,6 +324,7 @@ impl State {
             flushing: false,
             killed: None,
             sent: Default::default(),
+            held: Vec::new(),
         });
         Ok(())
     }

@@ -318,12 +318,13 @@ impl<J: Job> JobState<'_, J> {
 
     fn send_task(&mut self, slot: &mut Slot, task: usize, feeder: &StartFeeder<'_>) {
         if !slot.open {
+            let held = |id| slot.held.contains(&id);
             let (input, output) = match self.ipc {
                 Ipc::SharedMemory => (
-                    self.input.describe(),
+                    self.input.describe(held),
                     self.output
                         .as_deref()
-                        .map(|out| OutputDesc::Shared(out.region().clone())),
+                        .map(|out| OutputDesc::Shared(out.describe(held))),
                 ),
                 Ipc::Messages => (
                     (0..self.input.len())
@@ -337,6 +338,17 @@ impl<J: Job> JobState<'_, J> {
                 ),
             };
             self.stats.bytes_to_workers += self.params.bytes().len() as u64;
+            // What the worker keeps mapped once it opened the job.
+            slot.held = (input.iter())
+                .filter_map(|segment| match segment {
+                    SegmentDesc::Shared(desc) => Some(desc.id()),
+                    _ => None,
+                })
+                .chain(output.iter().filter_map(|out| match out {
+                    OutputDesc::Shared(desc) => Some(desc.id()),
+                    OutputDesc::Private { .. } => None,
+                }))
+                .collect();
             let _ = slot.worker.tx.send(ToWorker::StartJob {
                 job: self.id,
                 name: J::NAME.to_string(),
@@ -464,6 +476,8 @@ impl<J: Job> JobState<'_, J> {
                 slot.running_since = (!slot.assigned.is_empty()).then(Instant::now);
             }
             FromWorker::JobRejected { job, reason } if job == self.id => {
+                // A worker that could not open the job keeps nothing mapped.
+                slot.held.clear();
                 return Err(match reason {
                     Rejection::UnknownJob { registered } => Error::UnknownJob {
                         job: J::NAME,
