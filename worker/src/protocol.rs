@@ -266,7 +266,12 @@ pub enum Payload {
     /// Small payloads.
     Inline(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Large payloads: one copy into a memfd, passed as a file descriptor.
-    Shared(IpcSharedMemory),
+    Shared {
+        /// The region, perhaps larger than the payload (see [`Outbox`]).
+        region: IpcSharedMemory,
+        /// Length of the payload, from the start of the region.
+        len: u64,
+    },
 }
 
 impl Payload {
@@ -275,15 +280,59 @@ impl Payload {
         if bytes.len() <= INLINE_PAYLOAD_MAX {
             Payload::Inline(bytes)
         } else {
-            Payload::Shared(IpcSharedMemory::from_bytes(&bytes))
+            Payload::Shared {
+                len: bytes.len() as u64,
+                region: IpcSharedMemory::from_bytes(&bytes),
+            }
         }
     }
 
-    /// The payload's bytes.
+    /// The payload's bytes; none if its length lies beyond its region (a
+    /// payload no coop process makes).
     pub fn bytes(&self) -> &[u8] {
         match self {
             Payload::Inline(bytes) => bytes,
-            Payload::Shared(region) => region,
+            Payload::Shared { region, len } => usize::try_from(*len)
+                .ok()
+                .and_then(|len| region.get(..len))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The shared region a worker's last large partial went out in, kept to
+/// carry the next one: its pages are allocated and mapped already, where a
+/// new region costs a page fault for every page written (a 7 MB word-count
+/// table: about 5 ms to create, against 1 ms to copy into a kept one).
+///
+/// A worker sends one partial at a time, and only when asked
+/// ([`ToWorker::Flush`]); the coordinator reads a partial's bytes while it
+/// merges it, before it asks the same worker for another. So the region is
+/// never written while the coordinator reads it.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    region: Option<IpcSharedMemory>,
+}
+
+impl Outbox {
+    /// A payload of `bytes`: inline when small, else copied into the kept
+    /// region, or into a new one an eighth larger than `bytes` (kept in its
+    /// place) when they do not fit.
+    pub fn payload(&mut self, bytes: Vec<u8>) -> Payload {
+        if bytes.len() <= INLINE_PAYLOAD_MAX {
+            return Payload::Inline(bytes);
+        }
+        let region = match &mut self.region {
+            Some(region) if region.len() >= bytes.len() => region,
+            kept => kept.insert(IpcSharedMemory::from_byte(0, bytes.len() + bytes.len() / 8)),
+        };
+        // SAFETY: no other process reads the region now (see the type's
+        // docs), and no reference into it is alive in this one.
+        let target = unsafe { region.deref_mut() };
+        target[..bytes.len()].copy_from_slice(&bytes);
+        Payload::Shared {
+            region: region.clone(),
+            len: bytes.len() as u64,
         }
     }
 }
@@ -304,8 +353,46 @@ mod tests {
         let inline = Payload::new(vec![1; INLINE_PAYLOAD_MAX]);
         assert!(matches!(inline, Payload::Inline(_)));
         let shared = Payload::new(vec![2; INLINE_PAYLOAD_MAX + 1]);
-        assert!(matches!(shared, Payload::Shared(_)));
+        assert!(matches!(shared, Payload::Shared { .. }));
         assert_eq!(shared.bytes(), &vec![2; INLINE_PAYLOAD_MAX + 1][..]);
+    }
+
+    #[test]
+    fn an_outbox_carries_large_payloads_in_one_region_while_they_fit() {
+        let mut outbox = Outbox::default();
+        let region_of = |payload: &Payload| match payload {
+            Payload::Shared { region, .. } => region.len(),
+            Payload::Inline(_) => 0,
+        };
+        let small = outbox.payload(vec![1; 100]);
+        assert!(matches!(small, Payload::Inline(_)));
+        assert!(outbox.region.is_none());
+
+        let first = outbox.payload(vec![2; 800_000]);
+        assert_eq!(first.bytes(), &[2; 800_000][..]);
+        assert_eq!(region_of(&first), 900_000);
+        drop(first); // the coordinator is done with it
+        let kept = outbox.region.as_ref().map(|r| r.as_ptr());
+        // Smaller, then as large as the region: the same region.
+        for len in [700_000, 900_000] {
+            let next = outbox.payload(vec![3; len]);
+            assert_eq!(next.bytes(), &vec![3; len][..]);
+            assert_eq!(region_of(&next), 900_000);
+            assert_eq!(outbox.region.as_ref().map(|r| r.as_ptr()), kept);
+        }
+        // Larger: a new region, kept from then on.
+        let larger = outbox.payload(vec![4; 1_000_000]);
+        assert_eq!(larger.bytes(), &vec![4; 1_000_000][..]);
+        assert_eq!(region_of(&larger), 1_125_000);
+    }
+
+    #[test]
+    fn a_shared_payload_longer_than_its_region_reads_as_empty() {
+        let payload = Payload::Shared {
+            region: IpcSharedMemory::from_bytes(&[5; 10]),
+            len: 11,
+        };
+        assert!(payload.bytes().is_empty());
     }
 
     #[test]

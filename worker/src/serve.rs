@@ -14,7 +14,7 @@ use crate::job::{JobEntry, JobInstance};
 use crate::mappings::Mappings;
 use crate::panic::{capture_panics, panic_message};
 use crate::protocol::{
-    Chunk, ENV_PARENT, ENV_SERVER, ENV_TOKEN, Failure, FromWorker, OutputDesc, Payload, Rejection,
+    Chunk, ENV_PARENT, ENV_SERVER, ENV_TOKEN, Failure, FromWorker, Outbox, OutputDesc, Payload, Rejection,
     SegmentDesc, Tile, ToWorker,
 };
 
@@ -157,6 +157,7 @@ fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(
     let Channels { rx, bulk, mut tx } = channels;
     let mut current: Option<OpenJob> = None;
     let mut mappings = Mappings::default();
+    let mut outbox = Outbox::default();
     loop {
         let message = match rx.recv() {
             Ok(message) => message,
@@ -229,7 +230,7 @@ fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(
                         };
                         FromWorker::Partial {
                             job,
-                            data: Payload::new(bytes),
+                            data: outbox.payload(bytes),
                         }
                     }
                     Ok(Err(message)) => failed(open, u32::MAX, Failure::Error(message)),
