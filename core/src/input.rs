@@ -7,7 +7,7 @@ use std::path::Path;
 
 use bytemuck::Pod;
 use coop_worker::ipc_channel::ipc::IpcSharedMemory;
-use coop_worker::protocol::{SegmentDesc, SharedDesc, new_region_id};
+use coop_worker::protocol::{OutputDesc, SegmentDesc, new_region_id};
 use coop_worker::{Region, release_pages};
 
 use crate::error::{Error, Result};
@@ -25,9 +25,9 @@ use crate::error::{Error, Result};
 ///
 /// Jobs read segments with [`bytes`](Input::bytes) and [`slice`](Input::slice).
 ///
-/// A [`Pool`](crate::Pool)'s workers keep the shared-memory segments of their
-/// last job mapped, so that the next job on the same input starts with its
-/// pages mapped; dropping the input frees that memory at once all the same.
+/// A [`Pool`](crate::Pool)'s workers keep the segments of their last job
+/// mapped, so that the next job on the same input starts with its pages
+/// mapped; dropping the input frees its shared memory at once all the same.
 #[derive(Debug, Default)]
 pub struct Input {
     regions: Vec<Region>,
@@ -173,7 +173,7 @@ impl Input {
     }
 
     /// The segments as a worker finds them; `held(id)` says whether it still
-    /// maps shared region `id` (see [`SharedDesc`]).
+    /// maps segment `id` (see [`new_region_id`]).
     pub(crate) fn describe(&self, held: impl Fn(u64) -> bool + Copy) -> Vec<SegmentDesc> {
         self.regions.iter().map(|region| region.describe(held)).collect()
     }
@@ -235,12 +235,12 @@ impl SharedOutput {
     }
 
     /// How a worker finds the region: its handle, or its id alone if
-    /// `held(id)` says the worker still maps it (see [`SharedDesc`]).
-    pub(crate) fn describe(&self, held: impl Fn(u64) -> bool) -> SharedDesc {
+    /// `held(id)` says the worker still maps it (see [`new_region_id`]).
+    pub(crate) fn describe(&self, held: impl Fn(u64) -> bool) -> OutputDesc {
         if held(self.id) {
-            SharedDesc::Held { id: self.id }
+            OutputDesc::Held { id: self.id }
         } else {
-            SharedDesc::New {
+            OutputDesc::Shared {
                 id: self.id,
                 region: self.region.clone(),
             }

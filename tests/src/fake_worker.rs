@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use coop_worker::ipc_channel::ipc::{self, IpcSender};
 use coop_worker::protocol::{
-    ENV_SERVER, ENV_TOKEN, Failure, FromWorker, OutputDesc, Payload, Rejection, SharedDesc, Tile, ToWorker,
+    ENV_SERVER, ENV_TOKEN, Failure, FromWorker, OutputDesc, Payload, Rejection, Tile, ToWorker,
 };
 use serde::{Deserialize, Serialize};
 
@@ -94,13 +94,11 @@ fn serve(rng: &mut Rng, one_in: u64) -> Result<(), Box<dyn std::error::Error>> {
             ToWorker::StartJob { job, output, .. } => {
                 (output_len, private) = match output {
                     Some(OutputDesc::Private { len }) => (len, true),
-                    Some(OutputDesc::Shared(SharedDesc::New { id, region })) => {
+                    Some(OutputDesc::Shared { id, region }) => {
                         shared_lens.insert(id, region.len() as u64);
                         (region.len() as u64, false)
                     }
-                    Some(OutputDesc::Shared(SharedDesc::Held { id })) => {
-                        (shared_lens.get(&id).copied().unwrap_or(0), false)
-                    }
+                    Some(OutputDesc::Held { id }) => (shared_lens.get(&id).copied().unwrap_or(0), false),
                     None => (0, false),
                 };
                 match rng.below(if lie { 3 } else { u64::MAX }) {

@@ -1,4 +1,4 @@
-//! [`Mappings`]: the shared regions a worker keeps mapped from one job to the next.
+//! [`Mappings`]: the input and output a worker keeps mapped from one job to the next.
 
 use std::collections::HashMap;
 use std::io;
@@ -7,28 +7,36 @@ use ipc_channel::ipc::IpcSharedMemory;
 
 use crate::job::JobInstance;
 use crate::output::Output;
-use crate::protocol::{OutputDesc, SegmentDesc, SharedDesc};
+use crate::protocol::{OutputDesc, SegmentDesc};
 use crate::region::{Region, not_held};
 
-/// The shared-memory regions (input segments and output) of a worker's last
-/// job, by id, kept mapped so that the next job on the same data finds its
-/// pages mapped already (see [`SharedDesc`] for what that saves).
+/// The input segments (shared memory and files) and shared output of a
+/// worker's last job, by id, kept mapped so that the next job on the same
+/// data finds its pages mapped already (see
+/// [`new_region_id`](crate::protocol::new_region_id) for what that saves).
 ///
 /// While a job is open its regions are lent to it; [`reclaim`](Self::reclaim)
 /// takes them back when the job closes, and [`open`](Self::open) unmaps those
 /// the next job does not name. The coordinator mirrors this: it names a
-/// region by id alone ([`SharedDesc::Held`]) exactly when this worker opened
-/// its last job with it, and the memory of a region it drops is freed at once
-/// ([`release_pages`](crate::release_pages)), whoever still maps it.
+/// region by id alone ([`SegmentDesc::Held`], [`OutputDesc::Held`]) exactly
+/// when this worker opened its last job with it, and the memory of a shared
+/// region it drops is freed at once ([`release_pages`](crate::release_pages)),
+/// whoever still maps it.
 #[derive(Debug, Default)]
 pub struct Mappings {
-    held: HashMap<u64, IpcSharedMemory>,
+    held: HashMap<u64, Kept>,
+}
+
+#[derive(Debug)]
+enum Kept {
+    Segment(Region),
+    Output(IpcSharedMemory),
 }
 
 impl Mappings {
     /// Maps the input segments and output a coordinator described for a job:
-    /// regions named by id come from those held, and those held but not named
-    /// are unmapped. Afterwards nothing is held until
+    /// those named by id come from the ones held, and those held but not
+    /// named are unmapped. Afterwards nothing is held until
     /// [`reclaim`](Self::reclaim), also on an error.
     pub fn open(
         &mut self,
@@ -36,40 +44,35 @@ impl Mappings {
         output: Option<OutputDesc>,
     ) -> io::Result<(Vec<Region>, Output)> {
         let mut held = std::mem::take(&mut self.held);
-        let mut lend = |desc: SharedDesc| match desc {
-            SharedDesc::New { id, region } => Ok((id, region)),
-            SharedDesc::Held { id } => held
-                .remove(&id)
-                .map(|region| (id, region))
-                .ok_or_else(|| not_held(id)),
-        };
-        let regions = input
-            .into_iter()
+        let regions = (input.into_iter())
             .map(|desc| match desc {
-                SegmentDesc::Shared(desc) => lend(desc).map(|(id, region)| Region::mapped(id, region)),
+                SegmentDesc::Held { id } => match held.remove(&id) {
+                    Some(Kept::Segment(region)) => Ok(region),
+                    _ => Err(not_held(id)),
+                },
                 desc => Region::open(desc),
             })
             .collect::<io::Result<Vec<_>>>()?;
         let output = match output {
-            Some(OutputDesc::Shared(desc)) => {
-                let (id, region) =
-                    lend(desc).map_err(|err| io::Error::new(err.kind(), format!("output: {err}")))?;
-                Output::Shared { id, region }
-            }
-            desc => Output::open(desc).map_err(|err| io::Error::new(err.kind(), format!("output: {err}")))?,
-        };
+            Some(OutputDesc::Held { id }) => match held.remove(&id) {
+                Some(Kept::Output(region)) => Ok(Output::Shared { id, region }),
+                _ => Err(not_held(id)),
+            },
+            desc => Output::open(desc),
+        }
+        .map_err(|err| io::Error::new(err.kind(), format!("output: {err}")))?;
         Ok((regions, output))
     }
 
-    /// Takes back the shared regions lent to a job that is closing.
+    /// Takes back the input segments and output lent to a job that is closing.
     pub fn reclaim(&mut self, job: &mut dyn JobInstance) {
         for region in job.regions_mut() {
-            if let Some((id, region)) = region.take_mapped() {
-                self.held.insert(id, region);
+            if let Some(region) = region.take_kept() {
+                self.held.insert(region.id(), Kept::Segment(region));
             }
         }
         if let Output::Shared { id, region } = std::mem::replace(job.output_mut(), Output::None) {
-            self.held.insert(id, region);
+            self.held.insert(id, Kept::Output(region));
         }
     }
 
@@ -112,8 +115,8 @@ mod tests {
         }
     }
 
-    fn new(id: u64, bytes: &[u8]) -> SharedDesc {
-        SharedDesc::New {
+    fn shared(id: u64, bytes: &[u8]) -> SegmentDesc {
+        SegmentDesc::Shared {
             id,
             region: IpcSharedMemory::from_bytes(bytes),
         }
@@ -131,14 +134,21 @@ mod tests {
 
     #[test]
     fn a_job_on_the_same_regions_gets_the_same_mappings() {
+        let dir = tempfile_dir();
+        let path = dir.join("input.txt");
+        std::fs::write(&path, b"a file").unwrap();
         let mut mappings = Mappings::default();
         let mut job = open(
             &mut mappings,
             vec![
-                SegmentDesc::Shared(new(7, b"input")),
+                shared(7, b"input"),
+                SegmentDesc::File { id: 9, path, len: 6 },
                 SegmentDesc::Private { len: 3 },
             ],
-            Some(OutputDesc::Shared(new(8, &[0; 16]))),
+            Some(OutputDesc::Shared {
+                id: 8,
+                region: IpcSharedMemory::from_byte(0, 16),
+            }),
         )
         .unwrap();
         assert_eq!(
@@ -146,28 +156,42 @@ mod tests {
             Vec::<u64>::new(),
             "lent to the job while it is open"
         );
-        let (input_at, output_at) = (job.regions[0].bytes().as_ptr(), job.output.bytes().as_ptr());
+        let at = |job: &Lent| {
+            (
+                job.regions[0].bytes().as_ptr(),
+                job.regions[1].bytes().as_ptr(),
+                job.output.bytes().as_ptr(),
+            )
+        };
+        let first = at(&job);
         mappings.reclaim(&mut job);
         drop(job);
-        assert_eq!(mappings.ids(), [7, 8]);
+        assert_eq!(mappings.ids(), [7, 8, 9]);
 
         let job = open(
             &mut mappings,
-            vec![SegmentDesc::Shared(SharedDesc::Held { id: 7 })],
-            Some(OutputDesc::Shared(SharedDesc::Held { id: 8 })),
+            vec![SegmentDesc::Held { id: 7 }, SegmentDesc::Held { id: 9 }],
+            Some(OutputDesc::Held { id: 8 }),
         )
         .unwrap();
         assert_eq!(job.regions[0].bytes(), b"input");
-        assert_eq!(job.regions[0].bytes().as_ptr(), input_at, "not mapped again");
-        assert_eq!(job.output.bytes().as_ptr(), output_at, "not mapped again");
+        assert_eq!(job.regions[1].bytes(), b"a file");
+        assert_eq!(at(&job), first, "nothing mapped again");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("coop-mappings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]
     fn regions_the_next_job_does_not_name_are_unmapped() {
         let mut mappings = Mappings::default();
-        let mut job = open(&mut mappings, vec![SegmentDesc::Shared(new(1, b"old"))], None).unwrap();
+        let mut job = open(&mut mappings, vec![shared(1, b"old")], None).unwrap();
         mappings.reclaim(&mut job);
-        let mut job = open(&mut mappings, vec![SegmentDesc::Shared(new(2, b"new"))], None).unwrap();
+        let mut job = open(&mut mappings, vec![shared(2, b"new")], None).unwrap();
         assert_eq!(job.regions[0].bytes(), b"new");
         mappings.reclaim(&mut job);
         assert_eq!(mappings.ids(), [2]);
@@ -176,54 +200,42 @@ mod tests {
     #[test]
     fn a_region_named_by_id_that_is_not_held_is_refused_and_nothing_is_kept() {
         let mut mappings = Mappings::default();
-        let mut job = open(&mut mappings, vec![SegmentDesc::Shared(new(1, b"kept"))], None).unwrap();
+        let mut job = open(&mut mappings, vec![shared(1, b"kept")], None).unwrap();
         mappings.reclaim(&mut job);
         let err = open(
             &mut mappings,
-            vec![SegmentDesc::Shared(SharedDesc::Held { id: 1 })],
-            Some(OutputDesc::Shared(SharedDesc::Held { id: 2 })),
+            vec![SegmentDesc::Held { id: 1 }],
+            Some(OutputDesc::Held { id: 2 }),
         )
         .err()
         .expect("region 2 was never sent");
         assert_eq!(
             err.to_string(),
-            "output: shared region 2 was named by id, but this worker does not hold it"
+            "output: region 2 was named by id, but this worker does not hold it"
         );
         assert_eq!(mappings.ids(), Vec::<u64>::new());
-        let err = open(
-            &mut mappings,
-            vec![SegmentDesc::Shared(SharedDesc::Held { id: 1 })],
-            None,
-        )
-        .err()
-        .expect("region 1 went with the failed job");
+        let err = open(&mut mappings, vec![SegmentDesc::Held { id: 1 }], None)
+            .err()
+            .expect("region 1 went with the failed job");
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        // An input segment named as the output is not held either.
+        let mut job = open(&mut mappings, vec![shared(3, b"input")], None).unwrap();
+        mappings.reclaim(&mut job);
+        assert!(open(&mut mappings, vec![], Some(OutputDesc::Held { id: 3 })).is_err());
     }
 
     #[test]
     fn the_owner_dropping_a_region_frees_it_for_every_mapping() {
         let owned = Region::shared(IpcSharedMemory::from_bytes(&[9; 3 * 4096]));
-        let SegmentDesc::Shared(SharedDesc::New { id, region }) = owned.describe(|_| false) else {
-            panic!("a shared region is described with its handle");
-        };
+        let desc = owned.describe(|_| false);
+        let id = desc.kept_id().expect("a shared region has an id");
         let mut mappings = Mappings::default();
-        let mut job = open(
-            &mut mappings,
-            vec![SegmentDesc::Shared(SharedDesc::New { id, region })],
-            None,
-        )
-        .unwrap();
+        let mut job = open(&mut mappings, vec![desc], None).unwrap();
         mappings.reclaim(&mut job);
-        let worker_view = job.regions; // emptied by reclaim
-        assert!(worker_view[0].bytes().is_empty());
+        assert!(job.regions[0].bytes().is_empty(), "taken back from the job");
         drop(owned);
         // The kept mapping now reads zeros: the memory is gone.
-        let job = open(
-            &mut mappings,
-            vec![SegmentDesc::Shared(SharedDesc::Held { id })],
-            None,
-        )
-        .unwrap();
+        let job = open(&mut mappings, vec![SegmentDesc::Held { id }], None).unwrap();
         assert_eq!(job.regions[0].bytes().len(), 3 * 4096);
         assert!(job.regions[0].bytes().iter().all(|&b| b == 0));
     }

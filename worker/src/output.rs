@@ -7,7 +7,7 @@ use ipc_channel::ipc::IpcSharedMemory;
 use memmap2::MmapMut;
 use nix::libc;
 
-use crate::protocol::{OutputDesc, SharedDesc};
+use crate::protocol::OutputDesc;
 
 /// The output region of a job, as a worker holds it.
 #[derive(Debug)]
@@ -16,7 +16,7 @@ pub enum Output {
     None,
     /// Shared with the coordinator and all workers: tiles are written in place.
     Shared {
-        /// The region's id ([`SharedDesc`](crate::protocol::SharedDesc)).
+        /// The region's id ([`new_region_id`](crate::protocol::new_region_id)).
         id: u64,
         /// The region.
         region: IpcSharedMemory,
@@ -31,8 +31,8 @@ impl Output {
     pub fn open(desc: Option<OutputDesc>) -> io::Result<Self> {
         Ok(match desc {
             None => Output::None,
-            Some(OutputDesc::Shared(SharedDesc::New { id, region })) => Output::Shared { id, region },
-            Some(OutputDesc::Shared(SharedDesc::Held { id })) => return Err(crate::region::not_held(id)),
+            Some(OutputDesc::Shared { id, region }) => Output::Shared { id, region },
+            Some(OutputDesc::Held { id }) => return Err(crate::region::not_held(id)),
             Some(OutputDesc::Private { len: 0 }) => Output::Private(None),
             Some(OutputDesc::Private { len }) => Output::Private(Some(MmapMut::map_anon(len as usize)?)),
         })

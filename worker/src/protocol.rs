@@ -46,42 +46,16 @@ pub fn send_chunk(bulk: &IpcBytesSender, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A memfd region, as the coordinator names it to a worker: with its handle
-/// (sending it passes the file descriptor, not the bytes), or by id alone to
-/// a worker that still maps it from its previous job.
+/// A new id for a mapped region (shared memory or a file), unique in this
+/// process (never 0): how a coordinator names a region its workers keep.
 ///
-/// Workers keep the regions of their last job mapped (see
+/// Workers keep the input segments and output of their last job mapped (see
 /// [`Mappings`](crate::Mappings)), and the coordinator knows which each one
-/// holds: a job on the same input then starts with its pages already mapped,
-/// where a fresh mapping costs a page fault for every 64 KiB a worker reads,
-/// and unmapping it at the end of the job costs as much again (a worker that
-/// reads 150 MB: about 12 ms, then 6).
-#[derive(Debug, Serialize, Deserialize)]
-pub enum SharedDesc {
-    /// A region the worker does not hold.
-    New {
-        /// The region's id, unique in the coordinator's process ([`new_region_id`]).
-        id: u64,
-        /// The region.
-        region: IpcSharedMemory,
-    },
-    /// A region the worker mapped for its previous job and still holds.
-    Held {
-        /// The region's id.
-        id: u64,
-    },
-}
-
-impl SharedDesc {
-    /// The region's id.
-    pub fn id(&self) -> u64 {
-        match self {
-            SharedDesc::New { id, .. } | SharedDesc::Held { id } => *id,
-        }
-    }
-}
-
-/// A new id for a shared region, unique in this process (never 0).
+/// holds: it names those by id alone ([`SegmentDesc::Held`],
+/// [`OutputDesc::Held`]), and a job on the same input then starts with its
+/// pages mapped already, where a fresh mapping costs a page fault for every
+/// 64 KiB a worker reads, and unmapping it at the end of the job as much
+/// again (a worker that reads 150 MB: about 12 ms, then 6).
 pub fn new_region_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -90,14 +64,28 @@ pub fn new_region_id() -> u64 {
 /// One input segment, as the coordinator describes it to a worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum SegmentDesc {
-    /// A memfd region shared by the coordinator and every worker.
-    Shared(SharedDesc),
+    /// A memfd region shared by the coordinator and every worker; sending it
+    /// passes the file descriptor, not the bytes.
+    Shared {
+        /// The region's id ([`new_region_id`]).
+        id: u64,
+        /// The region.
+        region: IpcSharedMemory,
+    },
     /// A regular file the worker maps itself (the page cache is the shared memory).
     File {
+        /// The mapping's id ([`new_region_id`]).
+        id: u64,
         /// Absolute path.
         path: PathBuf,
         /// Length the coordinator saw; a worker that sees another refuses the job.
         len: u64,
+    },
+    /// A shared region or file the worker mapped for its previous job and
+    /// still holds.
+    Held {
+        /// Its id.
+        id: u64,
     },
     /// A segment the worker holds privately, zeroed; the bytes each task reads
     /// arrive with the task ([`Chunk`]s). Message passing.
@@ -107,16 +95,48 @@ pub enum SegmentDesc {
     },
 }
 
+impl SegmentDesc {
+    /// The id of a segment the worker keeps mapped once it opened the job.
+    pub fn kept_id(&self) -> Option<u64> {
+        match self {
+            SegmentDesc::Shared { id, .. } | SegmentDesc::File { id, .. } | SegmentDesc::Held { id } => {
+                Some(*id)
+            }
+            SegmentDesc::Private { .. } => None,
+        }
+    }
+}
+
 /// Where a job's output tiles go.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum OutputDesc {
     /// A region shared by all workers and the coordinator: tiles are written in place.
-    Shared(SharedDesc),
+    Shared {
+        /// The region's id ([`new_region_id`]).
+        id: u64,
+        /// The region.
+        region: IpcSharedMemory,
+    },
+    /// A shared output the worker mapped for its previous job and still holds.
+    Held {
+        /// Its id.
+        id: u64,
+    },
     /// A private region in the worker; each tile goes back in its [`FromWorker::TaskDone`].
     Private {
         /// Length of the output.
         len: u64,
     },
+}
+
+impl OutputDesc {
+    /// The id of an output the worker keeps mapped once it opened the job.
+    pub fn kept_id(&self) -> Option<u64> {
+        match self {
+            OutputDesc::Shared { id, .. } | OutputDesc::Held { id } => Some(*id),
+            OutputDesc::Private { .. } => None,
+        }
+    }
 }
 
 /// Part of a segment sent with a task: its bytes follow on the worker's bulk

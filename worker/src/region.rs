@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use ipc_channel::ipc::IpcSharedMemory;
 use memmap2::{Mmap, MmapMut};
 
-use crate::protocol::{SegmentDesc, SharedDesc, new_region_id};
+use crate::protocol::{SegmentDesc, new_region_id};
 use crate::sigbus;
 
 /// One input segment, mapped into this process: a shared-memory region or a
@@ -16,17 +16,17 @@ use crate::sigbus;
 #[derive(Debug)]
 pub struct Region {
     backing: Backing,
+    /// How the coordinator names a shared region or file to its workers
+    /// ([`new_region_id`]); 0 for private memory.
+    id: u64,
+    /// Made by this process (a coordinator's), rather than a mapping of a
+    /// coordinator's region (a worker's); see [`Region::drop`](#impl-Drop-for-Region).
+    owned: bool,
 }
 
 #[derive(Debug)]
 enum Backing {
-    /// `id` names the region to workers ([`SharedDesc`]). The coordinator's
-    /// own regions are `owned`: see [`Region::drop`](#impl-Drop-for-Region).
-    Shared {
-        id: u64,
-        region: IpcSharedMemory,
-        owned: bool,
-    },
+    Shared(IpcSharedMemory),
     /// `map` is `None` for an empty file, which cannot be mapped. `file`
     /// stays open so that [`Region::check_file`] sees the same file.
     File {
@@ -53,35 +53,34 @@ impl Region {
     /// workers still map it.
     pub fn shared(region: IpcSharedMemory) -> Self {
         Region {
-            backing: Backing::Shared {
-                id: new_region_id(),
-                region,
-                owned: true,
-            },
+            backing: Backing::Shared(region),
+            id: new_region_id(),
+            owned: true,
         }
     }
 
-    /// A worker's mapping of the coordinator's region `id`.
-    pub(crate) fn mapped(id: u64, region: IpcSharedMemory) -> Self {
-        Region {
-            backing: Backing::Shared {
-                id,
-                region,
-                owned: false,
-            },
-        }
-    }
-
-    /// A worker's mapping of a coordinator's region, handed back when the job
-    /// that used it closes (see [`Mappings`](crate::Mappings)); `None`, and
-    /// the region unchanged, for other segments.
-    pub(crate) fn take_mapped(&mut self) -> Option<(u64, IpcSharedMemory)> {
-        if !matches!(self.backing, Backing::Shared { owned: false, .. }) {
+    /// A worker's mapping of a coordinator's segment, handed back when the
+    /// job that used it closes, to be kept for the next (see
+    /// [`Mappings`](crate::Mappings)); `None`, and the region unchanged, for
+    /// private memory and the regions a coordinator owns.
+    pub(crate) fn take_kept(&mut self) -> Option<Region> {
+        if self.owned || self.id == 0 {
             return None;
         }
-        match std::mem::replace(&mut self.backing, Backing::Private(None)) {
-            Backing::Shared { id, region, .. } => Some((id, region)),
-            _ => unreachable!("checked above"),
+        Some(std::mem::replace(self, Region::empty()))
+    }
+
+    /// The id the coordinator names this segment by (0 for private memory).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// An empty private segment.
+    fn empty() -> Region {
+        Region {
+            backing: Backing::Private(None),
+            id: 0,
+            owned: false,
         }
     }
 
@@ -115,6 +114,8 @@ impl Region {
                 file,
                 map,
             },
+            id: new_region_id(),
+            owned: true,
         })
     }
 
@@ -154,7 +155,7 @@ impl Region {
     /// The segment's bytes.
     pub fn bytes(&self) -> &[u8] {
         match &self.backing {
-            Backing::Shared { region, .. } => region,
+            Backing::Shared(region) => region,
             Backing::File { map: Some(map), .. } => &map.map,
             Backing::File { map: None, .. } => &[],
             Backing::Private(Some(map)) => map,
@@ -172,6 +173,8 @@ impl Region {
         };
         Ok(Region {
             backing: Backing::Private(map),
+            id: 0,
+            owned: true,
         })
     }
 
@@ -201,19 +204,17 @@ impl Region {
         }
     }
 
-    /// How a worker finds this segment: the region's handle (or its id alone,
-    /// if `held(id)` says the worker still maps it), or the file's path.
+    /// How a worker finds this segment: the region's handle, the file's
+    /// path, or the id alone if `held(id)` says the worker still maps it.
     pub fn describe(&self, held: impl Fn(u64) -> bool) -> SegmentDesc {
         match &self.backing {
-            Backing::Shared { id, region, .. } => SegmentDesc::Shared(if held(*id) {
-                SharedDesc::Held { id: *id }
-            } else {
-                SharedDesc::New {
-                    id: *id,
-                    region: region.clone(),
-                }
-            }),
+            Backing::Shared(_) | Backing::File { .. } if held(self.id) => SegmentDesc::Held { id: self.id },
+            Backing::Shared(region) => SegmentDesc::Shared {
+                id: self.id,
+                region: region.clone(),
+            },
             Backing::File { path, .. } => SegmentDesc::File {
+                id: self.id,
                 path: path.clone(),
                 len: self.bytes().len() as u64,
             },
@@ -224,13 +225,12 @@ impl Region {
     }
 
     /// Maps a segment described by a coordinator. A file whose length changed
-    /// since the coordinator mapped it is refused, and so is a shared region
-    /// named by id alone: only [`Mappings`](crate::Mappings) holds those.
+    /// since the coordinator mapped it is refused, and so is a segment named
+    /// by id alone: only [`Mappings`](crate::Mappings) holds those.
     pub fn open(desc: SegmentDesc) -> io::Result<Self> {
-        match desc {
-            SegmentDesc::Shared(SharedDesc::New { id, region }) => Ok(Region::mapped(id, region)),
-            SegmentDesc::Shared(SharedDesc::Held { id }) => Err(not_held(id)),
-            SegmentDesc::File { path, len } => {
+        let (mut region, id) = match desc {
+            SegmentDesc::Shared { id, region } => (Region::shared(region), id),
+            SegmentDesc::File { id, path, len } => {
                 let region = Region::map_file(&path)
                     .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", path.display())))?;
                 let found = region.bytes().len() as u64;
@@ -240,33 +240,34 @@ impl Region {
                         path.display()
                     )));
                 }
-                Ok(region)
+                (region, id)
             }
-            SegmentDesc::Private { len } => Region::private(len as usize),
-        }
+            SegmentDesc::Held { id } => return Err(not_held(id)),
+            SegmentDesc::Private { len } => (Region::private(len as usize)?, 0),
+        };
+        // The coordinator's region, not this process's.
+        (region.id, region.owned) = (id, false);
+        Ok(region)
     }
 }
 
-/// The error for a shared region a coordinator named by id to a worker
+/// The error for a segment or output a coordinator named by id to a worker
 /// that does not hold it.
 pub(crate) fn not_held(id: u64) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
-        format!("shared region {id} was named by id, but this worker does not hold it"),
+        format!("region {id} was named by id, but this worker does not hold it"),
     )
 }
 
 impl Drop for Region {
-    /// A region this process owns is emptied before it is unmapped: its pages
-    /// are freed now, not when the last worker that kept it mapped (see
-    /// [`Mappings`](crate::Mappings)) unmaps it at its next job. Nothing reads
-    /// it any more: jobs borrow their input and output for as long as they
-    /// run, and a worker never touches a kept region outside a job that uses it.
+    /// A shared region this process owns is emptied before it is unmapped:
+    /// its pages are freed now, not when the last worker that kept it mapped
+    /// (see [`Mappings`](crate::Mappings)) unmaps it at its next job. Nothing
+    /// reads it any more: jobs borrow their input for as long as they run,
+    /// and a worker never touches a kept region outside a job that uses it.
     fn drop(&mut self) {
-        if let Backing::Shared {
-            region, owned: true, ..
-        } = &mut self.backing
-        {
+        if let (Backing::Shared(region), true) = (&mut self.backing, self.owned) {
             release_pages(region);
         }
     }

@@ -160,13 +160,16 @@ pub(super) fn run_job<J: Job>(
     let Encoded { params, specs } = plan.encode(job)?;
     let segments: Vec<Segment> = (input.describe(|_| false).into_iter().enumerate())
         .map(|(index, desc)| match desc {
-            SegmentDesc::File { path, len } => Segment::File {
+            SegmentDesc::File { path, len, .. } => Segment::File {
                 path: path.as_os_str().as_bytes().to_vec(),
                 len,
             },
-            SegmentDesc::Shared(_) | SegmentDesc::Private { .. } => Segment::Memory {
-                len: input.bytes(index).len() as u64,
-            },
+            // Never `Held`: no segment is held (`|_| false`).
+            SegmentDesc::Shared { .. } | SegmentDesc::Held { .. } | SegmentDesc::Private { .. } => {
+                Segment::Memory {
+                    len: input.bytes(index).len() as u64,
+                }
+            }
         })
         .collect();
     let in_memory = segments

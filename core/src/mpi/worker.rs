@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 
-use coop_worker::protocol::{Failure, OutputDesc, SegmentDesc};
+use coop_worker::protocol::{Failure, OutputDesc, SegmentDesc, new_region_id};
 use coop_worker::{JobEntry, JobInstance, Mappings, capture_panics, open_job, panic_message};
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
@@ -79,6 +79,7 @@ fn task_loop(world: &SimpleCommunicator, jobs: &[JobEntry]) -> Result<(), String
                     .into_iter()
                     .map(|segment| match segment {
                         Segment::File { path, len } => SegmentDesc::File {
+                            id: new_region_id(),
                             path: PathBuf::from(OsStr::from_bytes(&path)),
                             len,
                         },

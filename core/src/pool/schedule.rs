@@ -322,9 +322,7 @@ impl<J: Job> JobState<'_, J> {
             let (input, output) = match self.ipc {
                 Ipc::SharedMemory => (
                     self.input.describe(held),
-                    self.output
-                        .as_deref()
-                        .map(|out| OutputDesc::Shared(out.describe(held))),
+                    self.output.as_deref().map(|out| out.describe(held)),
                 ),
                 Ipc::Messages => (
                     (0..self.input.len())
@@ -339,15 +337,8 @@ impl<J: Job> JobState<'_, J> {
             };
             self.stats.bytes_to_workers += self.params.bytes().len() as u64;
             // What the worker keeps mapped once it opened the job.
-            slot.held = (input.iter())
-                .filter_map(|segment| match segment {
-                    SegmentDesc::Shared(desc) => Some(desc.id()),
-                    _ => None,
-                })
-                .chain(output.iter().filter_map(|out| match out {
-                    OutputDesc::Shared(desc) => Some(desc.id()),
-                    OutputDesc::Private { .. } => None,
-                }))
+            slot.held = (input.iter().filter_map(SegmentDesc::kept_id))
+                .chain(output.iter().filter_map(OutputDesc::kept_id))
                 .collect();
             let _ = slot.worker.tx.send(ToWorker::StartJob {
                 job: self.id,
