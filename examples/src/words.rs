@@ -672,6 +672,30 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// Checks and adds every word of the section to `shard`, which has room
+    /// for [`words`](Self::words) more words; fails at the first word that
+    /// does not parse or belongs to another shard, the words before it added.
+    fn add_all(&self, shard: &mut ShardMut<'_>) -> Result<(), String> {
+        let mut wrong = None;
+        self.parse(|word, n| {
+            let hash = hash_word(word);
+            if wrong.is_some() || n == 0 {
+                return;
+            }
+            if shard_of(hash) != self.index {
+                wrong = Some(format!(
+                    "shard {}: holds a word of shard {}",
+                    self.index,
+                    shard_of(hash)
+                ));
+            } else if shard.add_hashed(word, hash, n).is_err() {
+                // Not with the room made for every word the section declares.
+                wrong = Some(format!("shard {}: more words than it declares", self.index));
+            }
+        })?;
+        wrong.map_or(Ok(()), Err)
+    }
+
     /// Adds the words of a section that [`check`](Self::check) passed, with
     /// the hashes it returned, from word `from` on (counting words whose
     /// count is not zero). On [`Full`], the word to go on from once the table
@@ -1199,15 +1223,23 @@ impl WordCounts {
     }
 
     /// A table made of the sections of its wire form (none, or one per
-    /// shard), each checked.
+    /// shard). Each word is parsed, checked and added in one pass, with room
+    /// made first for as many words as the sections declare; on an error the
+    /// table is dropped. (Adding to a table that holds words already takes a
+    /// checking pass first: see [`merge_encoded`](Self::merge_encoded).)
     fn decode<S: AsRef<[u8]> + Sync>(sections: &[S]) -> Result<WordCounts, String> {
         let mut table = WordCounts::default();
         if sections.is_empty() {
             return Ok(table);
         }
-        let (opened, hashes) = check_sections(sections)?;
-        table.reserve(hashes.iter().map(Vec::len).max().unwrap_or(0));
-        table.add_sections(&opened, &hashes, total_len(sections) >= PARALLEL_MIN_BYTES);
+        let opened = open_sections(sections)?;
+        table.reserve(opened.iter().map(|s| s.words).max().unwrap_or(0));
+        let add = |(mut shard, section): (ShardMut<'_>, &Section<'_>)| section.add_all(&mut shard);
+        if total_len(sections) >= PARALLEL_MIN_BYTES {
+            (table.par_shards_mut().zip(&opened)).try_for_each(add)?;
+        } else {
+            table.shards_mut().zip(&opened).try_for_each(add)?;
+        }
         Ok(table)
     }
 
@@ -1473,23 +1505,32 @@ const UNEVEN_SLACK: usize = 1024;
 fn check_sections<S: AsRef<[u8]> + Sync>(
     sections: &[S],
 ) -> Result<(Vec<Section<'_>>, Vec<Vec<u64>>), String> {
-    let opened: Vec<Section<'_>> = (sections.iter().enumerate())
-        .map(|(k, s)| Section::open(k, s.as_ref()))
-        .collect::<Result<_, _>>()?;
+    let opened = open_sections(sections)?;
     let hashes: Vec<Vec<u64>> = if total_len(sections) >= PARALLEL_MIN_BYTES {
         opened.par_iter().map(Section::check).collect::<Result<_, _>>()?
     } else {
         opened.iter().map(Section::check).collect::<Result<_, _>>()?
     };
-    let words: usize = hashes.iter().map(Vec::len).sum();
+    Ok((opened, hashes))
+}
+
+/// The sections of a table's wire form (one per shard), opened: the number
+/// of words each declares is read and checked against its bytes and, before
+/// anything is allocated for them, against the others' (see
+/// [`check_sections`]).
+fn open_sections<S: AsRef<[u8]>>(sections: &[S]) -> Result<Vec<Section<'_>>, String> {
+    let opened: Vec<Section<'_>> = (sections.iter().enumerate())
+        .map(|(k, s)| Section::open(k, s.as_ref()))
+        .collect::<Result<_, _>>()?;
+    let words: usize = opened.iter().map(|s| s.words).sum();
     let most = words / SHARDS * 2 + UNEVEN_SLACK;
-    if let Some((k, shard)) = hashes.iter().enumerate().find(|(_, h)| h.len() > most) {
+    if let Some(shard) = opened.iter().find(|s| s.words > most) {
         return Err(format!(
-            "shard {k}: {} of the table's {words} words, far more than hashing puts in one shard",
-            shard.len()
+            "shard {}: {} of the table's {words} words, far more than hashing puts in one shard",
+            shard.index, shard.words
         ));
     }
-    Ok((opened, hashes))
+    Ok(opened)
 }
 
 /// Reads the shards written by `Serialize`, in parallel when they are large.
