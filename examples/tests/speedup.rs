@@ -108,7 +108,8 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
     );
 
     assert!(
-        text.contains("1 timed round(s)") && text.contains("then one round that samples memory"),
+        text.contains("started once and given a first job, then 1 timed round(s)")
+            && text.contains("then one round that samples memory, each run on an engine started for it"),
         "{text}"
     );
 
@@ -137,7 +138,7 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
                     .iter()
                     .find(|r| r[0] == workload && r[1] == engine && r[2] == n)
                     .unwrap_or_else(|| panic!("no row {workload} / {engine} / {n}\n{text}"));
-                assert_eq!(row.len(), 12, "{row:?}");
+                assert_eq!(row.len(), 13, "{row:?}");
                 let median: f64 = row[3].parse().unwrap();
                 assert!(median >= 0.0, "{row:?}");
                 let unit = if workload == "matmul" { "GFLOP/s" } else { "MB/s" };
@@ -150,6 +151,11 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
                     let peak: f64 = row[9].parse().unwrap_or_else(|_| panic!("no peak PSS: {row:?}"));
                     assert!(peak > 0.0, "{row:?}");
                 }
+                // Every engine ran a first job before the timed rounds.
+                let first: f64 = row[11]
+                    .parse()
+                    .unwrap_or_else(|_| panic!("no first job: {row:?}"));
+                assert!(first > 0.0, "{row:?}");
             }
         }
     }
@@ -238,12 +244,13 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
         assert!(matches!(record[9], "MB/s" | "GFLOP/s"), "{record:?}");
     }
     // Messages carry the input; shared memory carries only ranges.
+    let to_workers = CSV_COLUMNS.iter().position(|&c| c == "bytes_to_workers").unwrap();
     let sent = |engine: &str| -> f64 {
         let record = records
             .iter()
             .find(|r| r[0] == "word count" && r[1] == engine && r[2] == "2")
             .unwrap();
-        record[16].parse().unwrap()
+        record[to_workers].parse().unwrap()
     };
     assert!(sent("processes/messages") >= 2e6, "{csv}");
     assert!(sent("processes") < 1e5, "{csv}");

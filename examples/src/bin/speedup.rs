@@ -33,7 +33,9 @@ use rand::{RngExt, SeedableRng};
 /// messages) at 1 to N workers on word count and matrix multiply, next to bare
 /// threads (the jobs' kernels with no engine: what the cores allow); print a
 /// table, an Amdahl's-law fit and where the time goes; write a CSV file and an
-/// SVG chart of speedup against workers.
+/// SVG chart of speedup against workers. Each engine is started once and
+/// runs a first job (timed apart) before the timed rounds, as in a program
+/// that keeps its pool.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -83,7 +85,8 @@ struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum TextInput {
     /// In shared memory, filled once: the coordinator has its pages mapped
-    /// before any run, worker processes map them in each run.
+    /// before any run, worker processes map them in their first job and
+    /// keep them mapped.
     Memory,
     /// In a file that every run maps afresh, whatever the engine.
     File,
@@ -304,7 +307,6 @@ impl Workload {
             } => Some(input),
             Workload::MatMul { .. } => None,
         };
-        machine::trim_heap();
         let sampler = sample_memory.then(|| PssSampler::start(pids.to_vec(), SAMPLE_INTERVAL));
         let cpu_before = CpuSnapshot::take(pids);
         let started = Instant::now();
@@ -425,6 +427,8 @@ struct Study {
 struct Runs {
     times: Vec<f64>,
     starts: Vec<f64>,
+    /// The engine's first job, untimed in the rounds.
+    first: f64,
     stats: Vec<JobStats>,
     /// From the memory round.
     peak: Option<u64>,
@@ -434,19 +438,37 @@ struct Runs {
 /// Runs every configuration `runs` times on `workload`, in rounds: each round
 /// runs every configuration once, in order, so that a machine that slows down
 /// or speeds up for a while (it is shared) weighs on all of them alike rather
-/// than on the ones that happened to run then. Each run gets an engine of its
-/// own, started before it and stopped after it, so that no other engine's
-/// workers hold memory while it is measured. Every result is checked against
-/// the sequential engine's.
+/// than on the ones that happened to run then. Every result is checked
+/// against the sequential engine's.
 ///
-/// Memory is sampled in one more round, whose runs are not timed: reading
-/// `smaps_rollup` takes CPU time and the measured processes' memory-map
-/// locks, which a run that keeps every core busy pays for and a sequential
-/// run, with cores to spare, does not (1.6 and 6 % of a 2-thread word
-/// count here, medians of two series of paired runs).
+/// Each engine is started once, before the rounds, and runs one job first,
+/// timed apart: the rounds time jobs on an engine in use, as a program that
+/// keeps a pool runs them. A pool's first job pays for what its workers then
+/// keep: mapping the input, growing their heaps and the region partials
+/// travel in; so does a thread pool's, less.
+///
+/// Memory is sampled in one more round, whose runs are not timed, each on an
+/// engine started for it (so that no other engine's workers hold memory
+/// while it is measured): reading `smaps_rollup` takes CPU time and the
+/// measured processes' memory-map locks, which a run that keeps every core
+/// busy pays for and a sequential run, with cores to spare, does not (1.6 and
+/// 6 % of a 2-thread word count here, medians of two series of paired runs).
 fn measure(workload: &Workload, configs: &[Config], runs: u32, bar: &RunsBar) -> Result<Study, Failure> {
     let name = workload.name();
     let mut reference: Option<Outcome> = None;
+    let mut check = |outcome: Outcome, context: &dyn Fn() -> String| -> Result<(), Failure> {
+        match &reference {
+            None => reference = Some(outcome),
+            Some(want) => {
+                if let Some(why) = difference(want, &outcome) {
+                    return Err(
+                        anyhow!("{}: the result is not the sequential engine's: {why}", context()).into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    };
     let mut study = Study {
         rows: Vec::new(),
         samples: 0,
@@ -456,50 +478,61 @@ fn measure(workload: &Workload, configs: &[Config], runs: u32, bar: &RunsBar) ->
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let mut measured: Vec<Runs> = configs.iter().map(|_| Runs::default()).collect();
-    for run in 1..=runs + 1 {
-        let memory_round = run > runs;
-        for (&config, so_far) in configs.iter().zip(&mut measured) {
+    let start = |config: Config, so_far: &mut Runs, context: &dyn Fn() -> String| {
+        let started = Instant::now();
+        let engine = config
+            .start()
+            .with_context(|| format!("{}: starting the engine", context()))?;
+        so_far.starts.push(started.elapsed().as_secs_f64());
+        let pids = pids(engine.as_ref());
+        anyhow::Ok((engine, pids))
+    };
+
+    let mut engines = Vec::new();
+    for (&config, so_far) in configs.iter().zip(&mut measured) {
+        let (label, workers) = (config.label(), config.workers());
+        let context = || format!("{name}: {label} with {workers} worker(s), first job");
+        bar.message(format!("{name}: {label} x{workers}: start, first job"));
+        let (engine, pids) = start(config, so_far, &context)?;
+        let first = workload
+            .run_once(engine.as_ref(), workers, &pids, false)
+            .with_context(context)?;
+        check(first.outcome, &context)?;
+        so_far.first = first.seconds;
+        engines.push((engine, pids));
+        bar.run_done();
+    }
+    for run in 1..=runs {
+        for ((&config, so_far), (engine, pids)) in configs.iter().zip(&mut measured).zip(&engines) {
             let (label, workers) = (config.label(), config.workers());
             let context = || format!("{name}: {label} with {workers} worker(s), run {run}");
-            bar.message(if memory_round {
-                format!("{name}: {label} x{workers}: memory")
-            } else {
-                format!("{name}: {label} x{workers}: run {run}/{runs}")
-            });
-            let started = Instant::now();
-            let engine = config
-                .start()
-                .with_context(|| format!("{}: starting the engine", context()))?;
-            let start = started.elapsed().as_secs_f64();
-            let pids = pids(engine.as_ref());
+            bar.message(format!("{name}: {label} x{workers}: run {run}/{runs}"));
             let outcome = workload
-                .run_once(engine.as_ref(), workers, &pids, memory_round)
+                .run_once(engine.as_ref(), workers, pids, false)
                 .with_context(context)?;
-            drop(engine);
-            match &reference {
-                None => reference = Some(outcome.outcome),
-                Some(want) => {
-                    if let Some(why) = difference(want, &outcome.outcome) {
-                        return Err(anyhow!(
-                            "{}: the result is not the sequential engine's: {why}",
-                            context()
-                        )
-                        .into());
-                    }
-                }
-            }
-            if memory_round {
-                so_far.peak = outcome.memory.peak_bytes;
-                study.samples += u64::from(outcome.memory.samples);
-                study.sampling += outcome.memory.sampling;
-            } else {
-                so_far.starts.push(start);
-                so_far.times.push(outcome.seconds);
-                so_far.stats.push(outcome.stats);
-                so_far.cpu += outcome.cpu;
-            }
+            check(outcome.outcome, &context)?;
+            so_far.times.push(outcome.seconds);
+            so_far.stats.push(outcome.stats);
+            so_far.cpu += outcome.cpu;
             bar.run_done();
         }
+    }
+    drop(engines);
+    for (&config, so_far) in configs.iter().zip(&mut measured) {
+        let (label, workers) = (config.label(), config.workers());
+        let context = || format!("{name}: {label} with {workers} worker(s), memory round");
+        bar.message(format!("{name}: {label} x{workers}: memory"));
+        let (engine, pids) = start(config, so_far, &context)?;
+        machine::trim_heap();
+        let outcome = workload
+            .run_once(engine.as_ref(), workers, &pids, true)
+            .with_context(context)?;
+        drop(engine);
+        check(outcome.outcome, &context)?;
+        so_far.peak = outcome.memory.peak_bytes;
+        study.samples += u64::from(outcome.memory.samples);
+        study.sampling += outcome.memory.sampling;
+        bar.run_done();
     }
     let sequential = configs
         .iter()
@@ -518,6 +551,7 @@ fn measure(workload: &Workload, configs: &[Config], runs: u32, bar: &RunsBar) ->
             throughput: workload.throughput(median),
             peak_pss: runs.peak,
             start: report::median(&runs.starts),
+            first: runs.first,
             stats: StatsSummary::of(&runs.stats),
             // /proc counts CPU time in ticks (10 ms): too coarse for shorter runs.
             others_cpu: (run_time >= 0.5).then(|| runs.cpu.others / (cores * run_time)),
@@ -606,7 +640,9 @@ fn default_out() -> PathBuf {
 
 fn run(args: Args) -> Result<(), Failure> {
     let wall = Instant::now();
-    machine::give_freed_memory_back();
+    // SAFETY: no other thread runs yet: the progress bar and every engine
+    // start below.
+    unsafe { machine::give_freed_memory_back() };
     let text_mb = args.text_mb.unwrap_or(if args.quick { 16 } else { 300 });
     let size = args.size.unwrap_or(if args.quick { 512 } else { 2048 });
     let runs = args.runs.unwrap_or(if args.quick { 1 } else { 5 });
@@ -618,12 +654,12 @@ fn run(args: Args) -> Result<(), Failure> {
         .bad_input()?;
 
     let configs = Config::all(max_workers);
-    // The timed rounds and the memory round, for each workload.
-    let bar = RunsBar::new(2 * configs.len() as u64 * (u64::from(runs) + 1));
+    // The first jobs, the timed rounds and the memory round, for each workload.
+    let bar = RunsBar::new(2 * configs.len() as u64 * (u64::from(runs) + 2));
     let mut stdout = io::stdout().lock();
     writeln!(
         stdout,
-        "speedup: {cores} core(s); workers 1 to {max_workers}; {runs} timed round(s), each running every engine and worker count once, on an engine started for that run, then one round that samples memory"
+        "speedup: {cores} core(s); workers 1 to {max_workers}; every engine and worker count started once and given a first job, then {runs} timed round(s), each running every engine and worker count once, then one round that samples memory, each run on an engine started for it"
     )?;
 
     let mut studies = Vec::new();
@@ -670,7 +706,8 @@ fn run(args: Args) -> Result<(), Failure> {
         "\nspeedup: sequential median / median. efficiency: speedup / workers. peak PSS: the largest sum of the \
          proportional set sizes of the coordinator and its workers during its run of the memory round, which \
          is not timed (shared pages counted once). \
-         start s: starting the engine (worker processes or thread pool) before each run, not part of it. \
+         start s: starting the engine (worker processes or thread pool), not part of any run. \
+         first s: the engine's first job, before the timed rounds. \
          bare threads: no engine, but plain threads that each call the job's map on a fixed share of the \
          input, all at once, with no tasks, messages or merge (the tables are merged after the timing): what \
          these cores give the kernel itself, the most any engine can reach. others %: CPU \

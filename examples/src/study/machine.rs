@@ -120,14 +120,30 @@ impl CpuSnapshot {
 /// after large frees (the trim threshold up to 64 MiB per arena, where
 /// `malloc_trim` does not reach): in a study that runs many engines in one
 /// process, earlier runs' tables stayed resident (about 150 MB after one
-/// round of word count) and were counted in later runs' memory. Does nothing
-/// elsewhere.
-pub fn give_freed_memory_back() {
+/// round of word count) and were counted in later runs' memory.
+///
+/// Worker processes started afterwards do the same (`GLIBC_TUNABLES`, which
+/// glibc reads when a process starts, is set for them), so that a worker
+/// that runs job after job allocates its tables as the coordinator and its
+/// threads do. Does nothing elsewhere.
+///
+/// # Safety
+/// No other thread may be running: this sets an environment variable.
+pub unsafe fn give_freed_memory_back() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes a tuning parameter of the allocator.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 10);
+    {
+        // SAFETY: mallopt only changes a tuning parameter of the allocator.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 10);
+        }
+        const TUNABLES: &str = "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072";
+        let tunables = match std::env::var("GLIBC_TUNABLES") {
+            Ok(set) if !set.is_empty() => format!("{set}:{TUNABLES}"),
+            _ => TUNABLES.to_string(),
+        };
+        // SAFETY: the caller guarantees that no other thread runs.
+        unsafe { std::env::set_var("GLIBC_TUNABLES", tunables) };
     }
 }
 

@@ -132,9 +132,11 @@ pub struct Row {
     pub throughput: Throughput,
     /// The largest summed PSS of the coordinator and the workers over all runs.
     pub peak_pss: Option<u64>,
-    /// Median seconds it took to start the engine (a pool, a thread pool)
-    /// before each run; not part of any run.
+    /// Median seconds it took to start the engine (a pool, a thread pool);
+    /// not part of any run.
     pub start: f64,
+    /// Seconds of the engine's first job, run before the timed rounds.
+    pub first: f64,
     /// Medians of the engine's [`JobStats`].
     pub stats: StatsSummary,
     /// CPU time other processes on the machine used during this row's runs,
@@ -177,7 +179,7 @@ fn megabytes(bytes: Option<u64>) -> String {
 }
 
 /// The table's column titles.
-pub const TABLE_COLUMNS: [&str; 12] = [
+pub const TABLE_COLUMNS: [&str; 13] = [
     "workload",
     "engine",
     "workers",
@@ -189,12 +191,13 @@ pub const TABLE_COLUMNS: [&str; 12] = [
     "throughput",
     "peak PSS MB",
     "start s",
+    "first s",
     "others %",
 ];
 
 /// Writes `rows` as an aligned table: text columns left, numbers right.
 pub fn write_table(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
-    let cells: Vec<[String; 12]> = rows
+    let cells: Vec<[String; 13]> = rows
         .iter()
         .map(|row| {
             let s = row.summary();
@@ -210,6 +213,7 @@ pub fn write_table(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
                 format!("{:.1} {}", row.throughput.value(), row.throughput.unit()),
                 megabytes(row.peak_pss),
                 format!("{:.3}", row.start),
+                format!("{:.3}", row.first),
                 row.others_cpu
                     .map_or_else(|| "-".to_string(), |share| format!("{:.0}", 100.0 * share)),
             ]
@@ -245,7 +249,7 @@ pub fn write_table(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
 }
 
 /// The CSV columns before the runs' times (`time_1_s`, `time_2_s`, ...).
-pub const CSV_COLUMNS: [&str; 19] = [
+pub const CSV_COLUMNS: [&str; 20] = [
     "workload",
     "engine",
     "workers",
@@ -258,6 +262,7 @@ pub const CSV_COLUMNS: [&str; 19] = [
     "throughput_unit",
     "peak_pss_mb",
     "start_s",
+    "first_job_s",
     "tasks",
     "split_s",
     "dispatch_s",
@@ -300,6 +305,7 @@ pub fn write_csv(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
             row.peak_pss
                 .map_or(String::new(), |b| format!("{:.1}", b as f64 / 1e6)),
             format!("{:.6}", row.start),
+            format!("{:.6}", row.first),
             format!("{}", row.stats.tasks),
             format!("{:.6}", row.stats.split),
             format!("{:.6}", row.stats.dispatch),
@@ -378,6 +384,7 @@ mod tests {
             throughput: Throughput::MegabytesPerSecond(123.45),
             peak_pss: Some(12_345_678),
             start: 0.01,
+            first: 0.5,
             stats: StatsSummary::default(),
             others_cpu: Some(0.25),
         }
