@@ -640,9 +640,7 @@ fn default_out() -> PathBuf {
 
 fn run(args: Args) -> Result<(), Failure> {
     let wall = Instant::now();
-    // SAFETY: no other thread runs yet: the progress bar and every engine
-    // start below.
-    unsafe { machine::give_freed_memory_back() };
+    machine::give_freed_memory_back();
     let text_mb = args.text_mb.unwrap_or(if args.quick { 16 } else { 300 });
     let size = args.size.unwrap_or(if args.quick { 512 } else { 2048 });
     let runs = args.runs.unwrap_or(if args.quick { 1 } else { 5 });
