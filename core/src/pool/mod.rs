@@ -48,6 +48,13 @@ pub(crate) fn check_worker_count(requested: usize) -> Result<()> {
 /// job at a time (concurrent [`run`](Pool::run) calls queue). Dropping the pool
 /// stops and reaps every worker.
 ///
+/// Workers keep the input segments and shared output of their last job
+/// mapped: a job on the same [`Input`](crate::Input) starts with its pages
+/// mapped already, where mapping them afresh costs a worker a page fault per
+/// 64 KiB it reads. Dropping an `Input` or a
+/// [`SharedOutput`](crate::SharedOutput) frees its shared memory at once all
+/// the same, in every process.
+///
 /// Failures: a worker that dies mid-job is replaced and its lost tasks run
 /// again (up to [`PoolBuilder::retries`] times per task); a panic or error in a
 /// task ends the job with an [`Error`] naming the task and worker, and the pool
