@@ -6,7 +6,7 @@
 //! - [`protocol`]: the messages coordinator and workers exchange, defined once.
 //! - [`Region`]: an input segment (shared memory, a mapped file, or private memory).
 //! - [`Output`]: where a worker writes output tiles (shared or private).
-//! - [`Mappings`]: the shared regions a worker keeps mapped between jobs.
+//! - [`Mappings`]: the input and output a worker keeps mapped between jobs.
 //! - [`JobInstance`], [`JobEntry`]: the type-erased job a worker runs.
 //! - [`fault`]: fault injection for tests (feature `fault-injection`).
 //! - [`run_if_worker`]: handshake, parent-death signal, the task loop, panic capture.

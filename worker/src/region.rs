@@ -229,7 +229,15 @@ impl Region {
     /// by id alone: only [`Mappings`](crate::Mappings) holds those.
     pub fn open(desc: SegmentDesc) -> io::Result<Self> {
         let (mut region, id) = match desc {
-            SegmentDesc::Shared { id, region } => (Region::shared(region), id),
+            // Never `Region::shared`, whose drop would free the coordinator's memory.
+            SegmentDesc::Shared { id, region } => (
+                Region {
+                    backing: Backing::Shared(region),
+                    id,
+                    owned: false,
+                },
+                id,
+            ),
             SegmentDesc::File { id, path, len } => {
                 let region = Region::map_file(&path)
                     .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", path.display())))?;

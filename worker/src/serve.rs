@@ -136,7 +136,7 @@ struct OpenJob {
     failed: bool,
 }
 
-/// Closes the open job, if any, taking back the shared regions it was lent.
+/// Closes the open job, if any, taking back the input and output it was lent.
 fn close(current: &mut Option<OpenJob>, mappings: &mut Mappings) {
     if let Some(mut open) = current.take() {
         mappings.reclaim(open.instance.as_mut());
@@ -375,7 +375,7 @@ fn cut(mut message: String) -> String {
 }
 
 /// Opens job `name` from the registered `jobs` with its encoded parameters,
-/// input segments and output, the shared ones from or into `mappings`: what
+/// input segments and output, those kept from the last job from `mappings`: what
 /// a worker does when a job starts, whatever carries its messages
 /// (ipc-channel here, MPI in `coop`).
 pub fn open_job(
