@@ -195,7 +195,7 @@ impl Job for Misbehave {
     }
 }
 
-/// A job no test binary registers.
+/// A job no test binary registers; one task per worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Unregistered;
 
@@ -204,8 +204,8 @@ impl Job for Unregistered {
     type Task = ();
     type Partial = ();
 
-    fn split(&self, _: &Input, _: usize) -> Vec<()> {
-        vec![()]
+    fn split(&self, _: &Input, hint: usize) -> Vec<()> {
+        vec![(); hint]
     }
 
     fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut ()) -> Result<(), TaskError> {

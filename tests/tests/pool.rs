@@ -39,6 +39,10 @@ fn main() {
             "workers_keep_an_input_file_mapped_between_jobs",
             workers_keep_an_input_file_mapped_between_jobs,
         ),
+        Trial::test(
+            "a_job_every_worker_refuses_leaves_the_next_one_whole",
+            a_job_every_worker_refuses_leaves_the_next_one_whole,
+        ),
     ];
     libtest_mimic::run(&Arguments::from_args(), tests).exit();
 }
@@ -437,6 +441,30 @@ fn workers_keep_an_input_file_mapped_between_jobs() -> Result<(), Failed> {
             faults < (LEN / (4 << 20)) as u64,
             "worker {pid} took {faults} page faults reading the file again"
         );
+    }
+    Ok(())
+}
+
+/// Every worker refuses a job it does not know, and the job ends at the
+/// first refusal; the next job, on the same input, runs all the same: no
+/// worker is named by id a region it did not keep.
+fn a_job_every_worker_refuses_leaves_the_next_one_whole() -> Result<(), Failed> {
+    let pool = Pool::builder().workers(2).build()?;
+    let mut first = Input::new();
+    first.push_slice(&numbers(1000));
+    assert_eq!(pool.run(&Sum, &first)?, 1000 * 1001 / 2);
+    for round in 0..5 {
+        let mut other = Input::new();
+        other.push_slice(&numbers(2000));
+        let refused = pool.run(&Unregistered, &other).unwrap_err();
+        assert!(
+            matches!(refused, Error::UnknownJob { .. }),
+            "round {round}: {refused}"
+        );
+        let sum = pool
+            .run(&Sum, &other)
+            .map_err(|err| format!("round {round}: {err}"))?;
+        assert_eq!(sum, 2000 * 2001 / 2);
     }
     Ok(())
 }

@@ -18,8 +18,9 @@ use crate::region::{Region, not_held};
 /// While a job is open its regions are lent to it; [`reclaim`](Self::reclaim)
 /// takes them back when the job closes, and [`open`](Self::open) unmaps those
 /// the next job does not name. The coordinator mirrors this: it names a
-/// region by id alone ([`SegmentDesc::Held`], [`OutputDesc::Held`]) exactly
-/// when this worker opened its last job with it, and the memory of a shared
+/// region by id alone ([`SegmentDesc::Held`], [`OutputDesc::Held`]) only
+/// when this worker opened its last job with it and that job did not fail
+/// (a worker that refused a job holds less), and the memory of a shared
 /// region it drops is freed at once ([`release_pages`](crate::release_pages)),
 /// whoever still maps it.
 #[derive(Debug, Default)]

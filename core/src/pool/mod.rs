@@ -299,8 +299,8 @@ struct Slot {
     killed: Option<Kill>,
     /// Input ranges (segment, start, end) the worker holds (message passing).
     sent: std::collections::HashSet<(usize, usize, usize)>,
-    /// Shared regions the worker keeps mapped: those of the last job it
-    /// opened ([`coop_worker::Mappings`]).
+    /// Regions the worker keeps mapped: those of the last job it opened
+    /// ([`coop_worker::Mappings`]); none believed after a failed job.
     held: Vec<u64>,
 }
 

@@ -140,6 +140,12 @@ fn end_job(state: &mut State, id: u64, failed: bool) {
         if failed && !slot.assigned.is_empty() && slot.killed.is_none() {
             slot.kill(Kill::Abandoned);
         }
+        // A worker that could not open the job keeps less than it was named,
+        // and its refusal may not have been read: after a failure, every
+        // worker is sent its regions again.
+        if failed {
+            slot.held.clear();
+        }
         if slot.open {
             let _ = slot.worker.tx.send(ToWorker::EndJob { job: id });
         }
@@ -467,8 +473,6 @@ impl<J: Job> JobState<'_, J> {
                 slot.running_since = (!slot.assigned.is_empty()).then(Instant::now);
             }
             FromWorker::JobRejected { job, reason } if job == self.id => {
-                // A worker that could not open the job keeps nothing mapped.
-                slot.held.clear();
                 return Err(match reason {
                     Rejection::UnknownJob { registered } => Error::UnknownJob {
                         job: J::NAME,
