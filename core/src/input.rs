@@ -152,6 +152,11 @@ impl Input {
         }
     }
 
+    #[cfg(feature = "mpi")]
+    pub(crate) fn regions(&self) -> &[Region] {
+        &self.regions
+    }
+
     pub(crate) fn regions_mut(&mut self) -> &mut [Region] {
         &mut self.regions
     }

@@ -678,17 +678,17 @@ impl<'a> Section<'a> {
     fn add_all(&self, shard: &mut ShardMut<'_>) -> Result<(), String> {
         let mut wrong = None;
         self.parse(|word, n| {
-            let hash = hash_word(word);
-            if wrong.is_some() || n == 0 {
+            if wrong.is_some() {
                 return;
             }
+            let hash = hash_word(word);
             if shard_of(hash) != self.index {
                 wrong = Some(format!(
                     "shard {}: holds a word of shard {}",
                     self.index,
                     shard_of(hash)
                 ));
-            } else if shard.add_hashed(word, hash, n).is_err() {
+            } else if n != 0 && shard.add_hashed(word, hash, n).is_err() {
                 // Not with the room made for every word the section declares.
                 wrong = Some(format!("shard {}: more words than it declares", self.index));
             }

@@ -78,7 +78,8 @@ impl Mappings {
     }
 
     /// Ids of the regions held.
-    pub fn ids(&self) -> Vec<u64> {
+    #[cfg(test)]
+    fn ids(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = self.held.keys().copied().collect();
         ids.sort_unstable();
         ids

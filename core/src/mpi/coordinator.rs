@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Instant;
 
-use coop_worker::protocol::{Chunk, Failure, Rejection, SegmentDesc};
+use coop_worker::protocol::{Chunk, Failure, Rejection};
 use mpi::topology::SimpleCommunicator;
 
 use super::RankFailure;
@@ -158,17 +158,15 @@ pub(super) fn run_job<J: Job>(
 
     let encoding = Instant::now();
     let Encoded { params, specs } = plan.encode(job)?;
-    let segments: Vec<Segment> = (input.describe(|_| false).into_iter().enumerate())
-        .map(|(index, desc)| match desc {
-            SegmentDesc::File { path, len, .. } => Segment::File {
-                path: path.as_os_str().as_bytes().to_vec(),
-                len,
-            },
-            // Never `Held`: no segment is held (`|_| false`).
-            SegmentDesc::Shared { .. } | SegmentDesc::Held { .. } | SegmentDesc::Private { .. } => {
-                Segment::Memory {
-                    len: input.bytes(index).len() as u64,
-                }
+    let segments: Vec<Segment> = (input.regions().iter())
+        .map(|region| {
+            let len = region.bytes().len() as u64;
+            match region.path() {
+                Some(path) => Segment::File {
+                    path: path.as_os_str().as_bytes().to_vec(),
+                    len,
+                },
+                None => Segment::Memory { len },
             }
         })
         .collect();
