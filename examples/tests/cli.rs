@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -69,8 +70,21 @@ fn read_all(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec
     })
 }
 
+/// What a child reads on its standard input.
+enum Feed<'a> {
+    /// These bytes, through a pipe closed after them.
+    Bytes(&'a [u8]),
+    /// This open file, from where its offset stands.
+    File(File),
+}
+
 /// Runs `bin` with `args`, feeding `stdin` (closed after it), with a timeout.
 fn run_in(bin: &str, args: &[OsString], stdin: &[u8], dir: Option<&Path>) -> Outcome {
+    run_fed(bin, args, Feed::Bytes(stdin), dir)
+}
+
+/// Runs `bin` with `args` and standard input `feed`, with a timeout.
+fn run_fed(bin: &str, args: &[OsString], feed: Feed<'_>, dir: Option<&Path>) -> Outcome {
     let name = Path::new(bin).file_name().unwrap().to_string_lossy().into_owned();
     let command = std::iter::once(name)
         .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
@@ -81,9 +95,18 @@ fn run_in(bin: &str, args: &[OsString], stdin: &[u8], dir: Option<&Path>) -> Out
         .env_remove("RUST_LOG")
         // A panic or an abort would show its backtrace: the tests look for it.
         .env("RUST_BACKTRACE", "1")
-        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let bytes = match feed {
+        Feed::Bytes(bytes) => {
+            cmd.stdin(Stdio::piped());
+            Some(bytes.to_vec())
+        }
+        Feed::File(file) => {
+            cmd.stdin(file);
+            None
+        }
+    };
     if let Some(dir) = dir {
         cmd.current_dir(dir);
     }
@@ -91,11 +114,12 @@ fn run_in(bin: &str, args: &[OsString], stdin: &[u8], dir: Option<&Path>) -> Out
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
 
-    let mut child_stdin = child.stdin.take().unwrap();
-    let input = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        // The child may exit without reading: a broken pipe is fine.
-        let _ = child_stdin.write_all(&input);
+    let writer = bytes.map(|input| {
+        let mut child_stdin = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            // The child may exit without reading: a broken pipe is fine.
+            let _ = child_stdin.write_all(&input);
+        })
     });
     let out_reader = read_all(child.stdout.take().unwrap());
     let err_reader = read_all(child.stderr.take().unwrap());
@@ -112,7 +136,9 @@ fn run_in(bin: &str, args: &[OsString], stdin: &[u8], dir: Option<&Path>) -> Out
         }
         std::thread::sleep(Duration::from_millis(2));
     };
-    writer.join().unwrap();
+    if let Some(writer) = writer {
+        writer.join().unwrap();
+    }
     let stdout = out_reader.join().unwrap();
     let stderr = String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned();
     Outcome {
@@ -706,6 +732,53 @@ fn standard_input_is_read_without_file_and_for_dash() {
         mixed.assert_success();
         let expected = tsv(&ranked(&reference(mode, &[&file_text, b"cd and more"])));
         assert_tsv_eq(&mixed, &expected, "FILE -");
+    }
+}
+
+#[test]
+fn standard_input_redirected_from_a_file_is_counted_from_where_it_stands() {
+    // `wordcount < FILE` maps the file, as `wordcount FILE` does; a file read
+    // from already, or unlinked or renamed over since it was opened, is read
+    // through standard input instead. The counts are those of what standard input holds.
+    let dir = tempfile::tempdir().unwrap();
+    let text = generate_text(23, 20_000);
+    let path = write_files(dir.path(), &[("text", &text)]).remove(0);
+    let mode = SplitMode::Words;
+    let whole = tsv(&ranked(&reference(mode, &[&text])));
+    let middle = text.len() / 2 + text[text.len() / 2..].iter().position(|&b| b == b' ').unwrap();
+    let rest = tsv(&ranked(&reference(mode, &[&text[middle..]])));
+    for engine in ["processes", "sequential"] {
+        let args = argv![
+            "--split",
+            split_arg(mode),
+            "--all",
+            "--format",
+            "tsv",
+            "--engine",
+            engine
+        ];
+        let fed = |file, context: &str, expected: &[u8]| {
+            let outcome = run_fed(WORDCOUNT, &args, Feed::File(file), None);
+            outcome.assert_success();
+            assert_tsv_eq(&outcome, expected, &format!("{context}, {engine}"));
+        };
+        fed(File::open(&path).unwrap(), "< FILE", &whole);
+
+        let mut part_read = File::open(&path).unwrap();
+        part_read.seek(SeekFrom::Start(middle as u64)).unwrap();
+        fed(part_read, "< FILE read to its middle", &rest);
+
+        let unlinked = File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        fed(unlinked, "< FILE unlinked", &whole);
+        std::fs::write(&path, &text).unwrap();
+
+        let replaced = File::open(&path).unwrap();
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"other words").unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        fed(replaced, "< FILE renamed over", &whole);
+        std::fs::write(&path, &text).unwrap();
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use coop::prelude::*;
-use coop_examples::cli::{self, BadInput, EngineArgs, Failure, ProgressBar};
+use coop_examples::cli::{self, BadInput, EngineArgs, EngineKind, Failure, ProgressBar};
 use coop_examples::wordcount::WordCount;
 use coop_examples::words::{SplitMode, WordCounts};
 
@@ -74,10 +74,15 @@ fn run(args: Args) -> Result<(), Failure> {
     };
     for file in files {
         if *file == stdin {
-            input
-                .push_reader(io::stdin().lock())
-                .map_err(|err| anyhow::anyhow!("standard input: {err}"))
-                .bad_input()?;
+            // A file that cannot be mapped after all (its path unreadable
+            // here, say) is read through standard input instead.
+            let mapped = stdin_file(args.engine.engine).is_some_and(|path| input.push_file(path).is_ok());
+            if !mapped {
+                input
+                    .push_reader(io::stdin().lock())
+                    .map_err(|err| anyhow::anyhow!("standard input: {err}"))
+                    .bad_input()?;
+            }
         } else {
             input.push_file(file).bad_input()?;
         }
@@ -130,6 +135,37 @@ fn run(args: Args) -> Result<(), Failure> {
         bytes as f64 / 1e6 / seconds.max(1e-9),
     );
     Ok(())
+}
+
+/// The path of the file that standard input reads, when it can be mapped as
+/// a FILE argument is, instead of copied into shared memory (which takes
+/// about as long as counting it on 2 cores): a regular file, not read from
+/// yet, and still named by that path (not unlinked or renamed over). Never
+/// with `--engine mpi`, whose ranks on other hosts may not see the file:
+/// rank 0 sends them standard input.
+#[cfg(target_os = "linux")]
+fn stdin_file(engine: EngineKind) -> Option<PathBuf> {
+    use std::io::Seek;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+
+    if engine == EngineKind::Mpi {
+        return None;
+    }
+    // A duplicate of the descriptor, which shares its offset.
+    let mut file = std::fs::File::from(io::stdin().as_fd().try_clone_to_owned().ok()?);
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || file.stream_position().ok()? != 0 {
+        return None;
+    }
+    let path = std::fs::read_link("/proc/self/fd/0").ok()?;
+    let named = std::fs::metadata(&path).ok()?;
+    (named.dev() == meta.dev() && named.ino() == meta.ino()).then_some(path)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn stdin_file(_: EngineKind) -> Option<PathBuf> {
+    None
 }
 
 fn write_table(out: &mut impl Write, words: &[(&[u8], u64)]) -> io::Result<()> {
