@@ -302,7 +302,8 @@ impl Slots {
         else {
             std::alloc::handle_alloc_error(Layout::from_size_align(size, HUGE_PAGE).expect("table too large"))
         };
-        let offset = mapping.as_ptr().align_offset(HUGE_PAGE);
+        // (Not `align_offset`, which may fail to align.)
+        let offset = mapping.as_ptr().addr().wrapping_neg() % HUGE_PAGE;
         // Only a hint; without huge pages the slots work the same.
         #[cfg(target_os = "linux")]
         let _ = mapping.advise_range(memmap2::Advice::HugePage, offset, size);
