@@ -62,9 +62,11 @@ impl Input {
     }
 
     /// Adds a file; returns its segment index. A regular file is memory-mapped
-    /// (the workers map it themselves, by absolute path); a pipe, a device or
-    /// an empty-looking file (as in /proc) is read into shared memory. A
-    /// directory is an error.
+    /// (the workers map it themselves, by its canonical path: links such as
+    /// `/dev/stdin` or `/proc/self/fd/N`, which would name another file in a
+    /// worker, are resolved); a pipe, a device, an empty-looking file (as in
+    /// /proc) or a file that no path names any more (unlinked) is read into
+    /// shared memory. A directory is an error.
     ///
     /// The file should not be truncated while a job reads it. If it is, reads
     /// of the lost bytes find zeros (instead of a `SIGBUS` that would kill the
@@ -84,13 +86,17 @@ impl Input {
             )));
         }
         // Pipes and devices cannot be mapped; nor can files that report size 0
-        // but have contents (/proc): read those into shared memory instead.
-        if !meta.is_file() || meta.len() == 0 {
+        // but have contents (/proc), nor a file that workers cannot open by a
+        // path: read those into shared memory instead.
+        let shared_path = (meta.is_file() && meta.len() > 0)
+            .then(|| std::fs::canonicalize(path).ok())
+            .flatten()
+            .filter(|canonical| names_file(canonical, &meta));
+        let Some(canonical) = shared_path else {
             let file = File::open(path).map_err(input_error)?;
             return self.push_reader(file).map_err(input_error);
-        }
-        let absolute = std::path::absolute(path).map_err(input_error)?;
-        let region = Region::map_file(&absolute).map_err(input_error)?;
+        };
+        let region = Region::map_file(&canonical).map_err(input_error)?;
         Ok(self.push(region))
     }
 
@@ -152,7 +158,7 @@ impl Input {
         }
     }
 
-    #[cfg(feature = "mpi")]
+    #[cfg(any(feature = "mpi", test))]
     pub(crate) fn regions(&self) -> &[Region] {
         &self.regions
     }
@@ -182,6 +188,12 @@ impl Input {
     pub(crate) fn describe(&self, held: impl Fn(u64) -> bool + Copy) -> Vec<SegmentDesc> {
         self.regions.iter().map(|region| region.describe(held)).collect()
     }
+}
+
+/// Whether `path` names the file that `meta` describes (same device and inode).
+fn names_file(path: &Path, meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).is_ok_and(|named| named.dev() == meta.dev() && named.ino() == meta.ino())
 }
 
 /// A writable shared-memory region, zeroed, that the tasks of a job fill: each
@@ -317,6 +329,30 @@ mod tests {
         fn merge(&self, into: &mut u64, other: u64) {
             *into += other;
         }
+    }
+
+    #[test]
+    fn a_file_named_through_a_link_of_this_process_is_given_to_workers_by_its_own_path() {
+        use std::os::fd::AsRawFd;
+
+        let path = std::env::temp_dir().join(format!("coop-input-link-{}", std::process::id()));
+        std::fs::write(&path, b"some words").unwrap();
+        let file = File::open(&path).unwrap();
+        // `/proc/self/fd/N` (like `/dev/stdin`) names another file, or none,
+        // in a worker: workers get the file's own path.
+        let own_link = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let mut input = Input::new();
+        input.push_file(&own_link).unwrap();
+        assert_eq!(
+            input.regions()[0].path(),
+            Some(std::fs::canonicalize(&path).unwrap().as_path())
+        );
+        assert_eq!(input.bytes(0), b"some words");
+        // Unlinked, no path names it: it is read into shared memory.
+        std::fs::remove_file(&path).unwrap();
+        input.push_file(&own_link).unwrap();
+        assert_eq!(input.regions()[1].path(), None);
+        assert_eq!(input.bytes(1), b"some words");
     }
 
     #[test]

@@ -739,7 +739,9 @@ fn standard_input_is_read_without_file_and_for_dash() {
 fn standard_input_redirected_from_a_file_is_counted_from_where_it_stands() {
     // `wordcount < FILE` maps the file, as `wordcount FILE` does; a file read
     // from already, or unlinked or renamed over since it was opened, is read
-    // through standard input instead. The counts are those of what standard input holds.
+    // instead. The counts are those of what standard input holds. And
+    // `wordcount /dev/stdin < FILE` gives workers the file's own path (in a
+    // worker, /dev/stdin is another file).
     let dir = tempfile::tempdir().unwrap();
     let text = generate_text(23, 20_000);
     let path = write_files(dir.path(), &[("text", &text)]).remove(0);
@@ -763,6 +765,11 @@ fn standard_input_redirected_from_a_file_is_counted_from_where_it_stands() {
             assert_tsv_eq(&outcome, expected, &format!("{context}, {engine}"));
         };
         fed(File::open(&path).unwrap(), "< FILE", &whole);
+        let mut named = args.clone();
+        named.push("/dev/stdin".into());
+        let outcome = run_fed(WORDCOUNT, &named, Feed::File(File::open(&path).unwrap()), None);
+        outcome.assert_success();
+        assert_tsv_eq(&outcome, &whole, &format!("/dev/stdin < FILE, {engine}"));
 
         let mut part_read = File::open(&path).unwrap();
         part_read.seek(SeekFrom::Start(middle as u64)).unwrap();

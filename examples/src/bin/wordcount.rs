@@ -74,9 +74,10 @@ fn run(args: Args) -> Result<(), Failure> {
     };
     for file in files {
         if *file == stdin {
-            // A file that cannot be mapped after all (its path unreadable
-            // here, say) is read through standard input instead.
-            let mapped = stdin_file(args.engine.engine).is_some_and(|path| input.push_file(path).is_ok());
+            // `push_file` maps the file by its own path, or reads it if no
+            // path names it; one that cannot be opened again (its path
+            // unreadable here, say) is read through standard input.
+            let mapped = stdin_is_unread_file(args.engine.engine) && input.push_file("/dev/stdin").is_ok();
             if !mapped {
                 input
                     .push_reader(io::stdin().lock())
@@ -137,35 +138,27 @@ fn run(args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The path of the file that standard input reads, when it can be mapped as
-/// a FILE argument is, instead of copied into shared memory (which takes
-/// about as long as counting it on 2 cores): a regular file, not read from
-/// yet, and still named by that path (not unlinked or renamed over). Never
-/// with `--engine mpi`, whose ranks on other hosts may not see the file:
-/// rank 0 sends them standard input.
+/// Whether standard input can be mapped as `/dev/stdin`, like a FILE
+/// argument, instead of copied into shared memory (which takes about as long
+/// as counting it on 2 cores): a regular file not read from yet (the mapping
+/// starts at its beginning). Never with `--engine mpi`, whose ranks on other
+/// hosts may not see the file: rank 0 sends them standard input.
 #[cfg(target_os = "linux")]
-fn stdin_file(engine: EngineKind) -> Option<PathBuf> {
+fn stdin_is_unread_file(engine: EngineKind) -> bool {
     use std::io::Seek;
     use std::os::fd::AsFd;
-    use std::os::unix::fs::MetadataExt;
 
-    if engine == EngineKind::Mpi {
-        return None;
-    }
     // A duplicate of the descriptor, which shares its offset.
-    let mut file = std::fs::File::from(io::stdin().as_fd().try_clone_to_owned().ok()?);
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() || file.stream_position().ok()? != 0 {
-        return None;
-    }
-    let path = std::fs::read_link("/proc/self/fd/0").ok()?;
-    let named = std::fs::metadata(&path).ok()?;
-    (named.dev() == meta.dev() && named.ino() == meta.ino()).then_some(path)
+    let stdin = io::stdin().as_fd().try_clone_to_owned().map(std::fs::File::from);
+    engine != EngineKind::Mpi
+        && stdin.is_ok_and(|mut file| {
+            file.metadata().is_ok_and(|meta| meta.is_file()) && file.stream_position().is_ok_and(|at| at == 0)
+        })
 }
 
 #[cfg(not(target_os = "linux"))]
-fn stdin_file(_: EngineKind) -> Option<PathBuf> {
-    None
+fn stdin_is_unread_file(_: EngineKind) -> bool {
+    false
 }
 
 fn write_table(out: &mut impl Write, words: &[(&[u8], u64)]) -> io::Result<()> {
