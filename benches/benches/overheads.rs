@@ -142,7 +142,7 @@ criterion_group! {
 
 fn main() {
     // First: in a worker process this serves the coordinator and never returns.
-    coop::init(&coop_benches::jobs());
+    coop::init(&coop_benches::jobs()).expect("each job is listed once");
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

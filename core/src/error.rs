@@ -107,14 +107,28 @@ pub enum Error {
         message: String,
     },
 
+    /// [`crate::init`] was given two entries for one job type, or for two
+    /// types that cannot be told apart by name.
+    #[error("coop::init lists {first} and {second}: {why}; list each job once")]
+    DuplicateJob {
+        /// The first entry, as "`NAME` (type name)".
+        first: String,
+        /// The second entry, likewise.
+        second: String,
+        /// Whether they are one type, or two types with one type name.
+        why: &'static str,
+    },
+
     /// A worker binary does not register the job.
     #[error(
-        "job `{job}` is not registered in the worker binary (pid {pid}); registered: [{}]; add it to coop::init",
+        "job `{job}` ({type_name}) is not registered in the worker binary (pid {pid}); registered: [{}]; add it to coop::init",
         registered.join(", ")
     )]
     UnknownJob {
         /// The job's name.
         job: &'static str,
+        /// The job's type name, which identifies it (names may repeat).
+        type_name: &'static str,
         /// The worker's pid.
         pid: u32,
         /// The jobs the worker binary registers.

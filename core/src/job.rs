@@ -3,7 +3,7 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use coop_worker::{JobEntry, JobInstance, Output, Region};
+use coop_worker::{JobEntry, JobInstance, JobKey, Output, Region};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -26,10 +26,14 @@ pub type TaskError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// partial varies from run to run: [`merge`](Job::merge) must be associative and
 /// commutative for the result not to depend on scheduling or worker count.
 ///
-/// Workers find the job's code by [`NAME`](Job::NAME): list every job in
-/// [`init`] at the top of `main`.
+/// Workers find the job's code by its type: list every job in [`init`] at the
+/// top of `main`. Two instantiations of a generic job (`Sum<u32>`,
+/// `Sum<u64>`) are two jobs, each registered on its own.
 pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
-    /// Unique name of the job; workers look its code up by it.
+    /// The job's name for people: logs and error messages say it. It need
+    /// not be unique (a generic job has one name for all its
+    /// instantiations); workers find a job by its type, never by its name,
+    /// and errors that must tell jobs apart add the type's name.
     const NAME: &'static str;
 
     /// One subtask: small (ranges, indices), sent to a worker as a message.
@@ -125,6 +129,12 @@ static INITIALIZED: AtomicBool = AtomicBool::new(false);
 /// In a worker, `init` never returns: it serves its coordinator, then exits.
 /// A job missing from the list fails with [`Error::UnknownJob`](crate::Error::UnknownJob).
 ///
+/// # Errors
+///
+/// [`Error::DuplicateJob`](crate::Error::DuplicateJob) if the list names one
+/// job type twice (or two types with one type name, from two versions of a
+/// crate). Nothing is registered then, and a pool cannot be built.
+///
 /// ```no_run
 /// # use coop::prelude::*;
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct Sum;
@@ -134,16 +144,48 @@ static INITIALIZED: AtomicBool = AtomicBool::new(false);
 /// #     fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut u64) -> Result<(), TaskError> { Ok(()) }
 /// #     fn merge(&self, a: &mut u64, b: u64) { *a += b }
 /// # }
-/// fn main() {
-///     coop::init(&[coop::register::<Sum>()]);
+/// fn main() -> coop::Result<()> {
+///     coop::init(&[coop::register::<Sum>()])?;
 ///     // ... the program, which creates a Pool
+///     Ok(())
 /// }
 /// ```
-pub fn init(jobs: &[JobEntry]) {
+pub fn init(jobs: &[JobEntry]) -> crate::Result<()> {
+    // Checked before serving: a worker must never be asked to choose between
+    // two entries. A worker of a list that fails this check is never started
+    // (its coordinator's own `init` failed), so it has no one to tell.
+    if let Err(err) = check_unique(jobs) {
+        if coop_worker::is_worker() {
+            eprintln!("coop worker {}: {err}", std::process::id());
+            std::process::exit(2);
+        }
+        return Err(err);
+    }
     coop_worker::run_if_worker(jobs);
     #[cfg(feature = "mpi")]
     let _ = REGISTERED.set(jobs.to_vec());
     INITIALIZED.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// [`Error::DuplicateJob`](crate::Error::DuplicateJob) for the first two
+/// entries with one type name: the same type twice, or two types a worker
+/// could not tell apart by name.
+fn check_unique(jobs: &[JobEntry]) -> crate::Result<()> {
+    for (i, first) in jobs.iter().enumerate() {
+        if let Some(second) = jobs[i + 1..].iter().find(|e| e.type_name == first.type_name) {
+            return Err(crate::Error::DuplicateJob {
+                first: first.describe(),
+                second: second.describe(),
+                why: if first.type_hash == second.type_hash {
+                    "the same job type twice"
+                } else {
+                    "two distinct types with one type name (two versions of a crate?)"
+                },
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The jobs listed in [`init`]: what the ranks of an MPI job serve
@@ -165,8 +207,27 @@ pub(crate) fn initialized() -> bool {
 pub fn register<J: Job>() -> JobEntry {
     JobEntry {
         name: J::NAME,
+        type_name: std::any::type_name::<J>(),
+        type_hash: type_hash::<J>(),
         open: open::<J>,
     }
+}
+
+/// How a coordinator names job `J` to its workers.
+pub(crate) fn key<J: Job>() -> JobKey {
+    JobKey {
+        type_name: std::any::type_name::<J>().to_string(),
+        type_hash: type_hash::<J>(),
+    }
+}
+
+/// A hash of `J`'s `TypeId`: the same in every process of one binary, which
+/// is all workers need (they are the coordinator's binary, re-executed).
+fn type_hash<J: 'static>() -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    std::any::TypeId::of::<J>().hash(&mut hasher);
+    hasher.finish()
 }
 
 fn open<J: Job>(params: &[u8], input: Vec<Region>, output: Output) -> Result<Box<dyn JobInstance>, String> {
@@ -238,4 +299,57 @@ pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    struct Count<T>(std::marker::PhantomData<T>);
+
+    impl<T: Send + Sync + 'static> Job for Count<T> {
+        const NAME: &'static str = "count";
+        type Task = ();
+        type Partial = u64;
+        fn split(&self, _: &Input, _: usize) -> Vec<()> {
+            vec![]
+        }
+        fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut u64) -> Result<(), crate::TaskError> {
+            Ok(())
+        }
+        fn merge(&self, _: &mut u64, _: u64) {}
+    }
+
+    #[test]
+    fn instantiations_of_a_generic_job_are_distinct_jobs() {
+        let (narrow, wide) = (register::<Count<u32>>(), register::<Count<u64>>());
+        assert_eq!(narrow.name, wide.name);
+        assert_ne!(narrow.key(), wide.key());
+        assert!(narrow.is(&key::<Count<u32>>()) && !narrow.is(&key::<Count<u64>>()));
+        assert!(check_unique(&[narrow, wide]).is_ok());
+    }
+
+    #[test]
+    fn a_job_listed_twice_is_refused_naming_both() {
+        let entry = register::<Count<u32>>();
+        let message = check_unique(&[register::<Count<u64>>(), entry, entry])
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("the same job type twice"), "{message}");
+        assert!(
+            message.contains("`count` (coop::job::tests::Count<u32>)"),
+            "{message}"
+        );
+        // Two types a worker could not tell apart by name: refused too.
+        let twin = JobEntry {
+            type_hash: entry.type_hash ^ 1,
+            ..entry
+        };
+        let message = check_unique(&[entry, twin]).unwrap_err().to_string();
+        assert!(
+            message.contains("two distinct types with one type name"),
+            "{message}"
+        );
+    }
 }

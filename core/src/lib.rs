@@ -41,7 +41,7 @@
 //!
 //! fn main() -> coop::Result<()> {
 //!     // First line of main: a process started as a worker serves and exits here.
-//!     coop::init(&[coop::register::<Sum>()]);
+//!     coop::init(&[coop::register::<Sum>()])?;
 //!
 //!     let pool = Pool::builder().workers(2).build()?;
 //!     let numbers: Vec<u64> = (1..=1_000_000).collect();
@@ -153,7 +153,7 @@ pub use pool::{DEFAULT_RETRIES, Ipc, MAX_WORKERS, Pool, PoolBuilder};
 /// [`PoolBuilder::inject_fault`].
 #[cfg(feature = "fault-injection")]
 pub mod fault {
-    pub use coop_worker::fault::{Behaviour, Fault, Point};
+    pub use coop_worker::fault::{Behaviour, ENV_FAULT, Fault, Point};
 }
 
 /// The names most programs need: `use coop::prelude::*;`.

@@ -537,7 +537,7 @@ mod with_mpi {
             std::env::var_os(UNDER_MPIRUN).is_some(),
             "run by panics_and_errors_on_ranks_are_reported_and_the_engine_goes_on, under mpirun"
         );
-        coop::init(&[coop::register::<Picky>()]);
+        coop::init(&[coop::register::<Picky>()]).unwrap();
         let mpi = coop::Mpi::init().unwrap(); // ranks 1 and 2 serve and exit here
         let input = coop::Input::new();
         let panicked = mpi

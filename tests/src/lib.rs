@@ -22,6 +22,9 @@ pub fn jobs() -> Vec<JobEntry> {
         coop::register::<HoldInput>(),
         coop::register::<BigPartial>(),
         coop::register::<BigValue>(),
+        coop::register::<Total<u32>>(),
+        coop::register::<Total<u64>>(),
+        coop::register::<ByteCount>(),
         coop_examples::wordcount::register(),
         coop_examples::matmul::register(),
     ]
@@ -30,7 +33,7 @@ pub fn jobs() -> Vec<JobEntry> {
 /// Turns this process into a worker if it was started as one; otherwise
 /// returns. First call in every test binary's `main`.
 pub fn init() {
-    coop::init(&jobs());
+    coop::init(&jobs()).expect("each job is listed once");
 }
 
 fn ranges(len: usize, pieces: usize) -> Vec<Range<usize>> {
@@ -187,6 +190,67 @@ impl Job for Misbehave {
             }
         }
         *sum += *task as u64;
+        Ok(())
+    }
+
+    fn merge(&self, into: &mut u64, other: u64) {
+        *into += other;
+    }
+}
+
+/// Sums input segment 0 read as `[T]`: `Total<u32>` and `Total<u64>` share a
+/// `NAME` and read the same bytes differently, so a worker that ran one for
+/// the other would give a wrong sum.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Total<T>(std::marker::PhantomData<T>);
+
+impl<T> Default for Total<T> {
+    fn default() -> Self {
+        Total(std::marker::PhantomData)
+    }
+}
+
+impl<T> Job for Total<T>
+where
+    T: bytemuck::Pod + Into<u64> + Send + Sync + Serialize + for<'de> Deserialize<'de>,
+{
+    const NAME: &'static str = "total";
+    type Task = Range<usize>;
+    type Partial = u64;
+
+    fn split(&self, input: &Input, hint: usize) -> Vec<Range<usize>> {
+        ranges(input.slice::<T>(0).len(), hint)
+    }
+
+    fn map(&self, task: &Range<usize>, input: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
+        *sum += input.slice::<T>(0)[task.clone()]
+            .iter()
+            .map(|&x| x.into())
+            .sum::<u64>();
+        Ok(())
+    }
+
+    fn merge(&self, into: &mut u64, other: u64) {
+        *into += other;
+    }
+}
+
+/// Counts the bytes of input segment 0, under the same `NAME` as [`Total`]:
+/// two unrelated job types may share a name.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ByteCount;
+
+impl Job for ByteCount {
+    const NAME: &'static str = "total";
+    type Task = Range<usize>;
+    type Partial = u64;
+
+    fn split(&self, input: &Input, hint: usize) -> Vec<Range<usize>> {
+        ranges(input.bytes(0).len(), hint)
+    }
+
+    fn map(&self, task: &Range<usize>, _: &Input, _: &mut [u8], count: &mut u64) -> Result<(), TaskError> {
+        *count += task.len() as u64;
         Ok(())
     }
 

@@ -21,6 +21,15 @@ fn main() {
     if std::env::var_os(COORDINATOR_ROLE).is_some() {
         play_coordinator();
     }
+    if std::env::var_os(INHERITED_FAULT_ROLE).is_some() {
+        std::process::exit(match run_under_an_inherited_fault() {
+            Ok(()) => 0,
+            Err(err) => {
+                eprintln!("{err:?}");
+                1
+            }
+        });
+    }
     let tests = vec![
         Trial::test(
             "panic_is_reported_and_pool_survives",
@@ -52,6 +61,10 @@ fn main() {
             worker_killed_between_jobs_is_replaced,
         ),
         Trial::test("hung_task_times_out", hung_task_times_out),
+        Trial::test(
+            "a_fault_variable_in_the_environment_is_not_passed_to_workers",
+            a_fault_variable_in_the_environment_is_not_passed_to_workers,
+        ),
         Trial::test(
             "worker_without_the_token_is_refused",
             worker_without_the_token_is_refused,
@@ -375,5 +388,42 @@ fn an_intruder_is_dropped_and_the_pool_goes_on() -> Result<(), Failed> {
     let mut input = Input::new();
     input.push_slice(&numbers);
     assert_eq!(pool.run(&coop_tests::Sum, &input)?, 49_995_000);
+    Ok(())
+}
+
+/// Set in a child copy of this test binary whose environment holds a fault.
+const INHERITED_FAULT_ROLE: &str = "COOP_TEST_INHERITED_FAULT";
+
+/// A worker obeys a fault only when its pool was asked for one: a fault
+/// variable the coordinator inherited (from a shell, say) is not passed on.
+/// The child has the variable in its environment from the start, as a user's
+/// program would; its workers would exit in every task if they saw it.
+fn a_fault_variable_in_the_environment_is_not_passed_to_workers() -> Result<(), Failed> {
+    let output = Command::new(std::env::current_exe()?)
+        .env(INHERITED_FAULT_ROLE, "1")
+        .env(coop::fault::ENV_FAULT, "task:exit")
+        .stdin(Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{}: {stderr}", output.status);
+    Ok(())
+}
+
+fn run_under_an_inherited_fault() -> Result<(), Failed> {
+    let pool = Pool::builder().workers(2).build()?;
+    let mut stats = coop::JobStats::default();
+    let job = misbehave(Fault::Error, None);
+    let job = Misbehave {
+        victim: usize::MAX,
+        ..job
+    };
+    let sum = Run::new(&job, &Input::new()).stats(&mut stats).on(&pool)?;
+    if sum != (0..20).sum::<u64>() || stats.retries != 0 {
+        return Err(format!(
+            "sum {sum}, {} retries: the workers obeyed the fault",
+            stats.retries
+        )
+        .into());
+    }
     Ok(())
 }

@@ -32,6 +32,10 @@ fn main() {
         pool_count_equals_sequential,
     ));
     tests.push(Trial::test(
+        "jobs_sharing_a_name_each_run_their_own_code",
+        jobs_sharing_a_name_each_run_their_own_code,
+    ));
+    tests.push(Trial::test(
         "messages_give_the_same_results_as_shared_memory",
         messages_match_shared_memory,
     ));
@@ -410,5 +414,29 @@ fn messages_match_shared_memory() -> Result<(), Failed> {
         .output(&mut out)
         .on(&messages)?;
     assert!(out.as_slice::<u64>().iter().zip(&data).all(|(s, x)| *s == x * x));
+    Ok(())
+}
+
+/// `Total<u32>`, `Total<u64>` and `ByteCount` all have `NAME = "total"`: each
+/// must run its own code on the pool, as on the sequential engine.
+fn jobs_sharing_a_name_each_run_their_own_code() -> Result<(), Failed> {
+    use coop_tests::{ByteCount, Total};
+    let numbers: Vec<u64> = (1..=1000).collect();
+    let mut input = Input::new();
+    input.push_slice(&numbers);
+    let pool = Pool::builder().workers(2).build()?;
+    let wide = Total::<u64>::default();
+    let narrow = Total::<u32>::default();
+    // Read as u32, each u64 is itself and a zero: the same sum.
+    assert_eq!(pool.run(&wide, &input)?, 500_500);
+    assert_eq!(
+        pool.run(&narrow, &input)?,
+        Run::new(&narrow, &input).on(&Sequential)?
+    );
+    assert_eq!(pool.run(&ByteCount, &input)?, 8000);
+    // Another order: the job a worker last opened must not be reused.
+    assert_eq!(pool.run(&narrow, &input)?, 500_500);
+    assert_eq!(pool.run(&ByteCount, &input)?, 8000);
+    assert_eq!(pool.run(&wide, &input)?, 500_500);
     Ok(())
 }

@@ -31,11 +31,48 @@ pub trait JobInstance {
 pub type OpenJob =
     fn(params: &[u8], input: Vec<Region>, output: Output) -> Result<Box<dyn JobInstance>, String>;
 
-/// A job a worker binary can run, found by name.
+/// A job a worker binary can run, found by its type ([`JobKey`]), never by
+/// its display name: two jobs may share a `Job::NAME`.
 #[derive(Debug, Clone, Copy)]
 pub struct JobEntry {
-    /// Unique name of the job (its `Job::NAME`).
+    /// The job's `Job::NAME`, for people: logs and error messages.
     pub name: &'static str,
+    /// `std::any::type_name` of the job type: generic arguments included.
+    pub type_name: &'static str,
+    /// A hash of the job type's `TypeId`: tells apart two distinct types
+    /// whose `type_name`s are equal (two versions of one crate).
+    pub type_hash: u64,
     /// Opens an instance of the job.
     pub open: OpenJob,
+}
+
+impl JobEntry {
+    /// Whether this entry is the job `key` names.
+    pub fn is(&self, key: &JobKey) -> bool {
+        self.type_hash == key.type_hash && self.type_name == key.type_name
+    }
+
+    /// How a coordinator names this job to a worker.
+    pub fn key(&self) -> JobKey {
+        JobKey {
+            type_name: self.type_name.to_string(),
+            type_hash: self.type_hash,
+        }
+    }
+
+    /// "NAME (type name)", as messages name a job.
+    pub fn describe(&self) -> String {
+        format!("`{}` ({})", self.name, self.type_name)
+    }
+}
+
+/// The identity of a job type, as a coordinator names it to its workers (the
+/// same binary): its type name and a hash of its `TypeId`. Distinct types,
+/// two instantiations of one generic job included, never share a key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct JobKey {
+    /// `std::any::type_name` of the job type.
+    pub type_name: String,
+    /// A hash of its `TypeId` (stable within one binary, which is all a key needs).
+    pub type_hash: u64,
 }

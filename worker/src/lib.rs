@@ -22,12 +22,12 @@ mod region;
 mod serve;
 mod sigbus;
 
-pub use job::{JobEntry, JobInstance, OpenJob};
+pub use job::{JobEntry, JobInstance, JobKey, OpenJob};
 pub use mappings::Mappings;
 pub use output::Output;
 pub use panic::{capture_panics, panic_message};
 pub use region::{Region, release_pages};
-pub use serve::{open_job, run_if_worker};
+pub use serve::{is_worker, open_job, run_if_worker};
 
 /// Re-exported so that `coop` and its workers agree on one version.
 pub use ipc_channel;

@@ -165,12 +165,12 @@ pub struct Tile {
 /// Coordinator to worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToWorker {
-    /// Open a job: find its code by name, map its input and output.
+    /// Open a job: find its code by its type, map its input and output.
     StartJob {
         /// Job id, unique within the pool.
         job: u64,
-        /// [`crate::JobEntry::name`] of the job.
-        name: String,
+        /// Which registered job ([`crate::JobEntry::key`]).
+        key: crate::JobKey,
         /// The job value, encoded with postcard (see [`Payload`]).
         params: Payload,
         /// Input segments, in order.

@@ -10,7 +10,7 @@ use nix::sys::signal::{self, SigHandler, Signal};
 use nix::unistd::{Pid, getppid};
 
 use crate::fault::{self, Aftermath, Fault, Garbage, Point};
-use crate::job::{JobEntry, JobInstance};
+use crate::job::{JobEntry, JobInstance, JobKey};
 use crate::mappings::Mappings;
 use crate::panic::{capture_panics, panic_message};
 use crate::protocol::{
@@ -20,6 +20,11 @@ use crate::protocol::{
 
 /// Exit status of a worker whose coordinator went away or broke the protocol.
 const EXIT_PROTOCOL: i32 = 3;
+
+/// Whether this process was started as a worker (by a coordinator's pool).
+pub fn is_worker() -> bool {
+    env::var_os(ENV_SERVER).is_some()
+}
 
 /// If this process was started as a worker, serves its coordinator and exits;
 /// otherwise returns at once. Call it first in `main`, before any thread starts.
@@ -168,13 +173,13 @@ fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(
         match message {
             ToWorker::StartJob {
                 job,
-                name,
+                key,
                 params,
                 input,
                 output,
             } => {
                 close(&mut current, &mut mappings);
-                match open_job(jobs, &name, params.bytes(), input, output, &mut mappings) {
+                match open_job(jobs, &key, params.bytes(), input, output, &mut mappings) {
                     Ok(instance) => {
                         current = Some(OpenJob {
                             id: job,
@@ -374,21 +379,21 @@ fn cut(mut message: String) -> String {
     message
 }
 
-/// Opens job `name` from the registered `jobs` with its encoded parameters,
+/// Opens the job `key` names from the registered `jobs` with its encoded parameters,
 /// input segments and output, those kept from the last job from `mappings`: what
 /// a worker does when a job starts, whatever carries its messages
 /// (ipc-channel here, MPI in `coop`).
 pub fn open_job(
     jobs: &[JobEntry],
-    name: &str,
+    key: &JobKey,
     params: &[u8],
     input: Vec<SegmentDesc>,
     output: Option<OutputDesc>,
     mappings: &mut Mappings,
 ) -> Result<Box<dyn JobInstance>, Rejection> {
-    let Some(entry) = jobs.iter().find(|entry| entry.name == name) else {
+    let Some(entry) = jobs.iter().find(|entry| entry.is(key)) else {
         return Err(Rejection::UnknownJob {
-            registered: jobs.iter().map(|entry| entry.name.to_string()).collect(),
+            registered: jobs.iter().map(JobEntry::describe).collect(),
         });
     };
     let (regions, output) = mappings

@@ -176,7 +176,7 @@ pub(super) fn run_job<J: Job>(
         .collect();
     let start = wire::encode(&ToRank::StartJob {
         job: id,
-        name: J::NAME.to_string(),
+        key: crate::job::key::<J>(),
         params,
         input: segments,
         output: output.as_deref().map(|out| out.len() as u64),

@@ -68,7 +68,7 @@
 //! #     fn merge(&self, a: &mut u64, b: u64) { *a += b }
 //! # }
 //! fn main() -> coop::Result<()> {
-//!     coop::init(&[coop::register::<Sum>()]);
+//!     coop::init(&[coop::register::<Sum>()])?;
 //!     let mpi = coop::Mpi::init()?; // ranks 1..N-1 serve here and exit
 //!     let mut input = Input::new();
 //!     input.push_file("/shared/numbers.bin")?; // mapped by every rank

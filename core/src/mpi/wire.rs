@@ -41,12 +41,12 @@ pub(crate) fn pieces(len: usize, max: usize) -> impl Iterator<Item = Range<usize
 /// Rank 0 to another rank.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum ToRank {
-    /// Open a job: find its code by name, map or allocate its input and output.
+    /// Open a job: find its code by its type, map or allocate its input and output.
     StartJob {
         /// Job id, unique within the MPI job.
         job: u64,
-        /// The job's `Job::NAME`.
-        name: String,
+        /// Which registered job (`JobEntry::key`).
+        key: coop_worker::JobKey,
         /// The job value, encoded with postcard.
         params: Vec<u8>,
         /// Input segments, in order.

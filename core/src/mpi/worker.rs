@@ -66,7 +66,7 @@ fn task_loop(world: &SimpleCommunicator, jobs: &[JobEntry]) -> Result<(), String
         match message {
             ToRank::StartJob {
                 job,
-                name,
+                key,
                 params,
                 input,
                 output,
@@ -88,7 +88,7 @@ fn task_loop(world: &SimpleCommunicator, jobs: &[JobEntry]) -> Result<(), String
                     .collect();
                 let output = output.map(|len| OutputDesc::Private { len });
                 // Ranks hold no shared memory: nothing to keep between jobs.
-                match open_job(jobs, &name, &params, input, output, &mut Mappings::default()) {
+                match open_job(jobs, &key, &params, input, output, &mut Mappings::default()) {
                     Ok(instance) => {
                         current = Some(OpenJob {
                             id: job,

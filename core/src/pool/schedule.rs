@@ -348,7 +348,7 @@ impl<J: Job> JobState<'_, J> {
                 .collect();
             let _ = slot.worker.tx.send(ToWorker::StartJob {
                 job: self.id,
-                name: J::NAME.to_string(),
+                key: crate::job::key::<J>(),
                 params: self.params.clone(),
                 input,
                 output,
@@ -476,6 +476,7 @@ impl<J: Job> JobState<'_, J> {
                 return Err(match reason {
                     Rejection::UnknownJob { registered } => Error::UnknownJob {
                         job: J::NAME,
+                        type_name: std::any::type_name::<J>(),
                         pid,
                         registered,
                     },

@@ -210,6 +210,9 @@ fn start_child(config: &SpawnConfig, index: usize) -> Result<Pending> {
         // Shown by `ps` instead of "/proc/self/exe".
         std::os::unix::process::CommandExt::arg0(&mut command, name);
     }
+    // A fault variable in the coordinator's own environment is never passed
+    // on: workers misbehave only when a test asked this pool for it.
+    command.env_remove(coop_worker::fault::ENV_FAULT);
     if let Some(injected) = &config.fault
         && injected.worker.is_none_or(|worker| worker == index)
     {

@@ -55,7 +55,7 @@ enum DtypeArg {
 }
 
 fn main() -> ExitCode {
-    coop::init(&[coop_examples::matmul::register()]);
+    coop::init(&[coop_examples::matmul::register()]).expect("each job is listed once");
     cli::main(run)
 }
 

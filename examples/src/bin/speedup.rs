@@ -99,7 +99,8 @@ fn main() -> ExitCode {
     coop::init(&[
         coop_examples::wordcount::register(),
         coop_examples::matmul::register(),
-    ]);
+    ])
+    .expect("each job is listed once");
     cli::main(run)
 }
 

@@ -56,7 +56,7 @@ enum Format {
 }
 
 fn main() -> ExitCode {
-    coop::init(&[coop_examples::wordcount::register()]);
+    coop::init(&[coop_examples::wordcount::register()]).expect("each job is listed once");
     cli::main(run)
 }
 
