@@ -31,8 +31,8 @@ impl Job for Empty {
     type Task = ();
     type Partial = ();
 
-    fn split(&self, _: &Input, _: usize) -> Vec<()> {
-        vec![(); self.tasks]
+    fn split(&self, _: &Input, _: usize) -> Result<Vec<()>, TaskError> {
+        Ok(vec![(); self.tasks])
     }
 
     fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut ()) -> Result<(), TaskError> {
@@ -57,13 +57,13 @@ impl Job for Touch {
     type Task = usize;
     type Partial = u64;
 
-    fn split(&self, input: &Input, hint: usize) -> Vec<usize> {
+    fn split(&self, input: &Input, hint: usize) -> Result<Vec<usize>, TaskError> {
         let last = input.bytes(0).len().saturating_sub(1);
         let tasks = hint.max(1);
         // Spread the reads from the first byte to the last.
-        (0..tasks)
+        Ok((0..tasks)
             .map(|t| if tasks == 1 { 0 } else { last * t / (tasks - 1) })
-            .collect()
+            .collect())
     }
 
     fn map(&self, task: &usize, input: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
@@ -162,8 +162,8 @@ mod tests {
     #[test]
     fn touch_splits_into_hint_tasks_in_bounds() {
         let input = Input::from_bytes(&[1, 2, 3, 4, 5]);
-        assert_eq!(Touch.split(&input, 2), vec![0, 4]);
-        assert_eq!(Touch.split(&input, 1), vec![0]);
-        assert_eq!(Touch.split(&input, 3), vec![0, 2, 4]);
+        assert_eq!(Touch.split(&input, 2).unwrap(), vec![0, 4]);
+        assert_eq!(Touch.split(&input, 1).unwrap(), vec![0]);
+        assert_eq!(Touch.split(&input, 3).unwrap(), vec![0, 2, 4]);
     }
 }

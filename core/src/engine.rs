@@ -136,7 +136,10 @@ impl<'a, J: Job> Run<'a, J> {
     pub(crate) fn plan(&self, workers: usize) -> Result<Plan<J>> {
         let started = Instant::now();
         let hint = workers.saturating_mul(self.tasks_per_worker);
-        let tasks = self.job.split(self.input, hint);
+        let tasks = self.job.split(self.input, hint).map_err(|err| Error::Split {
+            job: J::NAME,
+            message: crate::job::error_chain(&*err),
+        })?;
         let ranges: Vec<Range<usize>> = tasks.iter().map(|t| self.job.output_range(t)).collect();
         let len = self.output.as_ref().map_or(0, |o| o.len());
         for (task, range) in ranges.iter().enumerate() {
@@ -455,8 +458,8 @@ mod tests {
         type Task = Range<usize>;
         type Partial = usize;
 
-        fn split(&self, _: &Input, _: usize) -> Vec<Range<usize>> {
-            self.0.clone()
+        fn split(&self, _: &Input, _: usize) -> Result<Vec<Range<usize>>, crate::TaskError> {
+            Ok(self.0.clone())
         }
 
         fn output_range(&self, task: &Range<usize>) -> Range<usize> {

@@ -119,6 +119,15 @@ pub enum Error {
         why: &'static str,
     },
 
+    /// [`Job::split`](crate::Job::split) refused the input.
+    #[error("job `{job}` refused its input: {message}")]
+    Split {
+        /// The job's name.
+        job: &'static str,
+        /// Why (the error `split` returned, with its sources).
+        message: String,
+    },
+
     /// A worker binary does not register the job.
     #[error(
         "job `{job}` ({type_name}) is not registered in the worker binary (pid {pid}); registered: [{}]; add it to coop::init",

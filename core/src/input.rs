@@ -142,20 +142,53 @@ impl Input {
     ///
     /// # Panics
     /// If there is no such segment, or its length is not a multiple of
-    /// `size_of::<T>()`. (Segments are page-aligned, so alignment always holds.)
+    /// `size_of::<T>()`: for input from outside the program (files, streams),
+    /// use [`try_slice`](Input::try_slice) and refuse the input with its
+    /// error.
     pub fn slice<T: Pod>(&self, index: usize) -> &[T] {
-        let bytes = self.bytes(index);
+        match self.try_slice(index) {
+            Ok(slice) => slice,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    /// Segment `index` viewed as a slice of `T`, or why it cannot be: no such
+    /// segment, or a length that is not a multiple of `size_of::<T>()`.
+    /// (Segments are page-aligned, so alignment holds for any `T` aligned to
+    /// a page or less.) Return the error from [`Job::split`](crate::Job::split)
+    /// to refuse the input:
+    ///
+    /// ```
+    /// # use coop::prelude::*;
+    /// # fn split(input: &Input) -> Result<Vec<std::ops::Range<usize>>, TaskError> {
+    /// let values = input.try_slice::<f64>(0)?; // "input segment 0 (13 bytes) cannot be viewed as [f64]: ..."
+    /// # Ok(vec![0..values.len()])
+    /// # }
+    /// ```
+    pub fn try_slice<T: Pod>(&self, index: usize) -> Result<&[T], SliceError> {
+        let error = |reason: String| SliceError {
+            segment: index,
+            len: self.regions.get(index).map_or(0, |r| r.bytes().len()),
+            element: std::any::type_name::<T>(),
+            reason,
+        };
+        let Some(region) = self.regions.get(index) else {
+            return Err(error(format!("the input has {} segment(s)", self.regions.len())));
+        };
+        let bytes = region.bytes();
         if bytes.is_empty() {
             // An empty region's pointer is dangling and may be misaligned.
-            return &[];
+            return Ok(&[]);
         }
-        match bytemuck::try_cast_slice(bytes) {
-            Ok(slice) => slice,
-            Err(err) => panic!(
-                "input segment {index} cannot be viewed as [{}]: {err}",
-                std::any::type_name::<T>()
-            ),
-        }
+        bytemuck::try_cast_slice(bytes).map_err(|err| {
+            error(match err {
+                bytemuck::PodCastError::OutputSliceWouldHaveSlop => format!(
+                    "its length is not a multiple of {} bytes",
+                    std::mem::size_of::<T>()
+                ),
+                other => other.to_string(),
+            })
+        })
     }
 
     #[cfg(any(feature = "mpi", test))]
@@ -188,6 +221,21 @@ impl Input {
     pub(crate) fn describe(&self, held: impl Fn(u64) -> bool + Copy) -> Vec<SegmentDesc> {
         self.regions.iter().map(|region| region.describe(held)).collect()
     }
+}
+
+/// Why an input segment cannot be viewed as a slice ([`Input::try_slice`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("input segment {segment} ({len} bytes) cannot be viewed as [{element}]: {reason}")]
+#[non_exhaustive]
+pub struct SliceError {
+    /// The segment's index.
+    pub segment: usize,
+    /// Its length in bytes (0 if there is no such segment).
+    pub len: usize,
+    /// The element type asked for.
+    pub element: &'static str,
+    /// What is wrong.
+    pub reason: String,
 }
 
 /// Whether `path` names the file that `meta` describes (same device and inode).
@@ -304,9 +352,9 @@ mod tests {
         type Task = Range<usize>;
         type Partial = u64;
 
-        fn split(&self, input: &Input, _: usize) -> Vec<Range<usize>> {
+        fn split(&self, input: &Input, _: usize) -> Result<Vec<Range<usize>>, crate::TaskError> {
             let len = input.bytes(0).len();
-            (0..len).step_by(4096).map(|s| s..(s + 4096).min(len)).collect()
+            Ok((0..len).step_by(4096).map(|s| s..(s + 4096).min(len)).collect())
         }
 
         fn map(

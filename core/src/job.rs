@@ -45,7 +45,12 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Cuts the input into tasks. `hint` is how many tasks the engine would like
     /// (a few per worker, so that idle workers can take over from slow ones);
     /// any count, including zero, is fine.
-    fn split(&self, input: &Input, hint: usize) -> Vec<Self::Task>;
+    ///
+    /// An input the job cannot take (a segment whose length is not a whole
+    /// number of records, say: see [`Input::try_slice`]) is refused with an
+    /// error: the job then fails with [`Error::Split`](crate::Error::Split)
+    /// before any task runs.
+    fn split(&self, input: &Input, hint: usize) -> Result<Vec<Self::Task>, TaskError>;
 
     /// The byte range of the job's shared output that `task` writes. Ranges of
     /// different tasks must be disjoint (checked before the job starts). The
@@ -140,7 +145,7 @@ static INITIALIZED: AtomicBool = AtomicBool::new(false);
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct Sum;
 /// # impl Job for Sum {
 /// #     const NAME: &'static str = "sum"; type Task = (); type Partial = u64;
-/// #     fn split(&self, _: &Input, _: usize) -> Vec<()> { vec![] }
+/// #     fn split(&self, _: &Input, _: usize) -> Result<Vec<()>, TaskError> { Ok(vec![]) }
 /// #     fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut u64) -> Result<(), TaskError> { Ok(()) }
 /// #     fn merge(&self, a: &mut u64, b: u64) { *a += b }
 /// # }
@@ -312,8 +317,8 @@ mod tests {
         const NAME: &'static str = "count";
         type Task = ();
         type Partial = u64;
-        fn split(&self, _: &Input, _: usize) -> Vec<()> {
-            vec![]
+        fn split(&self, _: &Input, _: usize) -> Result<Vec<()>, TaskError> {
+            Ok(vec![])
         }
         fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut u64) -> Result<(), crate::TaskError> {
             Ok(())

@@ -22,10 +22,10 @@
 //!     type Task = Range<usize>; // a task is a range of the input
 //!     type Partial = u64;       // each worker folds its tasks into one u64
 //!
-//!     fn split(&self, input: &Input, hint: usize) -> Vec<Range<usize>> {
+//!     fn split(&self, input: &Input, hint: usize) -> Result<Vec<Range<usize>>, TaskError> {
 //!         let len = input.slice::<u64>(0).len();
 //!         let step = len.div_ceil(hint).max(1);
-//!         (0..len).step_by(step).map(|s| s..(s + step).min(len)).collect()
+//!         Ok((0..len).step_by(step).map(|s| s..(s + step).min(len)).collect())
 //!     }
 //!
 //!     fn map(&self, task: &Range<usize>, input: &Input, _out: &mut [u8], sum: &mut u64)
@@ -106,7 +106,7 @@
 //!     const NAME: &'static str = "bad";
 //!     type Task = ();
 //!     type Partial = std::rc::Rc<NotSerializable>;
-//!     fn split(&self, _: &Input, _: usize) -> Vec<()> { vec![] }
+//!     fn split(&self, _: &Input, _: usize) -> Result<Vec<()>, TaskError> { Ok(vec![]) }
 //!     fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut Self::Partial) -> Result<(), TaskError> { Ok(()) }
 //!     fn merge(&self, _: &mut Self::Partial, _: Self::Partial) {}
 //! }
@@ -122,7 +122,7 @@
 //!     const NAME: &'static str = "leak";
 //!     type Task = ();
 //!     type Partial = ();
-//!     fn split(&self, _: &Input, _: usize) -> Vec<()> { vec![] }
+//!     fn split(&self, _: &Input, _: usize) -> Result<Vec<()>, TaskError> { Ok(vec![]) }
 //!     fn map(&self, _: &(), _: &Input, out: &mut [u8], _: &mut ()) -> Result<(), TaskError> {
 //!         let kept: &'static mut [u8] = out;
 //!         Ok(())
@@ -145,7 +145,7 @@ pub use crate::mpi::{Mpi, RankFailure};
 pub use coop_worker::JobEntry;
 pub use engine::{DEFAULT_TASKS_PER_WORKER, Engine, JobStats, Progress, Run, Sequential, Threads};
 pub use error::{Error, Result, TaskIndex};
-pub use input::{Input, SharedOutput};
+pub use input::{Input, SharedOutput, SliceError};
 pub use job::{Job, TaskError, init, register};
 pub use pool::{DEFAULT_RETRIES, Ipc, MAX_WORKERS, Pool, PoolBuilder};
 

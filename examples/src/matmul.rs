@@ -94,7 +94,7 @@ impl Job for MatMul {
     type Task = Range<usize>;
     type Partial = ();
 
-    fn split(&self, _: &Input, hint: usize) -> Vec<Range<usize>> {
+    fn split(&self, _: &Input, hint: usize) -> Result<Vec<Range<usize>>, TaskError> {
         // Each task packs all of B again (matrixmultiply packs per call, about
         // 10 ms for n = 2048 here), so tasks are as large as one per worker
         // (hint / DEFAULT_TASKS_PER_WORKER of them), up to 1,024 rows so that
@@ -110,10 +110,10 @@ impl Job for MatMul {
             .div_ceil(hint)
             .max(self.m.div_ceil(workers).min(1024))
             .max(1);
-        (0..self.m)
+        Ok((0..self.m)
             .step_by(step)
             .map(|r| r..(r + step).min(self.m))
-            .collect()
+            .collect())
     }
 
     /// A's rows for the task (all of A in Fortran order, whose rows are not
@@ -315,7 +315,9 @@ mod tests {
         let input = Input::new();
         for m in [0, 1, 7, 100, 2048, 4096, 10_000] {
             for workers in [1, 2, 3, 16] {
-                let tasks = job(m).split(&input, workers * coop::DEFAULT_TASKS_PER_WORKER);
+                let tasks = job(m)
+                    .split(&input, workers * coop::DEFAULT_TASKS_PER_WORKER)
+                    .unwrap();
                 let mut next = 0;
                 for rows in &tasks {
                     assert_eq!(rows.start, next, "m = {m}, {workers} workers: {tasks:?}");

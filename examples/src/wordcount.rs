@@ -34,7 +34,7 @@ impl Job for WordCount {
     type Task = Piece;
     type Partial = WordCounts;
 
-    fn split(&self, input: &Input, hint: usize) -> Vec<Piece> {
+    fn split(&self, input: &Input, hint: usize) -> Result<Vec<Piece>, TaskError> {
         let total = input.total_bytes().max(1) as f64;
         let mut pieces = Vec::new();
         for segment in 0..input.len() {
@@ -47,7 +47,7 @@ impl Job for WordCount {
                     .map(|range| Piece { segment, range }),
             );
         }
-        pieces
+        Ok(pieces)
     }
 
     fn input_ranges(&self, piece: &Piece, _: &Input) -> Vec<(usize, Range<usize>)> {

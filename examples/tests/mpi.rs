@@ -495,8 +495,8 @@ mod with_mpi {
         type Task = u64;
         type Partial = u64;
 
-        fn split(&self, _: &coop::Input, _: usize) -> Vec<u64> {
-            (0..64).collect()
+        fn split(&self, _: &coop::Input, _: usize) -> Result<Vec<u64>, TaskError> {
+            Ok((0..64).collect())
         }
 
         fn map(

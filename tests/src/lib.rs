@@ -25,6 +25,7 @@ pub fn jobs() -> Vec<JobEntry> {
         coop::register::<Total<u32>>(),
         coop::register::<Total<u64>>(),
         coop::register::<ByteCount>(),
+        coop::register::<SumFloats>(),
         coop_examples::wordcount::register(),
         coop_examples::matmul::register(),
     ]
@@ -51,8 +52,8 @@ impl Job for Sum {
     type Task = Range<usize>;
     type Partial = u64;
 
-    fn split(&self, input: &Input, hint: usize) -> Vec<Range<usize>> {
-        ranges(input.slice::<u64>(0).len(), hint)
+    fn split(&self, input: &Input, hint: usize) -> Result<Vec<Range<usize>>, TaskError> {
+        Ok(ranges(input.slice::<u64>(0).len(), hint))
     }
 
     fn map(&self, task: &Range<usize>, input: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
@@ -75,8 +76,8 @@ impl Job for Squares {
     type Task = Range<usize>;
     type Partial = u64;
 
-    fn split(&self, input: &Input, hint: usize) -> Vec<Range<usize>> {
-        ranges(input.slice::<u64>(0).len(), hint)
+    fn split(&self, input: &Input, hint: usize) -> Result<Vec<Range<usize>>, TaskError> {
+        Ok(ranges(input.slice::<u64>(0).len(), hint))
     }
 
     fn output_range(&self, task: &Range<usize>) -> Range<usize> {
@@ -111,8 +112,8 @@ impl Job for Sleepy {
     type Task = usize;
     type Partial = Vec<usize>;
 
-    fn split(&self, _: &Input, _: usize) -> Vec<usize> {
-        (0..self.tasks).collect()
+    fn split(&self, _: &Input, _: usize) -> Result<Vec<usize>, TaskError> {
+        Ok((0..self.tasks).collect())
     }
 
     fn map(&self, task: &usize, _: &Input, _: &mut [u8], done: &mut Vec<usize>) -> Result<(), TaskError> {
@@ -164,8 +165,8 @@ impl Job for Misbehave {
     type Task = usize;
     type Partial = u64;
 
-    fn split(&self, _: &Input, _: usize) -> Vec<usize> {
-        (0..self.tasks).collect()
+    fn split(&self, _: &Input, _: usize) -> Result<Vec<usize>, TaskError> {
+        Ok((0..self.tasks).collect())
     }
 
     fn map(&self, task: &usize, _: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
@@ -218,8 +219,8 @@ where
     type Task = Range<usize>;
     type Partial = u64;
 
-    fn split(&self, input: &Input, hint: usize) -> Vec<Range<usize>> {
-        ranges(input.slice::<T>(0).len(), hint)
+    fn split(&self, input: &Input, hint: usize) -> Result<Vec<Range<usize>>, TaskError> {
+        Ok(ranges(input.slice::<T>(0).len(), hint))
     }
 
     fn map(&self, task: &Range<usize>, input: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
@@ -245,8 +246,8 @@ impl Job for ByteCount {
     type Task = Range<usize>;
     type Partial = u64;
 
-    fn split(&self, input: &Input, hint: usize) -> Vec<Range<usize>> {
-        ranges(input.bytes(0).len(), hint)
+    fn split(&self, input: &Input, hint: usize) -> Result<Vec<Range<usize>>, TaskError> {
+        Ok(ranges(input.bytes(0).len(), hint))
     }
 
     fn map(&self, task: &Range<usize>, _: &Input, _: &mut [u8], count: &mut u64) -> Result<(), TaskError> {
@@ -255,6 +256,30 @@ impl Job for ByteCount {
     }
 
     fn merge(&self, into: &mut u64, other: u64) {
+        *into += other;
+    }
+}
+
+/// Sums input segment 0 as `f64`s, refusing a segment that is not a whole
+/// number of them.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SumFloats;
+
+impl Job for SumFloats {
+    const NAME: &'static str = "sum-floats";
+    type Task = Range<usize>;
+    type Partial = f64;
+
+    fn split(&self, input: &Input, hint: usize) -> Result<Vec<Range<usize>>, TaskError> {
+        Ok(ranges(input.try_slice::<f64>(0)?.len(), hint))
+    }
+
+    fn map(&self, task: &Range<usize>, input: &Input, _: &mut [u8], sum: &mut f64) -> Result<(), TaskError> {
+        *sum += input.try_slice::<f64>(0)?[task.clone()].iter().sum::<f64>();
+        Ok(())
+    }
+
+    fn merge(&self, into: &mut f64, other: f64) {
         *into += other;
     }
 }
@@ -268,8 +293,8 @@ impl Job for Unregistered {
     type Task = ();
     type Partial = ();
 
-    fn split(&self, _: &Input, hint: usize) -> Vec<()> {
-        vec![(); hint]
+    fn split(&self, _: &Input, hint: usize) -> Result<Vec<()>, TaskError> {
+        Ok(vec![(); hint])
     }
 
     fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut ()) -> Result<(), TaskError> {
@@ -295,8 +320,8 @@ impl Job for HoldInput {
     type Task = ();
     type Partial = u64;
 
-    fn split(&self, _: &Input, _: usize) -> Vec<()> {
-        vec![(); self.tasks]
+    fn split(&self, _: &Input, _: usize) -> Result<Vec<()>, TaskError> {
+        Ok(vec![(); self.tasks])
     }
 
     fn map(&self, _: &(), input: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
@@ -373,8 +398,8 @@ impl Job for BigPartial {
     type Task = ();
     type Partial = Vec<u8>;
 
-    fn split(&self, _: &Input, _: usize) -> Vec<()> {
-        vec![()]
+    fn split(&self, _: &Input, _: usize) -> Result<Vec<()>, TaskError> {
+        Ok(vec![()])
     }
 
     fn map(&self, _: &(), _: &Input, _: &mut [u8], partial: &mut Vec<u8>) -> Result<(), TaskError> {
@@ -415,8 +440,8 @@ impl Job for BigValue {
     type Task = Vec<u8>;
     type Partial = u64;
 
-    fn split(&self, _: &Input, _: usize) -> Vec<Vec<u8>> {
-        vec![self.pad.clone(); self.tasks]
+    fn split(&self, _: &Input, _: usize) -> Result<Vec<Vec<u8>>, TaskError> {
+        Ok(vec![self.pad.clone(); self.tasks])
     }
 
     fn map(&self, task: &Vec<u8>, _: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {

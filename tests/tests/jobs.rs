@@ -36,6 +36,10 @@ fn main() {
         jobs_sharing_a_name_each_run_their_own_code,
     ));
     tests.push(Trial::test(
+        "a_job_refuses_input_of_the_wrong_length_on_every_engine",
+        a_job_refuses_input_of_the_wrong_length_on_every_engine,
+    ));
+    tests.push(Trial::test(
         "messages_give_the_same_results_as_shared_memory",
         messages_match_shared_memory,
     ));
@@ -438,5 +442,32 @@ fn jobs_sharing_a_name_each_run_their_own_code() -> Result<(), Failed> {
     assert_eq!(pool.run(&narrow, &input)?, 500_500);
     assert_eq!(pool.run(&ByteCount, &input)?, 8000);
     assert_eq!(pool.run(&wide, &input)?, 500_500);
+    Ok(())
+}
+
+/// A file of 13 bytes is not a slice of `f64`: `split` refuses it with an
+/// error naming the job and the segment, on every engine, and the pool goes on.
+fn a_job_refuses_input_of_the_wrong_length_on_every_engine() -> Result<(), Failed> {
+    use coop_tests::SumFloats;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("floats.bin");
+    std::fs::write(&path, [0u8; 13])?;
+    let mut input = Input::new();
+    input.push_file(&path)?;
+    let pool = Pool::builder().workers(2).build()?;
+    let expected = "job `sum-floats` refused its input: input segment 0 (13 bytes) cannot be viewed as [f64]: \
+                    its length is not a multiple of 8 bytes";
+    let errors = [
+        pool.run(&SumFloats, &input).unwrap_err(),
+        Run::new(&SumFloats, &input).on(&Sequential).unwrap_err(),
+        Run::new(&SumFloats, &input).on(&Threads::new(2)?).unwrap_err(),
+    ];
+    for err in errors {
+        assert!(matches!(err, coop::Error::Split { .. }), "{err:?}");
+        assert_eq!(err.to_string(), expected);
+    }
+    let mut whole = Input::new();
+    whole.push_slice(&[1.5f64, 2.5]);
+    assert_eq!(pool.run(&SumFloats, &whole)?, 4.0);
     Ok(())
 }
