@@ -146,7 +146,7 @@ fn serve(rng: &mut Rng, one_in: u64) -> Result<(), Box<dyn std::error::Error>> {
                     _ => postcard::to_allocvec(&rng.below(1 << 20))?,
                 }),
             }),
-            ToWorker::EndJob { .. } => None,
+            ToWorker::EndJob { .. } | ToWorker::MoreInput { .. } => None,
             ToWorker::Shutdown => return Ok(()),
         };
         let Some(reply) = reply else { continue };

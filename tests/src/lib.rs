@@ -26,6 +26,7 @@ pub fn jobs() -> Vec<JobEntry> {
         coop::register::<Total<u64>>(),
         coop::register::<ByteCount>(),
         coop::register::<SumFloats>(),
+        coop::register::<SumSegments>(),
         coop_examples::wordcount::register(),
         coop_examples::matmul::register(),
     ]
@@ -280,6 +281,33 @@ impl Job for SumFloats {
     }
 
     fn merge(&self, into: &mut f64, other: f64) {
+        *into += other;
+    }
+}
+
+/// Sums the `u64`s of every input segment: one task per segment.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SumSegments;
+
+impl Job for SumSegments {
+    const NAME: &'static str = "test-sum-segments";
+    type Task = usize;
+    type Partial = u64;
+
+    fn split(&self, input: &Input, _: usize) -> Result<Vec<usize>, TaskError> {
+        Ok((0..input.len()).collect())
+    }
+
+    fn input_ranges(&self, segment: &usize, input: &Input) -> Vec<(usize, Range<usize>)> {
+        vec![(*segment, 0..input.bytes(*segment).len())]
+    }
+
+    fn map(&self, segment: &usize, input: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
+        *sum += input.try_slice::<u64>(*segment)?.iter().sum::<u64>();
+        Ok(())
+    }
+
+    fn merge(&self, into: &mut u64, other: u64) {
         *into += other;
     }
 }

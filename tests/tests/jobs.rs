@@ -40,6 +40,10 @@ fn main() {
         a_job_refuses_input_of_the_wrong_length_on_every_engine,
     ));
     tests.push(Trial::test(
+        "a_thousand_input_segments_over_shared_memory_and_messages",
+        a_thousand_input_segments,
+    ));
+    tests.push(Trial::test(
         "messages_give_the_same_results_as_shared_memory",
         messages_match_shared_memory,
     ));
@@ -469,5 +473,38 @@ fn a_job_refuses_input_of_the_wrong_length_on_every_engine() -> Result<(), Faile
     let mut whole = Input::new();
     whole.push_slice(&[1.5f64, 2.5]);
     assert_eq!(pool.run(&SumFloats, &whole)?, 4.0);
+    Ok(())
+}
+
+/// Every shared-memory segment is a file descriptor in the message that
+/// describes it, and a message carries at most 64: 1,000 segments (and mapped
+/// files among them) must still reach every worker, twice (the second job
+/// names the segments the workers kept).
+fn a_thousand_input_segments() -> Result<(), Failed> {
+    use coop_tests::SumSegments;
+    let dir = tempfile::tempdir()?;
+    let mut input = Input::new();
+    let mut expected = 0u64;
+    for i in 0..1000u64 {
+        let numbers = [i, 2 * i, 3];
+        expected += numbers.iter().sum::<u64>();
+        if i % 10 == 0 {
+            let path = dir.path().join(format!("{i:0>200}")); // long paths, many bytes of them
+            std::fs::write(&path, bytemuck::cast_slice(&numbers))?;
+            input.push_file(&path)?;
+        } else {
+            input.push_slice(&numbers);
+        }
+    }
+    for ipc in [Ipc::SharedMemory, Ipc::Messages] {
+        let pool = Pool::builder().workers(2).ipc(ipc).build()?;
+        for round in 0..2 {
+            assert_eq!(
+                pool.run(&SumSegments, &input)?,
+                expected,
+                "{ipc:?}, round {round}"
+            );
+        }
+    }
     Ok(())
 }

@@ -162,9 +162,55 @@ pub struct Tile {
     pub bytes: Payload,
 }
 
+/// Most input segments described in one message. ipc-channel passes at most
+/// 64 file descriptors in a message (and asserts past that), and every
+/// [`SegmentDesc::Shared`] carries one: with room left for the job's
+/// parameters and output, a job with more segments describes them in
+/// several messages ([`ToWorker::MoreInput`], then [`ToWorker::StartJob`]).
+pub const SEGMENTS_PER_MESSAGE: usize = 32;
+
+/// Most bytes of file paths described in one message, so that a message of
+/// many long paths is never large enough to be fragmented (see [`Payload`]).
+const PATH_BYTES_PER_MESSAGE: usize = INLINE_PAYLOAD_MAX;
+
+/// Cuts a job's input descriptions into the batches its messages carry, in
+/// order: at most [`SEGMENTS_PER_MESSAGE`] segments and about
+/// [`INLINE_PAYLOAD_MAX`] bytes of paths each. Always at least one batch
+/// (the last, which goes with [`ToWorker::StartJob`]), maybe empty.
+pub fn input_batches(input: Vec<SegmentDesc>) -> Vec<Vec<SegmentDesc>> {
+    let mut batches = vec![Vec::new()];
+    let mut path_bytes = 0;
+    for segment in input {
+        let len = match &segment {
+            SegmentDesc::File { path, .. } => path.as_os_str().len(),
+            _ => 0,
+        };
+        let batch = batches.last_mut().expect("never empty");
+        if !batch.is_empty()
+            && (batch.len() == SEGMENTS_PER_MESSAGE || path_bytes + len > PATH_BYTES_PER_MESSAGE)
+        {
+            batches.push(Vec::new());
+            path_bytes = 0;
+        }
+        path_bytes += len;
+        batches.last_mut().expect("never empty").push(segment);
+    }
+    batches
+}
+
 /// Coordinator to worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToWorker {
+    /// The first input segments of the job that the next
+    /// [`ToWorker::StartJob`] opens, when it has more than one message can
+    /// describe ([`input_batches`]); the segments of several of these come
+    /// before those of the `StartJob`, in the order sent.
+    MoreInput {
+        /// Job id.
+        job: u64,
+        /// Input segments, in order.
+        input: Vec<SegmentDesc>,
+    },
     /// Open a job: find its code by its type, map its input and output.
     StartJob {
         /// Job id, unique within the pool.
@@ -173,7 +219,8 @@ pub enum ToWorker {
         key: crate::JobKey,
         /// The job value, encoded with postcard (see [`Payload`]).
         params: Payload,
-        /// Input segments, in order.
+        /// The last input segments, in order, after those of the job's
+        /// [`ToWorker::MoreInput`] messages.
         input: Vec<SegmentDesc>,
         /// Where output tiles go, if the job has an output.
         output: Option<OutputDesc>,
@@ -365,6 +412,46 @@ mod tests {
     use ipc_channel::ipc;
 
     use super::*;
+
+    #[test]
+    fn input_batches_keep_order_and_bound_descriptors_and_path_bytes() {
+        assert_eq!(
+            input_batches(Vec::new()).len(),
+            1,
+            "one batch, empty, for StartJob"
+        );
+        let shared = |id| SegmentDesc::Shared {
+            id,
+            region: IpcSharedMemory::from_bytes(&[1]),
+        };
+        let file = |id, len| SegmentDesc::File {
+            id,
+            path: PathBuf::from("p".repeat(len)),
+            len: 1,
+        };
+        let mut input: Vec<SegmentDesc> = (0..70).map(shared).collect();
+        input.extend((70..100).map(|id| file(id, 4000)));
+        let batches = input_batches(input);
+        let ids: Vec<u64> = batches
+            .iter()
+            .flatten()
+            .filter_map(SegmentDesc::kept_id)
+            .collect();
+        assert_eq!(ids, (0..100).collect::<Vec<_>>());
+        for batch in &batches {
+            assert!(!batch.is_empty() && batch.len() <= SEGMENTS_PER_MESSAGE);
+            let paths: usize = batch
+                .iter()
+                .map(|s| match s {
+                    SegmentDesc::File { path, .. } => path.as_os_str().len(),
+                    _ => 0,
+                })
+                .sum();
+            assert!(paths <= PATH_BYTES_PER_MESSAGE, "{paths} bytes of paths");
+        }
+        // One path longer than the bound still goes, alone.
+        assert_eq!(input_batches(vec![file(1, PATH_BYTES_PER_MESSAGE + 1)]).len(), 1);
+    }
 
     #[test]
     fn inline_payloads_fit_a_message_sent_whole_and_larger_ones_are_shared() {

@@ -163,6 +163,8 @@ fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(
     let mut current: Option<OpenJob> = None;
     let mut mappings = Mappings::default();
     let mut outbox = Outbox::default();
+    // The segments of `MoreInput` messages, for the job they name.
+    let mut more_input: Option<(u64, Vec<SegmentDesc>)> = None;
     loop {
         let message = match rx.recv() {
             Ok(message) => message,
@@ -171,6 +173,12 @@ fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(
             Err(err) => return Err(err.into()),
         };
         match message {
+            ToWorker::MoreInput { job, input } => match &mut more_input {
+                Some((id, segments)) if *id == job => segments.extend(input),
+                // A job that never started (its coordinator gave up) leaves
+                // its segments here: the next job's replace them.
+                _ => more_input = Some((job, input)),
+            },
             ToWorker::StartJob {
                 job,
                 key,
@@ -179,6 +187,13 @@ fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(
                 output,
             } => {
                 close(&mut current, &mut mappings);
+                let input = match more_input.take() {
+                    Some((id, mut segments)) if id == job => {
+                        segments.extend(input);
+                        segments
+                    }
+                    _ => input,
+                };
                 match open_job(jobs, &key, params.bytes(), input, output, &mut mappings) {
                     Ok(instance) => {
                         current = Some(OpenJob {

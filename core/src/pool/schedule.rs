@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use coop_worker::ipc_channel::TrySelectError;
 use coop_worker::ipc_channel::ipc::{IpcBytesSender, IpcSelectionResult};
 use coop_worker::protocol::{
-    Chunk, Failure, FromWorker, OutputDesc, Payload, Rejection, SegmentDesc, Tile, ToWorker, send_chunk,
+    Chunk, Failure, FromWorker, OutputDesc, Payload, Rejection, SegmentDesc, Tile, ToWorker, input_batches,
+    send_chunk,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -346,6 +347,16 @@ impl<J: Job> JobState<'_, J> {
             slot.held = (input.iter().filter_map(SegmentDesc::kept_id))
                 .chain(output.iter().filter_map(OutputDesc::kept_id))
                 .collect();
+            let mut batches = input_batches(input);
+            let input = batches.pop().unwrap_or_default();
+            // A failed send means a dead worker, handled when its channel
+            // reports closed; the messages after it fail the same way.
+            for batch in batches {
+                let _ = slot.worker.tx.send(ToWorker::MoreInput {
+                    job: self.id,
+                    input: batch,
+                });
+            }
             let _ = slot.worker.tx.send(ToWorker::StartJob {
                 job: self.id,
                 key: crate::job::key::<J>(),
