@@ -5,6 +5,7 @@
 //! - [`wordcount`]: the word-count job; [`words`]: its tokenizer and table.
 //! - [`matmul`]: the matrix-multiply job; [`npy`]: NumPy `.npy` headers.
 //! - [`cli`]: what both binaries share (exit codes, engine choice, progress bar).
+//! - [`output`]: writing an output file: atomic replace, links followed, devices written through.
 //! - [`study`]: the pieces of the `speedup` binary (Amdahl fit, memory sampler, table, CSV, plot).
 #![deny(missing_docs)]
 
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod corpus;
 pub mod matmul;
 pub mod npy;
+pub mod output;
 pub mod study;
 pub mod wordcount;
 pub mod words;

@@ -13,6 +13,7 @@ use coop::prelude::*;
 use coop_examples::cli::{self, AnyEngine, BadInput, EngineArgs, Failure, ProgressBar};
 use coop_examples::matmul::{MatMul, Operand};
 use coop_examples::npy::{self, Dtype, ShapeDisplay};
+use coop_examples::output::{self, Output};
 use rand::{RngExt, SeedableRng};
 
 /// Multiply two matrices: `matmul A.npy B.npy -o C.npy`, or time random ones
@@ -25,6 +26,14 @@ struct Args {
     inputs: Vec<PathBuf>,
 
     /// Where to write the product (`.npy`, C order).
+    ///
+    /// A regular file (or a new one) is written beside it under a hidden
+    /// temporary name and renamed into place, so that a failed or interrupted
+    /// run leaves the old file or none; a replaced file keeps its permissions,
+    /// a new one gets 0666 less the umask. A symbolic link is followed: its
+    /// target is written that way and the link stays. A device or a FIFO
+    /// (/dev/null, /dev/stdout to a pipe) is written to directly, never
+    /// replaced. A directory or a socket is refused.
     #[arg(short, long, value_name = "C.npy")]
     output: Option<PathBuf>,
 
@@ -33,12 +42,12 @@ struct Args {
     size: Option<usize>,
 
     /// Element type of the random matrices.
-    #[arg(long, value_enum, requires = "size")]
-    dtype: Option<DtypeArg>,
+    #[arg(long, value_enum, requires = "size", default_value_t = DtypeArg::F64)]
+    dtype: DtypeArg,
 
     /// Seed of the random matrices.
-    #[arg(long, value_name = "S", requires = "size")]
-    seed: Option<u64>,
+    #[arg(long, value_name = "S", requires = "size", default_value_t = 0)]
+    seed: u64,
 
     /// Also multiply in a single process with the same kernel and print the largest relative error.
     #[arg(long, requires = "size")]
@@ -134,30 +143,21 @@ fn multiply_files(args: &Args, a_path: &Path, b_path: &Path) -> Result<(), Failu
         b: b_op,
     };
     cli::check_fits_in_memory(m as u128 * n as u128 * job.dtype.size() as u128, "the product")?;
-    if out_path.is_dir() {
-        return Err(anyhow!("{}: is a directory", out_path.display())).bad_input();
-    }
-    let dir = match out_path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    // Written beside the target and renamed into place: a failed run leaves no file.
-    let mut temp = tempfile::Builder::new()
-        .prefix(".matmul-")
-        .tempfile_in(dir)
-        .map_err(|e| anyhow!("{}: {e}", out_path.display()))
-        .bad_input()?;
+    // Before anything makes a temporary file: an interrupted run leaves none.
+    output::clean_up_on_signals()?;
+    // Checked now (the file is written at the end): a bad path fails before
+    // the multiply, not after it.
+    let output = Output::open(out_path, ".matmul-").bad_input()?;
 
     let engine = args.engine.start()?;
     let started = Instant::now();
     let c = multiply(&engine, &job, &input)?;
     let seconds = started.elapsed().as_secs_f64();
 
-    temp.write_all(&npy::encode_header(job.dtype, false, &[m, n]))?;
-    temp.write_all(c.bytes())?;
-    temp.as_file().sync_data().ok();
-    temp.persist(out_path)
-        .map_err(|e| anyhow!("{}: {}", out_path.display(), e.error))?;
+    output.write_with(|file| {
+        file.write_all(&npy::encode_header(job.dtype, false, &[m, n]))?;
+        file.write_all(c.bytes())
+    })?;
     eprintln!(
         "{}: {m} x {n} {}, {seconds:.3} s, {:.1} GFLOP/s, {} worker(s) ({})",
         out_path.display(),
@@ -183,7 +183,7 @@ fn gflops(job: &MatMul, seconds: f64) -> f64 {
 }
 
 fn multiply_random(args: &Args, n: usize) -> Result<(), Failure> {
-    let dtype = match args.dtype.unwrap_or(DtypeArg::F64) {
+    let dtype = match args.dtype {
         DtypeArg::F32 => Dtype::F32,
         DtypeArg::F64 => Dtype::F64,
     };
@@ -191,7 +191,7 @@ fn multiply_random(args: &Args, n: usize) -> Result<(), Failure> {
     let matrix_bytes = n as u128 * n as u128 * dtype.size() as u128;
     cli::check_fits_in_memory(3 * matrix_bytes, &format!("--size {n}"))?;
     let count = n * n; // fits: 3 x n x n x size is below the machine's memory
-    let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(args.seed.unwrap_or(0));
+    let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(args.seed);
     let mut input = Input::new();
     for _ in 0..2 {
         match dtype {
