@@ -4,11 +4,12 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
+use std::sync::Arc;
 
 use bytemuck::Pod;
 use coop_worker::ipc_channel::ipc::IpcSharedMemory;
 use coop_worker::protocol::{OutputDesc, SegmentDesc, new_region_id};
-use coop_worker::{Region, release_pages};
+use coop_worker::{PACK_ALIGN, Pack, Region, release_pages};
 
 use crate::error::{Error, Result};
 
@@ -23,6 +24,13 @@ use crate::error::{Error, Result};
 /// - [`push_reader`](Input::push_reader): a stream (stdin, a pipe) is read into
 ///   a memfd region.
 ///
+/// Segments smaller than [`Input::PACKED_BELOW`] (small files included) are
+/// copied side by side into a few shared regions instead, so that an input
+/// of 100,000 small files costs a handful of mappings and descriptors, not
+/// 100,000 of each (the kernel allows a process about 65,000 mappings). A
+/// mapped file holds no descriptor either. Segments start on a 64-byte
+/// boundary at least (a page boundary when not packed).
+///
 /// Jobs read segments with [`bytes`](Input::bytes) and [`slice`](Input::slice).
 ///
 /// A [`Pool`](crate::Pool)'s workers keep the segments of their last job
@@ -31,9 +39,21 @@ use crate::error::{Error, Result};
 #[derive(Debug, Default)]
 pub struct Input {
     regions: Vec<Region>,
+    /// The pack small segments are copied into now, and the bytes of it used.
+    pack: Option<(Arc<Pack>, usize)>,
 }
 
+/// The first pack's size; each next one is twice the last, up to [`PACK_MAX`],
+/// so that a small input takes little memory and a large one few packs.
+const PACK_MIN: usize = 64 * 1024;
+/// The largest pack.
+const PACK_MAX: usize = 64 << 20;
+
 impl Input {
+    /// Segments smaller than this many bytes are copied into packs (see
+    /// [`Input`]); larger ones get a region of their own, or a mapping.
+    pub const PACKED_BELOW: usize = 64 * 1024;
+
     /// An input with no segments.
     pub fn new() -> Self {
         Self::default()
@@ -47,12 +67,34 @@ impl Input {
     }
 
     pub(crate) fn from_regions(regions: Vec<Region>) -> Self {
-        Input { regions }
+        Input { regions, pack: None }
     }
 
     /// Copies `data` into a new shared-memory segment; returns its index.
     pub fn push_bytes(&mut self, data: &[u8]) -> usize {
-        self.push(Region::shared(IpcSharedMemory::from_bytes(data)))
+        if data.len() >= Self::PACKED_BELOW {
+            return self.push(Region::shared(IpcSharedMemory::from_bytes(data)));
+        }
+        let fits = |(pack, used): &(Arc<Pack>, usize)| {
+            used.next_multiple_of(PACK_ALIGN) + data.len() <= pack.capacity()
+        };
+        let last = self.pack.as_ref().map_or(0, |(pack, _)| pack.capacity());
+        let (pack, used) = match self.pack.take().filter(fits) {
+            Some(current) => current,
+            None => {
+                let capacity = (last * 2).clamp(PACK_MIN, PACK_MAX).max(data.len());
+                (Arc::new(Pack::new(capacity)), 0)
+            }
+        };
+        let start = used.next_multiple_of(PACK_ALIGN);
+        // SAFETY: this input made the pack; every segment handed out ends at
+        // or before `used`, and `start..start + len` is within the pack
+        // (`fits`, or a new pack at least as large); `&mut self` means no job
+        // reads the input meanwhile (invariant 1 of `Pack`).
+        unsafe { pack.write(start, data) };
+        let region = Region::in_pack(pack.clone(), start..start + data.len());
+        self.pack = Some((pack, start + data.len()));
+        self.push(region)
     }
 
     /// Copies a plain-old-data slice (`f32`, `f64`, `u32`, `u64`, ...) into a new
@@ -87,8 +129,9 @@ impl Input {
         }
         // Pipes and devices cannot be mapped; nor can files that report size 0
         // but have contents (/proc), nor a file that workers cannot open by a
-        // path: read those into shared memory instead.
-        let shared_path = (meta.is_file() && meta.len() > 0)
+        // path: read those into shared memory instead, and small files, which
+        // are cheaper to read than to map and go into a pack.
+        let shared_path = (meta.is_file() && meta.len() >= Self::PACKED_BELOW as u64)
             .then(|| std::fs::canonicalize(path).ok())
             .flatten()
             .filter(|canonical| names_file(canonical, &meta));
@@ -217,9 +260,9 @@ impl Input {
     }
 
     /// The segments as a worker finds them; `held(id)` says whether it still
-    /// maps segment `id` (see [`new_region_id`]).
+    /// maps segment (or pack) `id` (see [`new_region_id`]).
     pub(crate) fn describe(&self, held: impl Fn(u64) -> bool + Copy) -> Vec<SegmentDesc> {
-        self.regions.iter().map(|region| region.describe(held)).collect()
+        coop_worker::describe_input(&self.regions, held)
     }
 }
 
@@ -380,11 +423,54 @@ mod tests {
     }
 
     #[test]
+    fn small_segments_share_packs_and_large_ones_get_their_own() {
+        let mut input = Input::new();
+        let mut expected = Vec::new();
+        for i in 0..10_000u64 {
+            let data: Vec<u64> = (0..i % 7).map(|j| i * j).collect();
+            input.push_slice(&data);
+            expected.push(data);
+        }
+        let large = vec![7u8; Input::PACKED_BELOW];
+        input.push_bytes(&large);
+        for (i, data) in expected.iter().enumerate() {
+            assert_eq!(input.slice::<u64>(i), &data[..], "segment {i}");
+            let at = input.bytes(i).as_ptr() as usize;
+            assert!(data.is_empty() || at.is_multiple_of(PACK_ALIGN), "segment {i} is aligned");
+        }
+        assert_eq!(input.bytes(10_000), &large[..]);
+        assert!(input.regions()[10_000].pack().is_none());
+        let packs: std::collections::HashSet<u64> = input
+            .regions()
+            .iter()
+            .filter_map(|r| r.pack())
+            .map(|p| p.id())
+            .collect();
+        // 10,000 segments of up to 48 bytes, 64 apart: 640 KB, in packs of
+        // 64 KB, 128 KB, 256 KB and 512 KB.
+        assert_eq!(packs.len(), 4, "{packs:?}");
+        // Each pack is described once, before its first segment.
+        let described = input.describe(|_| false);
+        let pack_entries = described
+            .iter()
+            .filter(|d| matches!(d, SegmentDesc::Pack { .. }))
+            .count();
+        assert_eq!((pack_entries, described.len()), (4, 10_005));
+        let held = input.describe(|_| true);
+        assert_eq!(
+            held.len(),
+            10_001,
+            "packs the worker holds are not described again"
+        );
+    }
+
+    #[test]
     fn a_file_named_through_a_link_of_this_process_is_given_to_workers_by_its_own_path() {
         use std::os::fd::AsRawFd;
 
         let path = std::env::temp_dir().join(format!("coop-input-link-{}", std::process::id()));
-        std::fs::write(&path, b"some words").unwrap();
+        let words = b"some words ".repeat(Input::PACKED_BELOW / 10);
+        std::fs::write(&path, &words).unwrap();
         let file = File::open(&path).unwrap();
         // `/proc/self/fd/N` (like `/dev/stdin`) names another file, or none,
         // in a worker: workers get the file's own path.
@@ -395,12 +481,12 @@ mod tests {
             input.regions()[0].path(),
             Some(std::fs::canonicalize(&path).unwrap().as_path())
         );
-        assert_eq!(input.bytes(0), b"some words");
+        assert_eq!(input.bytes(0), &words[..]);
         // Unlinked, no path names it: it is read into shared memory.
         std::fs::remove_file(&path).unwrap();
         input.push_file(&own_link).unwrap();
         assert_eq!(input.regions()[1].path(), None);
-        assert_eq!(input.bytes(1), b"some words");
+        assert_eq!(input.bytes(1), &words[..]);
     }
 
     #[test]

@@ -495,7 +495,7 @@ mod with_mpi {
         type Task = u64;
         type Partial = u64;
 
-        fn split(&self, _: &coop::Input, _: usize) -> Result<Vec<u64>, TaskError> {
+        fn split(&self, _: &coop::Input, _: usize) -> Result<Vec<u64>, coop::TaskError> {
             Ok((0..64).collect())
         }
 

@@ -285,25 +285,33 @@ impl Job for SumFloats {
     }
 }
 
-/// Sums the `u64`s of every input segment: one task per segment.
+/// Sums the `u64`s of every input segment: a task is a range of segments.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SumSegments;
 
 impl Job for SumSegments {
     const NAME: &'static str = "test-sum-segments";
-    type Task = usize;
+    type Task = Range<usize>;
     type Partial = u64;
 
-    fn split(&self, input: &Input, _: usize) -> Result<Vec<usize>, TaskError> {
-        Ok((0..input.len()).collect())
+    fn split(&self, input: &Input, hint: usize) -> Result<Vec<Range<usize>>, TaskError> {
+        Ok(ranges(input.len(), hint))
     }
 
-    fn input_ranges(&self, segment: &usize, input: &Input) -> Vec<(usize, Range<usize>)> {
-        vec![(*segment, 0..input.bytes(*segment).len())]
+    fn input_ranges(&self, segments: &Range<usize>, input: &Input) -> Vec<(usize, Range<usize>)> {
+        segments.clone().map(|s| (s, 0..input.bytes(s).len())).collect()
     }
 
-    fn map(&self, segment: &usize, input: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
-        *sum += input.try_slice::<u64>(*segment)?.iter().sum::<u64>();
+    fn map(
+        &self,
+        segments: &Range<usize>,
+        input: &Input,
+        _: &mut [u8],
+        sum: &mut u64,
+    ) -> Result<(), TaskError> {
+        for segment in segments.clone() {
+            *sum += input.try_slice::<u64>(segment)?.iter().sum::<u64>();
+        }
         Ok(())
     }
 

@@ -7,12 +7,23 @@ use coop_examples::matmul::{MatMul, Matrix, Operand};
 use coop_examples::npy::Dtype;
 use coop_examples::wordcount::WordCount;
 use coop_examples::words::{SplitMode, WordCounts, reference_counts};
+use std::process::{Command, Stdio};
+
 use libtest_mimic::{Arguments, Failed, Trial};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 fn main() {
     coop_tests::init();
+    if let Some(dir) = std::env::var_os(MANY_FILES_ROLE) {
+        std::process::exit(match count_many_files(dir.as_ref()) {
+            Ok(()) => 0,
+            Err(err) => {
+                eprintln!("{err:?}");
+                1
+            }
+        });
+    }
     let mut tests = vec![
         Trial::test(
             "wordcount_matches_reference_for_1_2_3_7_workers",
@@ -42,6 +53,10 @@ fn main() {
     tests.push(Trial::test(
         "a_thousand_input_segments_over_shared_memory_and_messages",
         a_thousand_input_segments,
+    ));
+    tests.push(Trial::test(
+        "a_hundred_thousand_small_files_under_256_descriptors",
+        a_hundred_thousand_small_files_under_256_descriptors,
     ));
     tests.push(Trial::test(
         "messages_give_the_same_results_as_shared_memory",
@@ -506,5 +521,56 @@ fn a_thousand_input_segments() -> Result<(), Failed> {
             );
         }
     }
+    Ok(())
+}
+
+/// Set in a child copy of this test binary that counts the files in a directory.
+const MANY_FILES_ROLE: &str = "COOP_TEST_MANY_FILES";
+
+/// 100,000 small files in one input, in a process allowed 256 descriptors
+/// (its workers inherit the limit): more files than descriptors, and more
+/// than the kernel's 65,530 mappings a process, which one mapping or one
+/// shared region per file would need.
+fn a_hundred_thousand_small_files_under_256_descriptors() -> Result<(), Failed> {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir()?;
+    for i in 0..100_000u64 {
+        let numbers = &[i, 1, 2][..(i % 3 + 1) as usize];
+        std::fs::write(dir.path().join(format!("{i}")), bytemuck::cast_slice(numbers))?;
+    }
+    let mut child = Command::new(std::env::current_exe()?);
+    child.env(MANY_FILES_ROLE, dir.path()).stdin(Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        child.pre_exec(|| {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 256, 256)
+                .map_err(Into::into)
+        });
+    }
+    let output = child.output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{}: {stderr}", output.status);
+    Ok(())
+}
+
+fn count_many_files(dir: &std::path::Path) -> Result<(), Failed> {
+    let mut input = Input::new();
+    let mut expected = 0u64;
+    for i in 0..100_000u64 {
+        input.push_file(dir.join(format!("{i}")))?;
+        expected += [i, 1, 2][..(i % 3 + 1) as usize].iter().sum::<u64>();
+    }
+    let pool = Pool::builder().workers(2).build()?;
+    for round in 0..2 {
+        assert_eq!(
+            pool.run(&coop_tests::SumSegments, &input)?,
+            expected,
+            "round {round}"
+        );
+    }
+    assert_eq!(
+        Run::new(&coop_tests::SumSegments, &input).on(&Sequential)?,
+        expected
+    );
     Ok(())
 }

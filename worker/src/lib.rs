@@ -5,6 +5,7 @@
 //!
 //! - [`protocol`]: the messages coordinator and workers exchange, defined once.
 //! - [`Region`]: an input segment (shared memory, a mapped file, or private memory).
+//! - [`Pack`]: many small input segments in one shared region.
 //! - [`Output`]: where a worker writes output tiles (shared or private).
 //! - [`Mappings`]: the input and output a worker keeps mapped between jobs.
 //! - [`JobInstance`], [`JobEntry`]: the type-erased job a worker runs.
@@ -16,6 +17,7 @@ pub mod fault;
 mod job;
 mod mappings;
 mod output;
+mod pack;
 mod panic;
 pub mod protocol;
 mod region;
@@ -25,8 +27,9 @@ mod sigbus;
 pub use job::{JobEntry, JobInstance, JobKey, OpenJob};
 pub use mappings::Mappings;
 pub use output::Output;
+pub use pack::{PACK_ALIGN, Pack};
 pub use panic::{capture_panics, panic_message};
-pub use region::{Region, release_pages};
+pub use region::{Region, describe_input, release_pages};
 pub use serve::{is_worker, open_job, run_if_worker};
 
 /// Re-exported so that `coop` and its workers agree on one version.

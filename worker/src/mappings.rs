@@ -2,11 +2,13 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 
 use ipc_channel::ipc::IpcSharedMemory;
 
 use crate::job::JobInstance;
 use crate::output::Output;
+use crate::pack::Pack;
 use crate::protocol::{OutputDesc, SegmentDesc};
 use crate::region::{Region, not_held};
 
@@ -31,6 +33,7 @@ pub struct Mappings {
 #[derive(Debug)]
 enum Kept {
     Segment(Region),
+    Pack(Arc<Pack>),
     Output(IpcSharedMemory),
 }
 
@@ -45,15 +48,43 @@ impl Mappings {
         output: Option<OutputDesc>,
     ) -> io::Result<(Vec<Region>, Output)> {
         let mut held = std::mem::take(&mut self.held);
-        let regions = (input.into_iter())
-            .map(|desc| match desc {
+        // The packs of this job: described in it, or taken from those held.
+        let mut packs: HashMap<u64, Arc<Pack>> = HashMap::new();
+        let mut regions = Vec::with_capacity(input.len());
+        for desc in input {
+            regions.push(match desc {
                 SegmentDesc::Held { id } => match held.remove(&id) {
-                    Some(Kept::Segment(region)) => Ok(region),
-                    _ => Err(not_held(id)),
+                    Some(Kept::Segment(region)) => region,
+                    _ => return Err(not_held(id)),
                 },
-                desc => Region::open(desc),
-            })
-            .collect::<io::Result<Vec<_>>>()?;
+                SegmentDesc::Pack { id, region } => {
+                    packs.insert(id, Arc::new(Pack::from_coordinator(id, region)));
+                    continue;
+                }
+                SegmentDesc::InPack { pack, offset, len } => {
+                    let pack = match packs.get(&pack) {
+                        Some(pack) => pack.clone(),
+                        None => match held.remove(&pack) {
+                            Some(Kept::Pack(kept)) => packs.entry(pack).or_insert(kept).clone(),
+                            _ => return Err(not_held(pack)),
+                        },
+                    };
+                    let range = (offset as usize)..(offset as usize).saturating_add(len as usize);
+                    if range.end > pack.capacity() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "segment {range:?} lies outside pack {} of {} bytes",
+                                pack.id(),
+                                pack.capacity()
+                            ),
+                        ));
+                    }
+                    Region::in_pack(pack, range)
+                }
+                desc => Region::open(desc)?,
+            });
+        }
         let output = match output {
             Some(OutputDesc::Held { id }) => match held.remove(&id) {
                 Some(Kept::Output(region)) => Ok(Output::Shared { id, region }),
@@ -68,7 +99,11 @@ impl Mappings {
     /// Takes back the input segments and output lent to a job that is closing.
     pub fn reclaim(&mut self, job: &mut dyn JobInstance) {
         for region in job.regions_mut() {
-            if let Some(region) = region.take_kept() {
+            if let Some(pack) = region.pack() {
+                self.held
+                    .entry(pack.id())
+                    .or_insert_with(|| Kept::Pack(pack.clone()));
+            } else if let Some(region) = region.take_kept() {
                 self.held.insert(region.id(), Kept::Segment(region));
             }
         }
@@ -94,6 +129,7 @@ mod tests {
     use crate::Region;
 
     /// A job that only holds what it was lent.
+    #[derive(Debug)]
     struct Lent {
         regions: Vec<Region>,
         output: Output,
@@ -132,6 +168,40 @@ mod tests {
         mappings
             .open(input, output)
             .map(|(regions, output)| Lent { regions, output })
+    }
+
+    #[test]
+    fn a_pack_is_mapped_once_and_kept_for_the_next_job() {
+        let pack = || SegmentDesc::Pack {
+            id: 5,
+            region: IpcSharedMemory::from_bytes(b"onetwothree"),
+        };
+        let in_pack = |offset, len| SegmentDesc::InPack { pack: 5, offset, len };
+        let mut mappings = Mappings::default();
+        let mut job = open(
+            &mut mappings,
+            vec![pack(), in_pack(0, 3), in_pack(3, 3), in_pack(6, 5)],
+            None,
+        )
+        .unwrap();
+        let texts: Vec<&[u8]> = job.regions.iter().map(Region::bytes).collect();
+        assert_eq!(texts, [&b"one"[..], b"two", b"three"], "a pack is not a segment");
+        assert_eq!(
+            job.regions[1].bytes().as_ptr(),
+            job.regions[0].bytes()[3..].as_ptr()
+        );
+        mappings.reclaim(&mut job);
+        drop(job);
+        assert_eq!(mappings.ids(), vec![5], "kept once, by the pack's id");
+        // The next job names it by id alone, in other pieces.
+        let job = open(&mut mappings, vec![in_pack(3, 8), in_pack(0, 0)], None).unwrap();
+        assert_eq!(job.regions[0].bytes(), b"twothree");
+        assert_eq!(job.regions[1].bytes(), b"");
+        // A segment outside the pack, or in a pack neither described nor held.
+        let err = open(&mut mappings, vec![pack(), in_pack(6, 6)], None).unwrap_err();
+        assert!(err.to_string().contains("outside pack 5"), "{err}");
+        let err = open(&mut mappings, vec![in_pack(0, 1)], None).unwrap_err();
+        assert!(err.to_string().contains("does not hold it"), "{err}");
     }
 
     #[test]
@@ -209,16 +279,14 @@ mod tests {
             vec![SegmentDesc::Held { id: 1 }],
             Some(OutputDesc::Held { id: 2 }),
         )
-        .err()
-        .expect("region 2 was never sent");
+        .expect_err("region 2 was never sent");
         assert_eq!(
             err.to_string(),
             "output: region 2 was named by id, but this worker does not hold it"
         );
         assert_eq!(mappings.ids(), Vec::<u64>::new());
         let err = open(&mut mappings, vec![SegmentDesc::Held { id: 1 }], None)
-            .err()
-            .expect("region 1 went with the failed job");
+            .expect_err("region 1 went with the failed job");
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         // An input segment named as the output is not held either.
         let mut job = open(&mut mappings, vec![shared(3, b"input")], None).unwrap();

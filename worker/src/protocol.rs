@@ -81,6 +81,25 @@ pub enum SegmentDesc {
         /// Length the coordinator saw; a worker that sees another refuses the job.
         len: u64,
     },
+    /// Not a segment: a [`Pack`](crate::Pack) of small segments, for the
+    /// [`SegmentDesc::InPack`]s after it. Described once per job, and not
+    /// at all when the worker holds it from its previous job.
+    Pack {
+        /// The pack's id ([`new_region_id`]).
+        id: u64,
+        /// The pack's region.
+        region: IpcSharedMemory,
+    },
+    /// A segment in a pack described before it, or held from the worker's
+    /// previous job.
+    InPack {
+        /// The pack's id.
+        pack: u64,
+        /// Where the segment starts in the pack.
+        offset: u64,
+        /// Its length.
+        len: u64,
+    },
     /// A shared region or file the worker mapped for its previous job and
     /// still holds.
     Held {
@@ -96,12 +115,14 @@ pub enum SegmentDesc {
 }
 
 impl SegmentDesc {
-    /// The id of a segment the worker keeps mapped once it opened the job.
+    /// The id of a segment (or pack) the worker keeps mapped once it opened the job.
     pub fn kept_id(&self) -> Option<u64> {
         match self {
-            SegmentDesc::Shared { id, .. } | SegmentDesc::File { id, .. } | SegmentDesc::Held { id } => {
-                Some(*id)
-            }
+            SegmentDesc::Shared { id, .. }
+            | SegmentDesc::File { id, .. }
+            | SegmentDesc::Held { id }
+            | SegmentDesc::Pack { id, .. }
+            | SegmentDesc::InPack { pack: id, .. } => Some(*id),
             SegmentDesc::Private { .. } => None,
         }
     }

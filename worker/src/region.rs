@@ -2,11 +2,15 @@
 
 use std::fs::File;
 use std::io;
+use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ipc_channel::ipc::IpcSharedMemory;
 use memmap2::{Mmap, MmapMut};
 
+use crate::pack::Pack;
 use crate::protocol::{SegmentDesc, new_region_id};
 use crate::sigbus;
 
@@ -27,11 +31,18 @@ pub struct Region {
 #[derive(Debug)]
 enum Backing {
     Shared(IpcSharedMemory),
-    /// `map` is `None` for an empty file, which cannot be mapped. `file`
-    /// stays open so that [`Region::check_file`] sees the same file.
+    /// One of the small segments side by side in a [`Pack`].
+    Packed {
+        pack: Arc<Pack>,
+        range: Range<usize>,
+    },
+    /// `map` is `None` for an empty file, which cannot be mapped. No
+    /// descriptor stays open (a mapping needs none, and a process may have
+    /// few): [`Region::check_file`] finds the file again by its path and
+    /// `identity` (device and inode).
     File {
         path: PathBuf,
-        file: File,
+        identity: (u64, u64),
         map: Option<FileMap>,
     },
     /// Anonymous memory, zeroed and allocated page by page as it is written;
@@ -70,9 +81,31 @@ impl Region {
         Some(std::mem::replace(self, Region::empty()))
     }
 
-    /// The id the coordinator names this segment by (0 for private memory).
+    /// The id the coordinator names this segment by (0 for private memory
+    /// and segments in a pack, which is named by its own id).
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    /// A segment of `range` in `pack`: bytes already written there.
+    ///
+    /// # Panics
+    /// If `range` is not within the pack.
+    pub fn in_pack(pack: Arc<Pack>, range: Range<usize>) -> Self {
+        assert!(range.start <= range.end && range.end <= pack.capacity());
+        Region {
+            backing: Backing::Packed { pack, range },
+            id: 0,
+            owned: true,
+        }
+    }
+
+    /// The pack this segment lies in, if it is in one.
+    pub fn pack(&self) -> Option<&Arc<Pack>> {
+        match &self.backing {
+            Backing::Packed { pack, .. } => Some(pack),
+            _ => None,
+        }
     }
 
     /// An empty private segment.
@@ -111,7 +144,7 @@ impl Region {
         Ok(Region {
             backing: Backing::File {
                 path: path.to_path_buf(),
-                file,
+                identity: (meta.dev(), meta.ino()),
                 map,
             },
             id: new_region_id(),
@@ -132,18 +165,31 @@ impl Region {
     /// answered with zeros (it shrank, and may have grown back since). The
     /// message does not name the file ([`Region::path`] does). Other segments
     /// are always fine.
+    ///
+    /// The size is checked if the path still names the file mapped; a file
+    /// renamed over or removed since is no longer reachable (and a rename
+    /// changes no byte of it), so then only reads past its end are caught.
     pub fn check_file(&self) -> io::Result<()> {
-        let Backing::File { file, map, .. } = &self.backing else {
+        let Backing::File {
+            path, identity, map, ..
+        } = &self.backing
+        else {
             return Ok(());
         };
         let mapped = self.bytes().len() as u64;
-        let now = file.metadata()?.len();
-        if now < mapped {
+        let now = std::fs::metadata(path)
+            .ok()
+            .filter(|meta| (meta.dev(), meta.ino()) == *identity)
+            .map(|meta| meta.len());
+        if let Some(now) = now
+            && now < mapped
+        {
             return Err(io::Error::other(format!(
                 "file shrank from {mapped} to {now} bytes while it was being read"
             )));
         }
         if map.as_ref().is_some_and(|m| m.guard.faulted()) {
+            let now = now.map_or("fewer".to_string(), |now| now.to_string());
             return Err(io::Error::other(format!(
                 "file was truncated while it was being read ({mapped} bytes when mapped, \
                  {now} now; reads past its end found nothing)"
@@ -156,6 +202,7 @@ impl Region {
     pub fn bytes(&self) -> &[u8] {
         match &self.backing {
             Backing::Shared(region) => region,
+            Backing::Packed { pack, range } => pack.bytes(range.clone()),
             Backing::File { map: Some(map), .. } => &map.map,
             Backing::File { map: None, .. } => &[],
             Backing::Private(Some(map)) => map,
@@ -218,6 +265,11 @@ impl Region {
                 path: path.clone(),
                 len: self.bytes().len() as u64,
             },
+            Backing::Packed { pack, range } => SegmentDesc::InPack {
+                pack: pack.id(),
+                offset: range.start as u64,
+                len: range.len() as u64,
+            },
             Backing::Private(_) => SegmentDesc::Private {
                 len: self.bytes().len() as u64,
             },
@@ -250,13 +302,40 @@ impl Region {
                 }
                 (region, id)
             }
-            SegmentDesc::Held { id } => return Err(not_held(id)),
+            SegmentDesc::Held { id } | SegmentDesc::InPack { pack: id, .. } => return Err(not_held(id)),
+            SegmentDesc::Pack { .. } => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a pack is not a segment",
+                ));
+            }
             SegmentDesc::Private { len } => (Region::private(len as usize)?, 0),
         };
         // The coordinator's region, not this process's.
         (region.id, region.owned) = (id, false);
         Ok(region)
     }
+}
+
+/// How a worker finds a job's input: each segment's description, preceded,
+/// for the first segment of each pack the worker does not hold (`held`), by
+/// the pack itself.
+pub fn describe_input(regions: &[Region], held: impl Fn(u64) -> bool + Copy) -> Vec<SegmentDesc> {
+    let mut described = std::collections::HashSet::new();
+    let mut input = Vec::with_capacity(regions.len());
+    for region in regions {
+        if let Some(pack) = region.pack()
+            && !held(pack.id())
+            && described.insert(pack.id())
+        {
+            input.push(SegmentDesc::Pack {
+                id: pack.id(),
+                region: pack.memory().clone(),
+            });
+        }
+        input.push(region.describe(held));
+    }
+    input
 }
 
 /// The error for a segment or output a coordinator named by id to a worker

@@ -46,6 +46,9 @@ pub fn run_if_worker(jobs: &[JobEntry]) {
     }
     let code = match serve(server, parent, token, jobs, &faults) {
         Ok(()) => 0,
+        // The coordinator hung up on this worker (it is dropping it, or is
+        // gone): nothing went wrong here worth a line on the terminal.
+        Err(err) if is_hangup(&*err) => EXIT_PROTOCOL,
         Err(err) => {
             eprintln!("coop worker {}: {err}", process::id());
             EXIT_PROTOCOL
@@ -55,6 +58,21 @@ pub fn run_if_worker(jobs: &[JobEntry]) {
 }
 
 type WorkerError = Box<dyn std::error::Error>;
+
+/// Whether `err` says the coordinator's end of a channel is closed.
+fn is_hangup(err: &(dyn std::error::Error + 'static)) -> bool {
+    let io = match err.downcast_ref::<IpcError>() {
+        Some(IpcError::Disconnected) => return true,
+        Some(IpcError::Io(io)) => Some(io),
+        _ => err.downcast_ref::<std::io::Error>(),
+    };
+    io.is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        )
+    })
+}
 
 /// The fault this worker was started with, if any (tests only).
 struct Faults(Option<Fault>);

@@ -301,7 +301,7 @@ struct Slot {
     sent: std::collections::HashSet<(usize, usize, usize)>,
     /// Regions the worker keeps mapped: those of the last job it opened
     /// ([`coop_worker::Mappings`]); none believed after a failed job.
-    held: Vec<u64>,
+    held: std::collections::HashSet<u64>,
 }
 
 impl State {
@@ -331,7 +331,7 @@ impl State {
             flushing: false,
             killed: None,
             sent: Default::default(),
-            held: Vec::new(),
+            held: Default::default(),
         });
         Ok(())
     }
