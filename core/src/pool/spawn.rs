@@ -36,6 +36,9 @@ pub(crate) struct SpawnConfig {
     pub(crate) program: PathBuf,
     pub(crate) handshake_timeout: Duration,
     pub(crate) fault: Option<InjectedFault>,
+    /// In a test binary ([`crate::test_workers!`]): the libtest name of the
+    /// worker entry, the one test workers run.
+    pub(crate) test_entry: Option<&'static str>,
 }
 
 /// A fault for the worker started `worker`-th (all workers if `None`), in
@@ -217,6 +220,14 @@ fn start_child(config: &SpawnConfig, index: usize) -> Result<Pending> {
         && injected.worker.is_none_or(|worker| worker == index)
     {
         command.env(coop_worker::fault::ENV_FAULT, &injected.fault);
+    }
+    if let Some(entry) = config.test_entry {
+        // libtest is this program's main: run only the worker entry. Its
+        // banner goes to stdout, so stdout goes nowhere; stderr (panics,
+        // errors) stays.
+        command
+            .args(crate::testing::worker_args(entry))
+            .stdout(Stdio::null());
     }
     let child = command
         .env(ENV_SERVER, &name)
