@@ -248,3 +248,52 @@ fn child_role_runs_a_pool() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     Ok(())
 }
+
+/// Under umask 002 (a group of one's own, as on Debian and Ubuntu), the
+/// rendezvous socket is created group-writable; pools used to refuse to
+/// start ("is open to other users (mode 775)"). The umask is the process's:
+/// a child of its own runs the pool.
+#[test]
+fn a_pool_starts_under_umask_002() -> std::io::Result<()> {
+    let done = tempfile::tempdir()?;
+    let mut command = role_command("sh", "umask");
+    command.env(MARKERS, done.path()).args([
+        "-c",
+        "umask 002 && exec \"$0\" \"$@\"",
+        &this_binary(),
+        "child_role_pool_under_umask_002",
+        "--exact",
+    ]);
+    let (_, output) = run_child(command)?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let context = format!("{}\nstdout:\n{stdout}\nstderr:\n{stderr}", output.status);
+    assert!(output.status.success(), "{context}");
+    assert!(stdout.contains("1 passed"), "{context}");
+    let result = std::fs::read_to_string(done.path().join("umask"));
+    assert_eq!(
+        result.ok().as_deref(),
+        Some("500500"),
+        "the child ran no pool: {context}"
+    );
+    Ok(())
+}
+
+/// The pool in the child of `a_pool_starts_under_umask_002`.
+#[test]
+fn child_role_pool_under_umask_002() -> Result<(), Box<dyn std::error::Error>> {
+    if !has_role("umask") {
+        return Ok(());
+    }
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    assert!(
+        status.lines().any(|line| line == "Umask:\t0002"),
+        "not under umask 002: {status}"
+    );
+    let pool = Pool::builder().workers(2).build()?;
+    let numbers: Vec<u64> = (1..=1000).collect();
+    let sum = pool.run(&Sum, &input_of(&numbers))?;
+    let dir = std::env::var_os(MARKERS).ok_or("no marker directory")?;
+    std::fs::write(Path::new(&dir).join("umask"), sum.to_string())?;
+    Ok(())
+}

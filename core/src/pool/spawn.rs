@@ -156,13 +156,20 @@ struct Pending {
 /// Unix socket paths longer than this are silently truncated by the kernel.
 const MAX_SOCKET_PATH: usize = 107;
 
-/// Makes the rendezvous socket's directory private (ipc-channel creates it
-/// with the umask's mode, typically 0755) and checks that the socket is where
-/// only this user can reach it, and that its path is short enough to work.
-/// Even in the moment before the change, others cannot connect: that takes
-/// write permission on the socket, which the umask does not give them.
+/// Makes the rendezvous socket and its directory private and checks that
+/// they are, and that the socket's path is short enough to work.
+///
+/// ipc-channel creates both with the umask's modes: 0755 and 0755 under the
+/// usual umask 022, 0775 and 0775 under umask 002 (Debian and Ubuntu give
+/// each user a group of their own), where the socket is writable by the
+/// group. So both are set (0700, 0600) rather than only checked: what they
+/// were made with depends on the caller's umask, what they end with does
+/// not. A process that reached the socket before this (possible only under
+/// a umask as open as 002, for the group) connects without the worker's
+/// token, and is dropped by the handshake; one that replaced the socket is
+/// refused here.
 fn secure_rendezvous(name: &str) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
     let refuse = |why: String| Error::Os {
         context: "securing the rendezvous socket",
         source: std::io::Error::other(why),
@@ -173,14 +180,26 @@ fn secure_rendezvous(name: &str) -> Result<()> {
         )));
     }
     let dir = Path::new(name).parent().unwrap_or(Path::new("/"));
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|err| refuse(format!("{}: {err}", dir.display())))?;
-    for (path, forbidden) in [(dir, 0o077), (Path::new(name), 0o022)] {
-        let mode = std::fs::metadata(path)
-            .map_err(|err| refuse(format!("{}: {err}", path.display())))?
-            .permissions()
-            .mode();
-        if mode & forbidden != 0 {
+    let socket = Path::new(name);
+    // `lstat`, never following a link: what is at the path itself counts.
+    let stat = |path: &Path| {
+        std::fs::symlink_metadata(path).map_err(|err| refuse(format!("{}: {err}", path.display())))
+    };
+    let private = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|err| refuse(format!("{}: {err}", path.display())))
+    };
+    // The directory first: once it is private, nobody else can swap the
+    // socket; then the socket must still be this process's own.
+    private(dir, 0o700)?;
+    let (dir_stat, socket_stat) = (stat(dir)?, stat(socket)?);
+    if !dir_stat.is_dir() || !socket_stat.file_type().is_socket() || socket_stat.uid() != dir_stat.uid() {
+        return Err(refuse(format!("{name} is not the socket this process made")));
+    }
+    private(socket, 0o600)?;
+    for path in [dir, socket] {
+        let mode = stat(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
             return Err(refuse(format!(
                 "{} is open to other users (mode {:o})",
                 path.display(),
@@ -443,12 +462,27 @@ mod tests {
         assert!(name.len() <= MAX_SOCKET_PATH);
     }
 
+    /// As ipc-channel makes them under umask 002 (or any other): the modes
+    /// they end with do not depend on it.
     #[test]
-    fn a_socket_others_can_write_is_refused() {
+    fn a_socket_and_directory_made_open_are_made_private() {
         let (_server, name) = IpcOneShotServer::<FromWorker>::new().unwrap();
-        std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let dir = Path::new(&name).parent().unwrap();
+        for path in [dir, Path::new(&name)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o775)).unwrap();
+        }
+        secure_rendezvous(&name).unwrap();
+        assert_eq!(mode(dir), 0o700, "{}", dir.display());
+        assert_eq!(mode(Path::new(&name)), 0o600, "{name}");
+    }
+
+    #[test]
+    fn a_socket_replaced_by_something_else_is_refused() {
+        let (_server, name) = IpcOneShotServer::<FromWorker>::new().unwrap();
+        std::fs::remove_file(&name).unwrap();
+        std::os::unix::fs::symlink("/dev/null", &name).unwrap();
         let err = secure_rendezvous(&name).unwrap_err().to_string();
-        assert!(err.contains("open to other users"), "{err}");
+        assert!(err.contains("is not the socket this process made"), "{err}");
     }
 
     #[test]
