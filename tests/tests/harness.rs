@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use coop::Error;
 use coop::prelude::*;
 use coop_tests::{Squares, Sum};
 use serde::{Deserialize, Serialize};
@@ -111,6 +112,48 @@ fn workers_stdout_is_discarded_and_stderr_kept() -> coop::Result<()> {
         assert_eq!(fd(pid.to_string(), 2), our_stderr, "worker {pid}");
     }
     Ok(())
+}
+
+/// A worker program that ends before its handshake is named, with what
+/// workers of a test binary run.
+#[test]
+fn a_worker_that_exits_early_names_the_worker_entry() -> std::io::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let wrapper = dir.path().join("exits-2");
+    write_script(&wrapper, "#!/bin/sh\nexit 2\n")?;
+    let err = build_with(&wrapper).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, Error::Handshake { .. }), "{message}");
+    assert!(
+        message.contains(
+            "exited with status 2 before completing its handshake: workers are this test binary \
+             re-executed to run only workers::__coop_worker_entry"
+        ),
+        "{message}"
+    );
+    Ok(())
+}
+
+fn write_script(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
+/// A one-worker pool of `program`, without retries. Another test thread
+/// forking while the script was being written may hold it open for a moment
+/// ("text file busy"): tried again then.
+fn build_with(program: &Path) -> coop::Result<Pool> {
+    let build = || Pool::builder().workers(1).retries(0).program(program).build();
+    let mut built = build();
+    for _ in 0..20 {
+        if !matches!(built, Err(Error::Spawn { .. })) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        built = build();
+    }
+    built
 }
 
 // --- Child copies of this test binary -----------------------------------

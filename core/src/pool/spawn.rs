@@ -128,7 +128,7 @@ fn spawn_batch(config: &SpawnConfig, indices: std::ops::Range<usize>) -> Vec<Res
     thread::scope(|scope| {
         let handshakes: Vec<_> = started
             .into_iter()
-            .map(|started| scope.spawn(move || handshake(started?, config.handshake_timeout)))
+            .map(|started| scope.spawn(move || handshake(started?, config)))
             .collect();
         handshakes
             .into_iter()
@@ -273,7 +273,8 @@ enum Verdict {
     TimedOut,
 }
 
-fn handshake(pending: Pending, timeout: Duration) -> Result<Started> {
+fn handshake(pending: Pending, config: &SpawnConfig) -> Result<Started> {
+    let timeout = config.handshake_timeout;
     let Pending {
         server,
         name,
@@ -341,17 +342,34 @@ fn handshake(pending: Pending, timeout: Duration) -> Result<Started> {
                 }
                 // Its end of the socket closes a moment before it can be reaped.
                 _ => match wait_briefly(&mut child, Duration::from_millis(200)) {
-                    // A program that ran to a clean end never became a worker.
-                    Some(status) if status.success() => format!(
-                        "{} before completing its handshake (does main call coop::init first?)",
-                        describe_status(status)
-                    ),
-                    Some(status) => format!("{} before completing its handshake", describe_status(status)),
+                    Some(status) => early_exit(status, config.test_entry),
                     None => format!("hung up without a hello ({err})"),
                 },
             };
             Err(failure(&mut child, cause))
         }
+    }
+}
+
+/// Why a worker that ended before its handshake did, as far as the
+/// coordinator can tell: most often, code in `main` before `coop::init`,
+/// which workers run too.
+fn early_exit(status: std::process::ExitStatus, test_entry: Option<&str>) -> String {
+    let status_text = format!("{} before completing its handshake", describe_status(status));
+    match (status.code(), test_entry) {
+        // Killed by a signal: the signal says it.
+        (None, _) => status_text,
+        // A program that ran to a clean end never became a worker.
+        (Some(0), None) => format!("{status_text} (does main call coop::init first?)"),
+        (Some(0), Some(entry)) => format!(
+            "{status_text}: it ran no test named {entry}, coop's worker entry (is it a test binary with coop::test_workers!?)"
+        ),
+        (Some(_), None) => format!(
+            "{status_text}: workers are this program re-executed without arguments; does main do anything (parse arguments?) before coop::init?"
+        ),
+        (Some(_), Some(entry)) => format!(
+            "{status_text}: workers are this test binary re-executed to run only {entry}, coop's worker entry (coop::test_workers!)"
+        ),
     }
 }
 
@@ -483,6 +501,28 @@ mod tests {
         std::os::unix::fs::symlink("/dev/null", &name).unwrap();
         let err = secure_rendezvous(&name).unwrap_err().to_string();
         assert!(err.contains("is not the socket this process made"), "{err}");
+    }
+
+    #[test]
+    fn an_early_exit_says_what_workers_run() {
+        use std::os::unix::process::ExitStatusExt;
+        let exited = |code: i32| std::process::ExitStatus::from_raw(code << 8);
+        let entry = Some("tests::__coop_worker_entry");
+        assert_eq!(
+            early_exit(exited(2), None),
+            "exited with status 2 before completing its handshake: workers are this program \
+             re-executed without arguments; does main do anything (parse arguments?) before coop::init?"
+        );
+        assert!(early_exit(exited(0), None).ends_with("(does main call coop::init first?)"));
+        assert!(early_exit(exited(2), entry).ends_with(
+            "re-executed to run only tests::__coop_worker_entry, coop's worker entry (coop::test_workers!)"
+        ));
+        assert!(early_exit(exited(0), entry).contains("it ran no test named tests::__coop_worker_entry"));
+        // A signal speaks for itself.
+        assert_eq!(
+            early_exit(std::process::ExitStatus::from_raw(9), None),
+            "was killed by signal 9 (SIGKILL) before completing its handshake"
+        );
     }
 
     #[test]
