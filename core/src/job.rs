@@ -1,7 +1,7 @@
 //! The job model: [`Job`] (split, map, merge), and how workers find jobs ([`init`], [`register`]).
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use coop_worker::{JobEntry, JobInstance, JobKey, Output, Region};
 use serde::de::DeserializeOwned;
@@ -125,7 +125,11 @@ pub(crate) fn absorb_partial<J: Job>(
     }
 }
 
-static INITIALIZED: AtomicBool = AtomicBool::new(false);
+/// The jobs this program's workers serve: those of the first registration,
+/// by [`init`] or (in a test binary) by [`test_workers!`](crate::test_workers)
+/// before `main`. Leaked: a program registers once, or once per
+/// `test_workers!`, and workers and engines keep the list to the end.
+static REGISTERED: Mutex<Option<&'static [JobEntry]>> = Mutex::new(None);
 
 /// Turns a process that was started as a worker into a worker, and returns at
 /// once in any other process. Call it first in `main`, before any thread
@@ -133,6 +137,12 @@ static INITIALIZED: AtomicBool = AtomicBool::new(false);
 ///
 /// In a worker, `init` never returns: it serves its coordinator, then exits.
 /// A job missing from the list fails with [`Error::UnknownJob`](crate::Error::UnknownJob).
+///
+/// Workers serve the list of the first registration: a second `init`, or an
+/// `init` in a test binary whose jobs [`test_workers!`](crate::test_workers)
+/// registered, returns `Ok` and changes nothing (a job it lists that was not
+/// registered then is logged as a warning, and its runs fail with
+/// `Error::UnknownJob`).
 ///
 /// # Errors
 ///
@@ -167,16 +177,53 @@ pub fn init(jobs: &[JobEntry]) -> crate::Result<()> {
         return Err(err);
     }
     coop_worker::run_if_worker(jobs);
-    #[cfg(feature = "mpi")]
-    let _ = REGISTERED.set(jobs.to_vec());
-    INITIALIZED.store(true, Ordering::Release);
+    let mut registered = lock_registered();
+    match *registered {
+        None => *registered = Some(Vec::leak(jobs.to_vec())),
+        Some(first) => {
+            // Workers never see this call (they serve from the first), so
+            // a job only this list names is one they cannot run.
+            for extra in jobs.iter().filter(|job| !first.iter().any(|f| f.is(&job.key()))) {
+                tracing::warn!(
+                    job = %extra.describe(),
+                    "coop::init lists a job the first registration did not; workers cannot run it"
+                );
+            }
+        }
+    }
     Ok(())
+}
+
+/// Adds `jobs` to the jobs workers serve, without serving: what
+/// [`test_workers!`](crate::test_workers) does before `main`, once per use.
+/// An entry registered already is skipped; two types with one type name are
+/// both kept, for [`check_registered`] to refuse.
+pub(crate) fn register_for_tests(jobs: &[JobEntry]) {
+    let mut registered = lock_registered();
+    *registered = Some(Vec::leak(merged(registered.unwrap_or(&[]), jobs)));
+}
+
+/// `known`, then the entries of `more` it lacks.
+fn merged(known: &[JobEntry], more: &[JobEntry]) -> Vec<JobEntry> {
+    let mut all = known.to_vec();
+    for job in more {
+        if !all.iter().any(|known| known.is(&job.key())) {
+            all.push(*job);
+        }
+    }
+    all
+}
+
+fn lock_registered() -> std::sync::MutexGuard<'static, Option<&'static [JobEntry]>> {
+    // Nothing panics while holding the lock; a poisoned one still holds a
+    // whole list.
+    REGISTERED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// [`Error::DuplicateJob`](crate::Error::DuplicateJob) for the first two
 /// entries with one type name: the same type twice, or two types a worker
 /// could not tell apart by name.
-fn check_unique(jobs: &[JobEntry]) -> crate::Result<()> {
+pub(crate) fn check_unique(jobs: &[JobEntry]) -> crate::Result<()> {
     for (i, first) in jobs.iter().enumerate() {
         if let Some(second) = jobs[i + 1..].iter().find(|e| e.type_name == first.type_name) {
             return Err(crate::Error::DuplicateJob {
@@ -193,19 +240,23 @@ fn check_unique(jobs: &[JobEntry]) -> crate::Result<()> {
     Ok(())
 }
 
-/// The jobs listed in [`init`]: what the ranks of an MPI job serve
-/// ([`crate::Mpi`]), which start after `init` returned.
-#[cfg(feature = "mpi")]
-static REGISTERED: std::sync::OnceLock<Vec<JobEntry>> = std::sync::OnceLock::new();
-
-/// The jobs listed in the first call of [`init`] (none before it).
-#[cfg(feature = "mpi")]
+/// The jobs registered so far (none before [`init`] or `test_workers!`).
 pub(crate) fn registered() -> &'static [JobEntry] {
-    REGISTERED.get().map_or(&[], Vec::as_slice)
+    lock_registered().unwrap_or(&[])
 }
 
 pub(crate) fn initialized() -> bool {
-    INITIALIZED.load(Ordering::Acquire)
+    lock_registered().is_some()
+}
+
+/// Whether a pool can start: jobs were registered, and workers could tell
+/// them apart ([`init`] checks its list; `test_workers!` cannot refuse
+/// before `main`, so its lists are checked here).
+pub(crate) fn check_registered() -> crate::Result<()> {
+    if !initialized() {
+        return Err(crate::Error::NotInitialized);
+    }
+    check_unique(registered())
 }
 
 /// The entry that lets workers run job `J`; pass it to [`init`].
@@ -356,5 +407,25 @@ mod tests {
             message.contains("two distinct types with one type name"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn lists_of_several_test_workers_add_up() {
+        let (narrow, wide) = (register::<Count<u32>>(), register::<Count<u64>>());
+        let all = merged(&[narrow], &[wide, narrow]);
+        let keys: Vec<_> = all.iter().map(JobEntry::key).collect();
+        assert_eq!(
+            keys,
+            [narrow.key(), wide.key()],
+            "one entry per job, first list first"
+        );
+        // Two types with one type name are both kept, for the pool to refuse.
+        let twin = JobEntry {
+            type_hash: narrow.type_hash ^ 1,
+            ..narrow
+        };
+        let all = merged(&all, &[twin]);
+        assert_eq!(all.len(), 3);
+        assert!(check_unique(&all).is_err());
     }
 }

@@ -82,9 +82,46 @@
 //! - Workers die with the coordinator however it ends (`PR_SET_PDEATHSIG`), and
 //!   dropping a [`Pool`] stops and reaps them. Nothing waits without a deadline.
 //!
+//! # Testing jobs
+//!
+//! Workers are the program re-executed, and a test binary's `main` is
+//! libtest's: a pool in an ordinary `#[test]` would have each worker run the
+//! whole test suite again. [`test_workers!`] is the way to test jobs on
+//! worker processes with `cargo test`: once per test binary, it registers the
+//! jobs (no [`init`] needed) and adds coop's worker entry, a test named
+//! `__coop_worker_entry` that workers run alone, quietly, instead of the
+//! suite.
+//!
+//! ```rust
+//! # use coop::prelude::*;
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct Sum;
+//! # impl Job for Sum {
+//! #     const NAME: &'static str = "sum"; type Task = (); type Partial = u64;
+//! #     fn split(&self, _: &Input, _: usize) -> Result<Vec<()>, TaskError> { Ok(vec![]) }
+//! #     fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut u64) -> Result<(), TaskError> { Ok(()) }
+//! #     fn merge(&self, a: &mut u64, b: u64) { *a += b }
+//! # }
+//! // In tests/sum.rs, or in the `tests` module of the crate that defines
+//! // `Sum`: every job the tests run on a pool.
+//! coop::test_workers!(coop::register::<Sum>());
+//! # fn main() {}
+//! ```
+//!
+//! Then any `#[test]` of that binary builds a [`Pool`] and runs the jobs on
+//! it, as the example of [`test_workers!`] shows.
+//!
+//! - Each integration test file is a binary of its own: list the jobs in
+//!   each that starts pools. Uses in several modules of one binary add up.
+//! - Workers' stdout is discarded (libtest writes its banner there), even
+//!   with `--nocapture`; their stderr is kept: debug with `eprintln!`.
+//! - [`Threads`] and [`Sequential`] need none of this. A test binary with
+//!   `harness = false` has a `main` of its own: call [`init`] first there,
+//!   as a program does.
+//!
 //! # Crate layout
 //!
-//! - [`Job`], [`init`], [`register`]: the job model and how workers find jobs.
+//! - [`Job`], [`init`], [`register`]: the job model and how workers find jobs;
+//!   [`test_workers!`]: the same for `cargo test`.
 //! - [`Input`], [`SharedOutput`]: data shared with workers, never copied per worker.
 //! - [`Engine`], [`Run`], [`Pool`], [`Threads`], [`Sequential`]: what runs jobs.
 //! - [`Error`]: what can go wrong, with worker, task and cause.
@@ -139,6 +176,7 @@ mod job;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 mod pool;
+mod testing;
 
 #[cfg(feature = "mpi")]
 pub use crate::mpi::{Mpi, RankFailure};
@@ -148,6 +186,8 @@ pub use error::{Error, Result, TaskIndex};
 pub use input::{Input, SharedOutput, SliceError};
 pub use job::{Job, TaskError, init, register};
 pub use pool::{DEFAULT_RETRIES, Ipc, MAX_WORKERS, Pool, PoolBuilder};
+#[doc(hidden)]
+pub use testing::__private;
 
 /// Fault injection for tests (feature `fault-injection`): see
 /// [`PoolBuilder::inject_fault`].

@@ -73,6 +73,10 @@ fn main() {
             "an_intruder_is_dropped_and_the_pool_goes_on",
             an_intruder_is_dropped_and_the_pool_goes_on,
         ),
+        Trial::test(
+            "a_program_that_exits_before_init_is_told_why",
+            a_program_that_exits_before_init_is_told_why,
+        ),
         Trial::test("coordinator_killed_leaves_no_worker", || {
             coordinator_dies_leaving_no_worker(Signal::SIGKILL, false)
         }),
@@ -348,6 +352,44 @@ fn worker_without_the_token_is_refused() -> Result<(), Failed> {
     let message = err.to_string();
     assert!(matches!(err, Error::Handshake { .. }), "{message}");
     assert!(message.contains("without its token"), "{message}");
+    Ok(())
+}
+
+/// A worker program whose main ends before `coop::init` (here: exits 2, as
+/// an argument parser does without its arguments) is reported with what
+/// workers are and what to look for, not only with its exit status.
+fn a_program_that_exits_before_init_is_told_why() -> Result<(), Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let wrapper = dir.path().join("parses-arguments");
+    std::fs::write(&wrapper, "#!/bin/sh\nexit 2\n")?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o700))?;
+    let build = || {
+        Pool::builder()
+            .workers(1)
+            .retries(0)
+            .program(&wrapper)
+            .build()
+            .unwrap_err()
+    };
+    let mut err = build();
+    for _ in 0..20 {
+        // "text file busy" while another test thread forks: try again.
+        if !matches!(err, Error::Spawn { .. }) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        err = build();
+    }
+    let message = err.to_string();
+    assert!(matches!(err, Error::Handshake { .. }), "{message}");
+    assert!(
+        message.ends_with(
+            "failed to start: exited with status 2 before completing its handshake: workers are this \
+             program re-executed without arguments; does main do anything (parse arguments?) before coop::init?"
+        ),
+        "{message}"
+    );
     Ok(())
 }
 

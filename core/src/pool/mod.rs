@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 
 use crate::engine::{Engine, Run};
 use crate::error::{Error, Result};
-use crate::job::{Job, initialized};
+use crate::job::{Job, check_registered};
 use spawn::{SpawnConfig, Spawner, Started, Worker};
 
 /// The largest worker count a pool or thread engine accepts.
@@ -145,8 +145,10 @@ impl PoolBuilder {
 
     /// The executable started as each worker (default: this program itself).
     /// It must call [`crate::init`] first in `main` with the jobs it will be
-    /// asked to run; it is started with no arguments. Meant for wrappers and
-    /// tests: most programs keep the default.
+    /// asked to run; it is started with no arguments (in a test binary with
+    /// [`crate::test_workers!`], with those that make libtest run only the
+    /// worker entry). Meant for wrappers and tests: most programs keep the
+    /// default.
     pub fn program(mut self, path: impl Into<PathBuf>) -> Self {
         self.program = Some(path.into());
         self
@@ -172,14 +174,17 @@ impl PoolBuilder {
 
     /// Starts the workers. A worker that fails to start is tried again, up
     /// to [`retries`](Self::retries) times, before the error is returned.
+    ///
+    /// Fails with [`Error::NotInitialized`] before [`crate::init`] (or
+    /// [`crate::test_workers!`]) registered jobs, and with
+    /// [`Error::DuplicateJob`] if `test_workers!` registered two types with
+    /// one type name.
     pub fn build(self) -> Result<Pool> {
         let workers = self
             .workers
             .unwrap_or_else(|| num_cpus::get().clamp(1, MAX_WORKERS));
         check_worker_count(workers)?;
-        if !initialized() {
-            return Err(Error::NotInitialized);
-        }
+        check_registered()?;
         let program = match self.program {
             Some(program) => program,
             None => spawn::current_program()?,
@@ -189,6 +194,7 @@ impl PoolBuilder {
             program,
             handshake_timeout: self.handshake_timeout,
             fault: self.fault,
+            test_entry: crate::testing::test_entry(),
         })?;
         let mut state = State::new()?;
         let mut missing = workers;

@@ -36,6 +36,9 @@ pub(crate) struct SpawnConfig {
     pub(crate) program: PathBuf,
     pub(crate) handshake_timeout: Duration,
     pub(crate) fault: Option<InjectedFault>,
+    /// In a test binary ([`crate::test_workers!`]): the libtest name of the
+    /// worker entry, the one test workers run.
+    pub(crate) test_entry: Option<&'static str>,
 }
 
 /// A fault for the worker started `worker`-th (all workers if `None`), in
@@ -125,7 +128,7 @@ fn spawn_batch(config: &SpawnConfig, indices: std::ops::Range<usize>) -> Vec<Res
     thread::scope(|scope| {
         let handshakes: Vec<_> = started
             .into_iter()
-            .map(|started| scope.spawn(move || handshake(started?, config.handshake_timeout)))
+            .map(|started| scope.spawn(move || handshake(started?, config)))
             .collect();
         handshakes
             .into_iter()
@@ -153,13 +156,20 @@ struct Pending {
 /// Unix socket paths longer than this are silently truncated by the kernel.
 const MAX_SOCKET_PATH: usize = 107;
 
-/// Makes the rendezvous socket's directory private (ipc-channel creates it
-/// with the umask's mode, typically 0755) and checks that the socket is where
-/// only this user can reach it, and that its path is short enough to work.
-/// Even in the moment before the change, others cannot connect: that takes
-/// write permission on the socket, which the umask does not give them.
+/// Makes the rendezvous socket and its directory private and checks that
+/// they are, and that the socket's path is short enough to work.
+///
+/// ipc-channel creates both with the umask's modes: 0755 and 0755 under the
+/// usual umask 022, 0775 and 0775 under umask 002 (Debian and Ubuntu give
+/// each user a group of their own), where the socket is writable by the
+/// group. So both are set (0700, 0600) rather than only checked: what they
+/// were made with depends on the caller's umask, what they end with does
+/// not. A process that reached the socket before this (possible only under
+/// a umask as open as 002, for the group) connects without the worker's
+/// token, and is dropped by the handshake; one that replaced the socket is
+/// refused here.
 fn secure_rendezvous(name: &str) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
     let refuse = |why: String| Error::Os {
         context: "securing the rendezvous socket",
         source: std::io::Error::other(why),
@@ -170,14 +180,26 @@ fn secure_rendezvous(name: &str) -> Result<()> {
         )));
     }
     let dir = Path::new(name).parent().unwrap_or(Path::new("/"));
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|err| refuse(format!("{}: {err}", dir.display())))?;
-    for (path, forbidden) in [(dir, 0o077), (Path::new(name), 0o022)] {
-        let mode = std::fs::metadata(path)
-            .map_err(|err| refuse(format!("{}: {err}", path.display())))?
-            .permissions()
-            .mode();
-        if mode & forbidden != 0 {
+    let socket = Path::new(name);
+    // `lstat`, never following a link: what is at the path itself counts.
+    let stat = |path: &Path| {
+        std::fs::symlink_metadata(path).map_err(|err| refuse(format!("{}: {err}", path.display())))
+    };
+    let private = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|err| refuse(format!("{}: {err}", path.display())))
+    };
+    // The directory first: once it is private, nobody else can swap the
+    // socket; then the socket must still be this process's own.
+    private(dir, 0o700)?;
+    let (dir_stat, socket_stat) = (stat(dir)?, stat(socket)?);
+    if !dir_stat.is_dir() || !socket_stat.file_type().is_socket() || socket_stat.uid() != dir_stat.uid() {
+        return Err(refuse(format!("{name} is not the socket this process made")));
+    }
+    private(socket, 0o600)?;
+    for path in [dir, socket] {
+        let mode = stat(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
             return Err(refuse(format!(
                 "{} is open to other users (mode {:o})",
                 path.display(),
@@ -218,6 +240,14 @@ fn start_child(config: &SpawnConfig, index: usize) -> Result<Pending> {
     {
         command.env(coop_worker::fault::ENV_FAULT, &injected.fault);
     }
+    if let Some(entry) = config.test_entry {
+        // libtest is this program's main: run only the worker entry. Its
+        // banner goes to stdout, so stdout goes nowhere; stderr (panics,
+        // errors) stays.
+        command
+            .args(crate::testing::worker_args(entry))
+            .stdout(Stdio::null());
+    }
     let child = command
         .env(ENV_SERVER, &name)
         .env(ENV_TOKEN, &token)
@@ -243,7 +273,8 @@ enum Verdict {
     TimedOut,
 }
 
-fn handshake(pending: Pending, timeout: Duration) -> Result<Started> {
+fn handshake(pending: Pending, config: &SpawnConfig) -> Result<Started> {
+    let timeout = config.handshake_timeout;
     let Pending {
         server,
         name,
@@ -311,17 +342,34 @@ fn handshake(pending: Pending, timeout: Duration) -> Result<Started> {
                 }
                 // Its end of the socket closes a moment before it can be reaped.
                 _ => match wait_briefly(&mut child, Duration::from_millis(200)) {
-                    // A program that ran to a clean end never became a worker.
-                    Some(status) if status.success() => format!(
-                        "{} before completing its handshake (does main call coop::init first?)",
-                        describe_status(status)
-                    ),
-                    Some(status) => format!("{} before completing its handshake", describe_status(status)),
+                    Some(status) => early_exit(status, config.test_entry),
                     None => format!("hung up without a hello ({err})"),
                 },
             };
             Err(failure(&mut child, cause))
         }
+    }
+}
+
+/// Why a worker that ended before its handshake did, as far as the
+/// coordinator can tell: most often, code in `main` before `coop::init`,
+/// which workers run too.
+fn early_exit(status: std::process::ExitStatus, test_entry: Option<&str>) -> String {
+    let status_text = format!("{} before completing its handshake", describe_status(status));
+    match (status.code(), test_entry) {
+        // Killed by a signal: the signal says it.
+        (None, _) => status_text,
+        // A program that ran to a clean end never became a worker.
+        (Some(0), None) => format!("{status_text} (does main call coop::init first?)"),
+        (Some(0), Some(entry)) => format!(
+            "{status_text}: it ran no test named {entry}, coop's worker entry (is it a test binary with coop::test_workers!?)"
+        ),
+        (Some(_), None) => format!(
+            "{status_text}: workers are this program re-executed without arguments; does main do anything (parse arguments?) before coop::init?"
+        ),
+        (Some(_), Some(entry)) => format!(
+            "{status_text}: workers are this test binary re-executed to run only {entry}, coop's worker entry (coop::test_workers!)"
+        ),
     }
 }
 
@@ -432,12 +480,49 @@ mod tests {
         assert!(name.len() <= MAX_SOCKET_PATH);
     }
 
+    /// As ipc-channel makes them under umask 002 (or any other): the modes
+    /// they end with do not depend on it.
     #[test]
-    fn a_socket_others_can_write_is_refused() {
+    fn a_socket_and_directory_made_open_are_made_private() {
         let (_server, name) = IpcOneShotServer::<FromWorker>::new().unwrap();
-        std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let dir = Path::new(&name).parent().unwrap();
+        for path in [dir, Path::new(&name)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o775)).unwrap();
+        }
+        secure_rendezvous(&name).unwrap();
+        assert_eq!(mode(dir), 0o700, "{}", dir.display());
+        assert_eq!(mode(Path::new(&name)), 0o600, "{name}");
+    }
+
+    #[test]
+    fn a_socket_replaced_by_something_else_is_refused() {
+        let (_server, name) = IpcOneShotServer::<FromWorker>::new().unwrap();
+        std::fs::remove_file(&name).unwrap();
+        std::os::unix::fs::symlink("/dev/null", &name).unwrap();
         let err = secure_rendezvous(&name).unwrap_err().to_string();
-        assert!(err.contains("open to other users"), "{err}");
+        assert!(err.contains("is not the socket this process made"), "{err}");
+    }
+
+    #[test]
+    fn an_early_exit_says_what_workers_run() {
+        use std::os::unix::process::ExitStatusExt;
+        let exited = |code: i32| std::process::ExitStatus::from_raw(code << 8);
+        let entry = Some("tests::__coop_worker_entry");
+        assert_eq!(
+            early_exit(exited(2), None),
+            "exited with status 2 before completing its handshake: workers are this program \
+             re-executed without arguments; does main do anything (parse arguments?) before coop::init?"
+        );
+        assert!(early_exit(exited(0), None).ends_with("(does main call coop::init first?)"));
+        assert!(early_exit(exited(2), entry).ends_with(
+            "re-executed to run only tests::__coop_worker_entry, coop's worker entry (coop::test_workers!)"
+        ));
+        assert!(early_exit(exited(0), entry).contains("it ran no test named tests::__coop_worker_entry"));
+        // A signal speaks for itself.
+        assert_eq!(
+            early_exit(std::process::ExitStatus::from_raw(9), None),
+            "was killed by signal 9 (SIGKILL) before completing its handshake"
+        );
     }
 
     #[test]
