@@ -436,7 +436,10 @@ mod tests {
         for (i, data) in expected.iter().enumerate() {
             assert_eq!(input.slice::<u64>(i), &data[..], "segment {i}");
             let at = input.bytes(i).as_ptr() as usize;
-            assert!(data.is_empty() || at.is_multiple_of(PACK_ALIGN), "segment {i} is aligned");
+            assert!(
+                data.is_empty() || at.is_multiple_of(PACK_ALIGN),
+                "segment {i} is aligned"
+            );
         }
         assert_eq!(input.bytes(10_000), &large[..]);
         assert!(input.regions()[10_000].pack().is_none());
