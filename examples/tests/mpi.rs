@@ -367,7 +367,7 @@ mod with_mpi {
         assert!(
             error.starts_with(
                 "error: job `coop-examples/wordcount`: the job is not registered on MPI rank 2 (host "
-            ) && error.contains("registered there: [coop-examples/matmul]"),
+            ) && error.contains("registered there: [`coop-examples/matmul` (coop_examples::matmul::MatMul)]"),
             "{}",
             job.describe()
         );
