@@ -57,18 +57,8 @@ pub fn main<A: Parser>(body: impl FnOnce(A) -> Result<(), Failure>) -> ExitCode 
         eprintln!("error: internal error: {}", one_line(message));
     }));
     init_logging();
-    let args = match parse::<A>() {
-        Ok(Parsed { args, mpi: None }) => args,
-        Ok(Parsed {
-            args,
-            mpi: Some(workers_given),
-        }) => match join_mpi(workers_given) {
-            Ok(()) => args,
-            Err(failure) => {
-                eprintln!("error: {}", one_line(&describe(&failure.error)));
-                return ExitCode::from(failure.code);
-            }
-        },
+    let (args, matches) = match parse::<A>() {
+        Ok(parsed) => parsed,
         Err(err) if !err.use_stderr() => {
             // --help and --version
             let _ = err.print();
@@ -83,7 +73,14 @@ pub fn main<A: Parser>(body: impl FnOnce(A) -> Result<(), Failure>) -> ExitCode 
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    let code = match body(args) {
+    // `--engine mpi` must start before anything else happens, since every
+    // rank of the MPI job runs this same program; after the options are
+    // checked, so that every rank refuses them alike.
+    let started = EngineArgs::refuse_inapplicable(&matches).and_then(|()| match chosen_engine(&matches) {
+        Some(EngineKind::Mpi) => join_mpi(),
+        _ => Ok(()),
+    });
+    let code = match started.and_then(|()| body(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) if is_broken_pipe(&failure.error) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -99,28 +96,21 @@ pub fn main<A: Parser>(body: impl FnOnce(A) -> Result<(), Failure>) -> ExitCode 
     code
 }
 
-/// Parsed arguments, and whether they ask for `--engine mpi` (with whether
-/// `--workers` was given too).
-struct Parsed<A> {
-    args: A,
-    mpi: Option<bool>,
+/// Parses the arguments like `A::try_parse`, keeping the matches, which say
+/// which options were given on the command line.
+fn parse<A: Parser>() -> Result<(A, clap::ArgMatches), clap::Error> {
+    let matches = A::command().try_get_matches()?;
+    let args = A::from_arg_matches(&matches).map_err(|err| err.format(&mut A::command()))?;
+    Ok((args, matches))
 }
 
-/// Parses the arguments like `A::try_parse`, and also says whether they
-/// choose the MPI engine: that must start before anything else happens,
-/// since every rank of the MPI job runs this same program.
-fn parse<A: Parser>() -> Result<Parsed<A>, clap::Error> {
-    let matches = A::command().try_get_matches()?;
-    let mpi = matches!(
-        matches.try_get_one::<EngineKind>("engine"),
-        Ok(Some(EngineKind::Mpi))
-    );
-    let workers_given = matches.try_contains_id("workers").unwrap_or(false);
-    let args = A::from_arg_matches(&matches).map_err(|err| err.format(&mut A::command()))?;
-    Ok(Parsed {
-        args,
-        mpi: mpi.then_some(workers_given),
-    })
+/// The `--engine` of [`EngineArgs`], if the program takes one.
+fn chosen_engine(matches: &clap::ArgMatches) -> Option<EngineKind> {
+    matches
+        .try_get_one::<EngineKind>("engine")
+        .ok()
+        .flatten()
+        .copied()
 }
 
 #[cfg(feature = "mpi")]
@@ -134,13 +124,7 @@ thread_local! {
 /// than 0 serve tasks in there and exit; rank 0 keeps the engine for
 /// [`AnyEngine::start`].
 #[cfg(feature = "mpi")]
-fn join_mpi(workers_given: bool) -> Result<(), Failure> {
-    if workers_given {
-        return Err(anyhow::anyhow!(
-            "--workers does not apply to --engine mpi: the workers are the MPI ranks other than 0 (mpirun -n N gives N - 1)"
-        ))
-        .bad_input();
-    }
+fn join_mpi() -> Result<(), Failure> {
     if MPI.with(|mpi| mpi.borrow().is_none()) {
         let mpi = coop::Mpi::init()?;
         MPI.with(|slot| *slot.borrow_mut() = Some(std::rc::Rc::new(mpi)));
@@ -150,7 +134,7 @@ fn join_mpi(workers_given: bool) -> Result<(), Failure> {
 
 /// Refuses `--engine mpi` in a build without MPI.
 #[cfg(not(feature = "mpi"))]
-fn join_mpi(_workers_given: bool) -> Result<(), Failure> {
+fn join_mpi() -> Result<(), Failure> {
     Err(no_mpi())
 }
 
@@ -181,12 +165,21 @@ fn describe(error: &anyhow::Error) -> String {
     text
 }
 
-/// A reader that stopped reading (`| head`) is not an error.
+/// A reader that stopped reading (`| head`) is not an error. serde_json
+/// wraps the write's `io::Error` and its `source()` skips it (it returns the
+/// io::Error's own source), so the chain never holds the `io::Error`: ask it.
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error
-        .chain()
-        .filter_map(|e| e.downcast_ref::<std::io::Error>())
-        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    error.chain().any(|e| {
+        let kind = match (
+            e.downcast_ref::<std::io::Error>(),
+            e.downcast_ref::<serde_json::Error>(),
+        ) {
+            (Some(io), _) => Some(io.kind()),
+            (None, Some(json)) => json.io_error_kind(),
+            (None, None) => None,
+        };
+        kind == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn one_line(text: &str) -> String {
@@ -194,11 +187,13 @@ fn one_line(text: &str) -> String {
 }
 
 /// `RUST_LOG=coop=debug` shows the pool's events on stderr; silent otherwise.
+/// Coloured only on a terminal: escape codes would garble a log file or pipe.
 fn init_logging() {
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .try_init();
     }
 }
@@ -256,9 +251,11 @@ impl From<IpcKind> for coop::Ipc {
 }
 
 /// The engine options both binaries take: `--workers`, `--engine`, `--ipc`.
+/// [`main`] refuses one given on the command line that the chosen engine
+/// would ignore (`--ipc` with threads, `--workers` with sequential...).
 #[derive(Debug, Clone, clap::Args)]
 pub struct EngineArgs {
-    /// Number of workers (default: one per core).
+    /// Number of workers (default: one per core); processes and threads only.
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=coop::MAX_WORKERS as u64))]
     pub workers: Option<u64>,
 
@@ -267,7 +264,8 @@ pub struct EngineArgs {
     pub engine: EngineKind,
 
     /// How the processes engine moves data: workers map the input and write
-    /// output in place, or every task's input and output travels in messages.
+    /// output in place, or every task's input and output travels in messages
+    /// (processes only).
     #[arg(long, value_enum, default_value_t = IpcKind::SharedMemory)]
     pub ipc: IpcKind,
 }
@@ -276,6 +274,67 @@ impl EngineArgs {
     /// Starts the engine these options describe.
     pub fn start(&self) -> Result<AnyEngine, Failure> {
         AnyEngine::start(self.engine, self.workers.map(|w| w as usize), self.ipc)
+    }
+}
+
+/// The [`EngineArgs`] options that an engine would ignore, and why: refused
+/// rather than dropped, since the user meant something by them.
+const INAPPLICABLE: &[(EngineKind, &str, &str)] = &[
+    (
+        EngineKind::Threads,
+        "ipc",
+        "it chooses how worker processes get their data, and threads share this process's memory",
+    ),
+    (
+        EngineKind::Sequential,
+        "workers",
+        "it runs the job on this thread, with no workers",
+    ),
+    (
+        EngineKind::Sequential,
+        "ipc",
+        "it runs the job in this process, with no workers",
+    ),
+    (
+        EngineKind::Mpi,
+        "workers",
+        "the workers are the MPI ranks other than 0 (mpirun -n N gives N - 1)",
+    ),
+    (
+        EngineKind::Mpi,
+        "ipc",
+        "it chooses how coop's worker processes get their data, not MPI ranks",
+    ),
+];
+
+impl EngineArgs {
+    /// Refuses (as bad input) an engine option given on the command line
+    /// that the chosen engine does not use (see [`INAPPLICABLE`]); [`main`]
+    /// calls it, from the matches (which say what was given, not defaulted).
+    fn refuse_inapplicable(matches: &clap::ArgMatches) -> Result<(), Failure> {
+        let Some(engine) = chosen_engine(matches) else {
+            return Ok(());
+        };
+        let given = |id: &str| {
+            // `try_contains_id` first: `value_source` panics on an unknown id.
+            matches.try_contains_id(id).unwrap_or(false)
+                && matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+        };
+        match INAPPLICABLE
+            .iter()
+            .find(|&&(kind, id, _)| kind == engine && given(id))
+        {
+            Some((_, id, why)) => {
+                let engine = engine
+                    .to_possible_value()
+                    .map_or_else(String::new, |v| v.get_name().to_owned());
+                Err(anyhow::anyhow!(
+                    "--{id} does not apply to --engine {engine}: {why}"
+                ))
+                .bad_input()
+            }
+            None => Ok(()),
+        }
     }
 }
 
@@ -308,7 +367,7 @@ impl AnyEngine {
             EngineKind::Sequential => AnyEngine::Sequential(Sequential),
             #[cfg(feature = "mpi")]
             EngineKind::Mpi => {
-                join_mpi(false)?;
+                join_mpi()?;
                 let mpi = MPI.with(|mpi| mpi.borrow().clone());
                 AnyEngine::Mpi(mpi.expect("join_mpi keeps the engine"))
             }

@@ -385,6 +385,15 @@ fn write_files(dir: &Path, files: &[(&str, &[u8])]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// `--engine ENGINE --workers N`, without `--workers` for the sequential
+/// engine, which has none (and refuses the option).
+fn engine_args<'a>(engine: &'a str, workers: &'a str) -> Vec<&'a str> {
+    match engine {
+        "sequential" => vec!["--engine", engine],
+        _ => vec!["--engine", engine, "--workers", workers],
+    }
+}
+
 fn split_arg(mode: SplitMode) -> &'static str {
     match mode {
         SplitMode::Words => "words",
@@ -801,7 +810,7 @@ fn engines_give_identical_tsv() {
             .map(|engine| {
                 (
                     engine,
-                    wordcount_tsv(mode, &["--engine", engine, "--workers", "3"], &files, b""),
+                    wordcount_tsv(mode, &engine_args(engine, "3"), &files, b""),
                 )
             })
             .collect();
@@ -2152,7 +2161,7 @@ fn wordcount_hostile_but_valid_inputs_give_exact_counts() {
         for mode in [SplitMode::Whitespace, SplitMode::Words] {
             let expected = tsv(&ranked(&reference(mode, &[text])));
             for engine in ["processes", "sequential"] {
-                let outcome = wordcount_tsv(mode, &["--workers", "3", "--engine", engine], &files, b"");
+                let outcome = wordcount_tsv(mode, &engine_args(engine, "3"), &files, b"");
                 outcome.assert_success();
                 assert_tsv_eq(&outcome, &expected, &format!("{name}, {mode:?}, {engine}"));
             }
@@ -2311,7 +2320,7 @@ fn matmul_nan_and_inf_propagate_and_engines_agree_bit_for_bit() {
                 dir.path(),
                 &a.npy(dtype, false),
                 &b.npy(dtype, true),
-                &["--engine", engine, "--workers", "3"],
+                &engine_args(engine, "3"),
             );
             outcome.assert_success();
             let c = c.unwrap();

@@ -1,8 +1,10 @@
 //! `wordcount`: word frequencies of files (or stdin), counted by cooperating
 //! worker processes over shared memory.
 
-use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -19,6 +21,18 @@ use coop_examples::words::{SplitMode, WordCounts};
 struct Args {
     /// Files to count; "-" or nothing reads standard input.
     files: Vec<PathBuf>,
+
+    /// Count every regular file under each directory named, recursively, in
+    /// sorted order. Symbolic links named as FILE (or in --files0-from) are
+    /// followed; links met while walking a directory are not, as with `grep -r`.
+    #[arg(short, long)]
+    recursive: bool,
+
+    /// Count the files named in F, each name ended by a NUL byte (as `find
+    /// -print0` writes them), instead of FILEs; "-" reads the names from
+    /// standard input.
+    #[arg(long, value_name = "F")]
+    files0_from: Option<PathBuf>,
 
     #[command(flatten)]
     engine: EngineArgs,
@@ -65,28 +79,23 @@ fn run(args: Args) -> Result<(), Failure> {
         Split::Words => SplitMode::Words,
         Split::Whitespace => SplitMode::Whitespace,
     };
-    let mut input = Input::new();
-    let stdin = PathBuf::from("-");
-    let files = if args.files.is_empty() {
-        std::slice::from_ref(&stdin)
-    } else {
-        &args.files[..]
-    };
-    for file in files {
-        if *file == stdin {
-            // `push_file` maps the file by its own path, or reads it if no
-            // path names it; one that cannot be opened again (its path
-            // unreadable here, say) is read through standard input.
-            let mapped = stdin_is_unread_file(args.engine.engine) && input.push_file("/dev/stdin").is_ok();
-            if !mapped {
-                input
-                    .push_reader(io::stdin().lock())
-                    .map_err(|err| anyhow::anyhow!("standard input: {err}"))
-                    .bad_input()?;
+    let names = match &args.files0_from {
+        Some(list) => {
+            if let Some(extra) = args.files.first() {
+                return Err(anyhow::anyhow!(
+                    "extra operand '{}': file operands cannot be combined with --files0-from",
+                    extra.display()
+                ))
+                .bad_input();
             }
-        } else {
-            input.push_file(file).bad_input()?;
+            read_files0(list).bad_input()?
         }
+        None if args.files.is_empty() => vec![PathBuf::from("-")],
+        None => args.files.clone(),
+    };
+    let mut input = Input::new();
+    for name in &names {
+        push_name(&mut input, name, &args).bad_input()?;
     }
 
     let started = Instant::now();
@@ -136,6 +145,84 @@ fn run(args: Args) -> Result<(), Failure> {
         bytes as f64 / 1e6 / seconds.max(1e-9),
     );
     Ok(())
+}
+
+/// Adds what `name` names: standard input for "-", the regular files under
+/// a directory with `-r`, or the file.
+fn push_name(input: &mut Input, name: &Path, args: &Args) -> anyhow::Result<()> {
+    if name == Path::new("-") {
+        // `push_file` maps the file by its own path, or reads it if no path
+        // names it; one that cannot be opened again (its path unreadable
+        // here, say) is read through standard input.
+        let mapped = stdin_is_unread_file(args.engine.engine) && input.push_file("/dev/stdin").is_ok();
+        if !mapped {
+            input
+                .push_reader(io::stdin().lock())
+                .map_err(|err| anyhow::anyhow!("standard input: {err}"))?;
+        }
+        return Ok(());
+    }
+    // `metadata` follows links: a link named by the user is followed. Any
+    // error is left to `push_file`, which says it with the path.
+    if !std::fs::metadata(name).is_ok_and(|meta| meta.is_dir()) {
+        input.push_file(name)?;
+        return Ok(());
+    }
+    if !args.recursive {
+        anyhow::bail!(
+            "{}: is a directory (use -r to count the files under it)",
+            name.display()
+        );
+    }
+    // Siblings sorted by name, so that the files (and their segment order)
+    // do not depend on the order the file system lists them in. Links met in
+    // the walk are not followed: they would count a file twice, or loop.
+    for entry in walkdir::WalkDir::new(name)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        let entry = entry.map_err(|err| match (err.path(), err.io_error()) {
+            (Some(path), Some(io)) => anyhow::anyhow!("{}: {io}", path.display()),
+            _ => anyhow::anyhow!("{err}"),
+        })?;
+        if entry.file_type().is_file() {
+            input.push_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// The file names in `list` (standard input for "-"), each ended by a NUL
+/// byte (the last one may lack it), as `wc --files0-from` reads them.
+fn read_files0(list: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let from_stdin = list == Path::new("-");
+    let mut bytes = Vec::new();
+    let read = if from_stdin {
+        io::stdin().lock().read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(list).and_then(|mut file| file.read_to_end(&mut bytes))
+    };
+    read.map_err(|err| anyhow::anyhow!("--files0-from {}: {err}", list.display()))?;
+    let mut names: Vec<&[u8]> = bytes.split(|&b| b == 0).collect();
+    // What follows the last NUL: nothing, or a last name without its NUL.
+    if names.last().is_some_and(|last| last.is_empty()) {
+        names.pop();
+    }
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let at = format!("{}:{}", list.display(), i + 1);
+            match name {
+                b"" => Err(anyhow::anyhow!("{at}: invalid zero-length file name")),
+                // Standard input holds the list: it cannot be counted too.
+                b"-" if from_stdin => Err(anyhow::anyhow!(
+                    "{at}: when reading file names from standard input, no file name of '-' allowed"
+                )),
+                _ => Ok(PathBuf::from(OsStr::from_bytes(name))),
+            }
+        })
+        .collect()
 }
 
 /// Whether standard input can be mapped as `/dev/stdin`, like a FILE
