@@ -855,6 +855,22 @@ fn every_format_into_a_closed_pipe_ends_quietly_with_0() {
 }
 
 #[test]
+fn matmul_into_a_closed_pipe_ends_quietly_with_0() {
+    for extra in [&[][..], &["--check"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut args = argv!["--size", "8"];
+        args.extend(extra.iter().map(OsString::from));
+        let mut cmd = command(MATMUL, &args);
+        cmd.stdin(Stdio::null()).stdout(writer);
+        let outcome = run_command(cmd, b"");
+        let context = format!("{extra:?}\n{}", outcome.describe());
+        assert_eq!(outcome.code, Some(0), "{context}");
+        assert!(outcome.stderr.is_empty(), "{context}");
+    }
+}
+
+#[test]
 fn logs_into_a_pipe_carry_no_colour_codes() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ok.txt");

@@ -59,6 +59,10 @@ fn main() {
         a_hundred_thousand_small_files_under_256_descriptors,
     ));
     tests.push(Trial::test(
+        "a_mapped_file_whose_name_is_not_utf8",
+        a_mapped_file_whose_name_is_not_utf8,
+    ));
+    tests.push(Trial::test(
         "messages_give_the_same_results_as_shared_memory",
         messages_match_shared_memory,
     ));
@@ -571,6 +575,27 @@ fn count_many_files(dir: &std::path::Path) -> Result<(), Failed> {
     assert_eq!(
         Run::new(&coop_tests::SumSegments, &input).on(&Sequential)?,
         expected
+    );
+    Ok(())
+}
+
+/// Workers map a file by its path: one that is not UTF-8 must reach them
+/// (it could not be sent at all, and the job waited for ever).
+fn a_mapped_file_whose_name_is_not_utf8() -> Result<(), Failed> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.bin"));
+    let numbers: Vec<u64> = (0..Input::PACKED_BELOW as u64).collect(); // large enough to be mapped
+    std::fs::write(&path, bytemuck::cast_slice(&numbers))?;
+    let mut input = Input::new();
+    input.push_file(&path)?;
+    let pool = Pool::builder()
+        .workers(2)
+        .task_timeout(std::time::Duration::from_secs(20))
+        .build()?;
+    assert_eq!(
+        pool.run(&coop_tests::SumSegments, &input)?,
+        numbers.iter().sum::<u64>()
     );
     Ok(())
 }

@@ -318,7 +318,6 @@ fn forgotten_pool_is_seen() -> Result<(), Failed> {
         "spawner thread not reported:\n{leaks}"
     );
     assert!(leaks.contains("socket:["), "sockets not reported:\n{leaks}");
-    println!("\n  reported:\n{leaks}");
     Ok(())
 }
 

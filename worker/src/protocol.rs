@@ -61,6 +61,25 @@ pub fn new_region_id() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// A path as its bytes: serde's own form of a path is a string, and refuses
+/// a path that is not UTF-8 (a message naming one could not be sent at all).
+mod path_bytes {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
+        serde_bytes::serialize(path.as_os_str().as_bytes(), serializer)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?;
+        Ok(PathBuf::from(OsString::from_vec(bytes.into_vec())))
+    }
+}
+
 /// One input segment, as the coordinator describes it to a worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum SegmentDesc {
@@ -77,6 +96,7 @@ pub enum SegmentDesc {
         /// The mapping's id ([`new_region_id`]).
         id: u64,
         /// Absolute path.
+        #[serde(with = "path_bytes")]
         path: PathBuf,
         /// Length the coordinator saw; a worker that sees another refuses the job.
         len: u64,

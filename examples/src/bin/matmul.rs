@@ -225,12 +225,16 @@ fn multiply_random(args: &Args, n: usize) -> Result<(), Failure> {
     let started = Instant::now();
     let c = multiply(&engine, &job, &input)?;
     let seconds = started.elapsed().as_secs_f64();
-    println!(
+    // writeln!, not println!: a reader that went away (`| head`) is an
+    // error to end on quietly, not a panic.
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
         "{n} x {n} {dtype}: {seconds:.3} s, {:.1} GFLOP/s, {} worker(s) ({})",
         gflops(&job, seconds),
         engine.workers(),
         engine.name()
-    );
+    )?;
     if args.check {
         let mut reference = SharedOutput::new(job.output_len());
         Run::new(&job, &input).output(&mut reference).on(&Sequential)?;
@@ -238,7 +242,10 @@ fn multiply_random(args: &Args, n: usize) -> Result<(), Failure> {
             Dtype::F32 => max_relative_error(c.as_slice::<f32>(), reference.as_slice::<f32>()),
             Dtype::F64 => max_relative_error(c.as_slice::<f64>(), reference.as_slice::<f64>()),
         };
-        println!("check: largest relative error {error:e} against a single-process multiply");
+        writeln!(
+            stdout,
+            "check: largest relative error {error:e} against a single-process multiply"
+        )?;
         let tolerance = match dtype {
             Dtype::F32 => 1e-4,
             Dtype::F64 => 1e-10,
