@@ -2,223 +2,48 @@
 //! processes: exit codes, one-line errors, output formats, and results
 //! checked against plain reference computations.
 
-use std::collections::BTreeMap;
+// Each test crate compiles its own copy of the shared helpers and uses only
+// some of them: the rest would warn as unused.
+#[allow(dead_code, unused_macros)]
+#[macro_use]
+mod common;
+
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use coop_examples::npy::{self, Dtype};
 use coop_examples::words::{self, SplitMode};
 
+use common::{
+    Counts, Outcome, TIMEOUT, add_counts, assert_bad_input, assert_bad_input_says, assert_no_panic_text,
+    assert_tsv_eq, command, command_line, mkfifo, ranked, read_all, run, run_command, run_in, tsv,
+};
+
 const WORDCOUNT: &str = env!("CARGO_BIN_EXE_wordcount");
 const MATMUL: &str = env!("CARGO_BIN_EXE_matmul");
 
-/// A hung binary fails its test instead of hanging the suite.
-const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Builds a `Vec<OsString>` from strings and paths.
-macro_rules! argv {
-    ($($arg:expr),* $(,)?) => { Vec::<OsString>::from([$(OsString::from($arg)),*]) };
-}
-
-// ---------------------------------------------------------------------------
-// Running a binary
-// ---------------------------------------------------------------------------
-
-/// What a finished process left behind.
-struct Outcome {
-    command: String,
-    code: Option<i32>,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl Outcome {
-    /// The command and what it printed, for assertion messages.
-    fn describe(&self) -> String {
-        let stdout = String::from_utf8_lossy(&self.stdout);
-        let stdout: String = stdout.chars().take(2000).collect();
-        format!(
-            "command: {}\nexit code: {:?}\nstdout:\n{stdout}\nstderr:\n{}",
-            self.command, self.code, self.stderr
-        )
-    }
-
-    fn stdout_text(&self) -> String {
-        String::from_utf8(self.stdout.clone())
-            .unwrap_or_else(|_| panic!("stdout is not UTF-8\n{}", self.describe()))
-    }
-
-    fn assert_success(&self) -> &Self {
-        assert_eq!(self.code, Some(0), "expected success\n{}", self.describe());
-        assert_no_panic_text(self);
-        self
-    }
-}
-
-/// Reads a child's pipe to the end on a thread of its own, so that neither
-/// pipe fills while the test waits on the other.
-fn read_all(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        pipe.read_to_end(&mut buf).unwrap();
-        buf
-    })
-}
-
-/// What a child reads on its standard input.
-enum Feed<'a> {
-    /// These bytes, through a pipe closed after them.
-    Bytes(&'a [u8]),
-    /// This open file, from where its offset stands.
-    File(File),
-}
-
-/// Runs `bin` with `args`, feeding `stdin` (closed after it), with a timeout.
-fn run_in(bin: &str, args: &[OsString], stdin: &[u8], dir: Option<&Path>) -> Outcome {
-    run_fed(bin, args, Feed::Bytes(stdin), dir)
-}
-
-/// Runs `bin` with `args` and standard input `feed`, with a timeout.
-fn run_fed(bin: &str, args: &[OsString], feed: Feed<'_>, dir: Option<&Path>) -> Outcome {
-    let name = Path::new(bin).file_name().unwrap().to_string_lossy().into_owned();
-    let command = std::iter::once(name)
-        .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut cmd = Command::new(bin);
-    cmd.args(args)
-        .env_remove("RUST_LOG")
-        // A panic or an abort would show its backtrace: the tests look for it.
-        .env("RUST_BACKTRACE", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let bytes = match feed {
-        Feed::Bytes(bytes) => {
-            cmd.stdin(Stdio::piped());
-            Some(bytes.to_vec())
-        }
-        Feed::File(file) => {
-            cmd.stdin(file);
-            None
-        }
-    };
-    if let Some(dir) = dir {
-        cmd.current_dir(dir);
-    }
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
-
-    let writer = bytes.map(|input| {
-        let mut child_stdin = child.stdin.take().unwrap();
-        std::thread::spawn(move || {
-            // The child may exit without reading: a broken pipe is fine.
-            let _ = child_stdin.write_all(&input);
-        })
-    });
-    let out_reader = read_all(child.stdout.take().unwrap());
-    let err_reader = read_all(child.stderr.take().unwrap());
-
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command}: still running after {TIMEOUT:?}, killed");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    if let Some(writer) = writer {
-        writer.join().unwrap();
-    }
-    let stdout = out_reader.join().unwrap();
-    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned();
-    Outcome {
-        command,
-        code: status.code(),
-        stdout,
-        stderr,
-    }
-}
-
-fn run(bin: &str, args: &[OsString]) -> Outcome {
-    run_in(bin, args, b"", None)
-}
-
-fn assert_no_panic_text(outcome: &Outcome) {
-    for bad in ["panicked", "RUST_BACKTRACE", "stack backtrace", "internal error"] {
-        assert!(
-            !outcome.stderr.contains(bad),
-            "stderr mentions {bad:?}\n{}",
-            outcome.describe()
-        );
-    }
-}
-
-/// Exit code 2, nothing on stdout, exactly one line `error: ...` on stderr.
-fn assert_bad_input(outcome: &Outcome, case: &str) {
-    let context = format!("case `{case}`\n{}", outcome.describe());
-    assert_eq!(
-        outcome.code,
-        Some(2),
-        "bad input must exit with code 2\n{context}"
-    );
-    assert!(
-        outcome.stdout.is_empty(),
-        "bad input must print nothing on stdout\n{context}"
-    );
-    assert!(
-        outcome.stderr.ends_with('\n'),
-        "stderr must be one complete line\n{context}"
-    );
-    assert_eq!(
-        outcome.stderr.matches('\n').count(),
-        1,
-        "stderr must be exactly one line\n{context}"
-    );
-    assert!(
-        outcome.stderr.starts_with("error: "),
-        "stderr must start with `error: `\n{context}"
-    );
-    assert!(
-        outcome.stderr.trim_end().len() > "error: ".len(),
-        "the error message is empty\n{context}"
-    );
-    assert_no_panic_text(outcome);
-}
-
-/// [`assert_bad_input`], and the message says `says`.
-fn assert_bad_input_says(outcome: &Outcome, case: &str, says: &str) {
-    assert_bad_input(outcome, case);
-    assert!(
-        outcome.stderr.contains(says),
-        "case `{case}`: the message should say {says:?}\n{}",
-        outcome.describe()
-    );
+/// Runs `bin` with `args`, reading `file` on its standard input from where
+/// its offset stands, with a timeout.
+fn run_from_file(bin: &str, args: &[OsString], file: File) -> Outcome {
+    let mut cmd = command(bin, args);
+    cmd.stdin(file);
+    run_command(&mut cmd, b"")
 }
 
 // ---------------------------------------------------------------------------
 // Word counting references
 // ---------------------------------------------------------------------------
 
-type Counts = BTreeMap<Vec<u8>, u64>;
-
 /// Words of `text` between the six ASCII whitespace bytes, counted plainly.
 fn whitespace_counts(text: &[u8]) -> Counts {
     let mut counts = Counts::new();
-    for word in text.split(|b| matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r')) {
-        if !word.is_empty() {
-            *counts.entry(word.to_vec()).or_insert(0) += 1;
-        }
-    }
+    add_counts(&mut counts, text);
     counts
 }
 
@@ -235,47 +60,6 @@ fn reference(mode: SplitMode, files: &[&[u8]]) -> Counts {
         }
     }
     total
-}
-
-/// Count descending, then word bytes ascending.
-fn ranked(counts: &Counts) -> Vec<(&[u8], u64)> {
-    let mut all: Vec<(&[u8], u64)> = counts.iter().map(|(w, &n)| (w.as_slice(), n)).collect();
-    all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-    all
-}
-
-/// The `--format tsv` output expected for `rows`.
-fn tsv(rows: &[(&[u8], u64)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (word, n) in rows {
-        out.extend_from_slice(format!("{n}\t").as_bytes());
-        out.extend_from_slice(word);
-        out.push(b'\n');
-    }
-    out
-}
-
-/// Shows a tsv mismatch line by line rather than as two huge byte strings.
-fn assert_tsv_eq(actual: &Outcome, expected: &[u8], context: &str) {
-    if actual.stdout != expected {
-        let got: Vec<_> = actual.stdout.split(|&b| b == b'\n').collect();
-        let want: Vec<_> = expected.split(|&b| b == b'\n').collect();
-        let first = got
-            .iter()
-            .zip(&want)
-            .position(|(g, w)| g != w)
-            .unwrap_or(got.len().min(want.len()));
-        panic!(
-            "{context}: tsv output differs from the reference at line {}: got {:?}, expected {:?} \
-             ({} vs {} lines)\n{}",
-            first + 1,
-            got.get(first).map(|l| String::from_utf8_lossy(l)),
-            want.get(first).map(|l| String::from_utf8_lossy(l)),
-            got.len(),
-            want.len(),
-            actual.describe()
-        );
-    }
 }
 
 /// A small deterministic generator (splitmix64).
@@ -769,14 +553,14 @@ fn standard_input_redirected_from_a_file_is_counted_from_where_it_stands() {
             engine
         ];
         let fed = |file, context: &str, expected: &[u8]| {
-            let outcome = run_fed(WORDCOUNT, &args, Feed::File(file), None);
+            let outcome = run_from_file(WORDCOUNT, &args, file);
             outcome.assert_success();
             assert_tsv_eq(&outcome, expected, &format!("{context}, {engine}"));
         };
         fed(File::open(&path).unwrap(), "< FILE", &whole);
         let mut named = args.clone();
         named.push("/dev/stdin".into());
-        let outcome = run_fed(WORDCOUNT, &named, Feed::File(File::open(&path).unwrap()), None);
+        let outcome = run_from_file(WORDCOUNT, &named, File::open(&path).unwrap());
         outcome.assert_success();
         assert_tsv_eq(&outcome, &whole, &format!("/dev/stdin < FILE, {engine}"));
 
@@ -2111,20 +1895,6 @@ fn matmul_output_path_that_is_a_directory_is_bad_input() {
 //   is counted (the exact count before or after, or one error line naming the
 //   file; never a death by signal).
 
-/// Makes a FIFO at `path`.
-fn mkfifo(path: &Path) {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: `c_path` is a valid NUL-terminated path.
-    let made = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
-    assert_eq!(
-        made,
-        0,
-        "mkfifo {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
-}
-
 /// Writes `data` into the FIFO at `path` from a thread (opening blocks until
 /// the binary opens it for reading).
 fn feed_fifo(path: &Path, data: Vec<u8>) -> std::thread::JoinHandle<()> {
@@ -2207,20 +1977,16 @@ fn wordcount_hostile_but_valid_inputs_give_exact_counts() {
 /// Runs `bin` with `args` (no stdin), and returns its outcome and peak
 /// resident memory in bytes, as `wait4` reports it for the process.
 fn run_measured(bin: &str, args: &[OsString]) -> (Outcome, u64) {
+    let mut cmd = command(bin, args);
+    cmd.stdin(Stdio::null());
+    let command = command_line(&cmd);
     #[allow(clippy::zombie_processes, reason = "reaped by wait4 below")]
-    let mut child = Command::new(bin)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env("RUST_BACKTRACE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = cmd.spawn().unwrap();
     let out_reader = read_all(child.stdout.take().unwrap());
     let err_reader = read_all(child.stderr.take().unwrap());
     let pid = child.id() as libc::pid_t;
-    let deadline = Instant::now() + TIMEOUT;
+    let started = Instant::now();
+    let deadline = started + TIMEOUT;
     let (status, usage) = loop {
         let mut status = 0;
         // SAFETY: all-zero is a valid rusage, which wait4 fills in.
@@ -2229,21 +1995,22 @@ fn run_measured(bin: &str, args: &[OsString]) -> (Outcome, u64) {
         let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
         assert!(reaped >= 0, "wait4: {}", std::io::Error::last_os_error());
         if reaped == pid {
-            break (status, usage);
+            break (ExitStatus::from_raw(status), usage);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{bin}: still running after {TIMEOUT:?}, killed");
+            panic!("{command}: still running after {TIMEOUT:?}, killed");
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
     let outcome = Outcome {
-        command: format!("{bin} {args:?}"),
-        code,
+        command,
+        code: status.code(),
+        signal: status.signal(),
         stdout: out_reader.join().unwrap(),
         stderr: String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned(),
+        elapsed: started.elapsed(),
     };
     (outcome, usage.ru_maxrss as u64 * 1024)
 }

@@ -3,238 +3,44 @@
 //! limit, engine options that do not apply, output into a closed pipe, and
 //! logs into a pipe.
 
-use std::collections::BTreeMap;
+// Each test crate compiles its own copy of the shared helpers and uses only
+// some of them: the rest would warn as unused.
+#[allow(dead_code, unused_macros)]
+#[macro_use]
+mod common;
+
 use std::ffi::OsString;
-use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{
+    Counts, Outcome, add_counts, assert_bad_input_says, assert_tsv_eq, command, mkfifo, ranked, run,
+    run_command, run_in, run_within, tsv,
+};
+
 const WORDCOUNT: &str = env!("CARGO_BIN_EXE_wordcount");
 const MATMUL: &str = env!("CARGO_BIN_EXE_matmul");
 
-/// A hung binary fails its test instead of hanging the suite.
-const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The same for the runs on many files: generous, for a loaded 2-core
+/// How long the runs on many files may take: generous, for a loaded 2-core
 /// machine and a debug build.
 const MANY_FILES_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Builds a `Vec<OsString>` from strings and paths.
-macro_rules! argv {
-    ($($arg:expr),* $(,)?) => { Vec::<OsString>::from([$(OsString::from($arg)),*]) };
-}
-
-// ---------------------------------------------------------------------------
-// Running a binary
-// ---------------------------------------------------------------------------
-
-/// What a finished process left behind.
-struct Outcome {
-    command: String,
-    code: Option<i32>,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl Outcome {
-    /// The command and what it printed, for assertion messages.
-    fn describe(&self) -> String {
-        let stdout = String::from_utf8_lossy(&self.stdout);
-        let stdout: String = stdout.chars().take(2000).collect();
-        let stderr: String = self.stderr.chars().take(4000).collect();
-        format!(
-            "command: {}\nexit code: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-            self.command, self.code
-        )
-    }
-
-    fn assert_success(&self) -> &Self {
-        assert_eq!(self.code, Some(0), "expected success\n{}", self.describe());
-        assert_no_panic_text(self);
-        self
-    }
-
-    /// The file count of the summary line on stderr: `N file(s), ...`.
-    fn files_counted(&self) -> usize {
-        let line = self
-            .stderr
-            .lines()
-            .find(|line| line.contains(" file(s), "))
-            .unwrap_or_else(|| panic!("no summary line\n{}", self.describe()));
-        line.split(' ').next().unwrap().parse().unwrap()
-    }
-}
-
-/// A command for `bin` as the tests run it: no `RUST_LOG`, backtraces on (a
-/// panic would show one: the tests look for it), all three streams piped.
-fn command(bin: &str, args: &[OsString]) -> Command {
-    let mut cmd = Command::new(bin);
-    cmd.args(args)
-        .env_remove("RUST_LOG")
-        .env("RUST_BACKTRACE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// Reads a child's pipe to the end on a thread of its own, so that neither
-/// pipe fills while the test waits on the other.
-fn read_all(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        pipe.read_to_end(&mut buf).unwrap();
-        buf
-    })
-}
-
-/// Runs `cmd`, feeding `stdin` to it (if it reads a pipe), killing it
-/// after [`TIMEOUT`].
-fn run_command(cmd: Command, stdin: &[u8]) -> Outcome {
-    run_within(cmd, stdin, TIMEOUT)
-}
-
-/// Runs `cmd`, feeding `stdin` to it (if it reads a pipe), killing it
-/// after `timeout`.
-fn run_within(mut cmd: Command, stdin: &[u8], timeout: Duration) -> Outcome {
-    let command = format!("{cmd:?}").chars().take(500).collect::<String>();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
-    let writer = child.stdin.take().map(|mut pipe| {
-        let input = stdin.to_vec();
-        std::thread::spawn(move || {
-            // The child may exit without reading: a broken pipe is fine.
-            let _ = pipe.write_all(&input);
-        })
-    });
-    let out_reader = child.stdout.take().map(read_all);
-    let err_reader = child.stderr.take().map(read_all);
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command}: still running after {timeout:?}, killed");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    if let Some(writer) = writer {
-        writer.join().unwrap();
-    }
-    let stdout = out_reader.map_or_else(Vec::new, |r| r.join().unwrap());
-    let stderr = err_reader.map_or_else(Vec::new, |r| r.join().unwrap());
-    Outcome {
-        command,
-        code: status.code(),
-        stdout,
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
-}
-
-fn run_in(bin: &str, args: &[OsString], stdin: &[u8], dir: Option<&Path>) -> Outcome {
-    let mut cmd = command(bin, args);
-    if let Some(dir) = dir {
-        cmd.current_dir(dir);
-    }
-    run_command(cmd, stdin)
-}
-
-fn run(bin: &str, args: &[OsString]) -> Outcome {
-    run_in(bin, args, b"", None)
-}
-
-fn assert_no_panic_text(outcome: &Outcome) {
-    for bad in ["panicked", "RUST_BACKTRACE", "stack backtrace", "internal error"] {
-        assert!(
-            !outcome.stderr.contains(bad),
-            "stderr mentions {bad:?}\n{}",
-            outcome.describe()
-        );
-    }
-}
-
-/// Exit code 2, nothing on stdout, exactly one line `error: ...` on stderr
-/// that says `says`.
-fn assert_bad_input_says(outcome: &Outcome, case: &str, says: &str) {
-    let context = format!("case `{case}`\n{}", outcome.describe());
-    assert_eq!(
-        outcome.code,
-        Some(2),
-        "bad input must exit with code 2\n{context}"
-    );
-    assert!(
-        outcome.stdout.is_empty(),
-        "bad input must print nothing on stdout\n{context}"
-    );
-    assert!(
-        outcome.stderr.starts_with("error: ")
-            && outcome.stderr.ends_with('\n')
-            && outcome.stderr.matches('\n').count() == 1,
-        "stderr must be exactly one line `error: ...`\n{context}"
-    );
-    assert!(
-        outcome.stderr.contains(says),
-        "the message should say {says:?}\n{context}"
-    );
-    assert_no_panic_text(outcome);
+/// The file count of the summary line on stderr: `N file(s), ...`.
+fn files_counted(outcome: &Outcome) -> usize {
+    let line = outcome
+        .stderr
+        .lines()
+        .find(|line| line.contains(" file(s), "))
+        .unwrap_or_else(|| panic!("no summary line\n{}", outcome.describe()));
+    line.split(' ').next().unwrap().parse().unwrap()
 }
 
 // ---------------------------------------------------------------------------
 // References
 // ---------------------------------------------------------------------------
-
-type Counts = BTreeMap<Vec<u8>, u64>;
-
-/// Words between ASCII whitespace, as `--split whitespace` counts them.
-fn add_counts(counts: &mut Counts, text: &[u8]) {
-    for word in text.split(|b| matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r')) {
-        if !word.is_empty() {
-            *counts.entry(word.to_vec()).or_insert(0) += 1;
-        }
-    }
-}
-
-/// The `--all --format tsv` output for `counts`: count descending, then word.
-fn tsv(counts: &Counts) -> Vec<u8> {
-    let mut rows: Vec<(&Vec<u8>, u64)> = counts.iter().map(|(w, &n)| (w, n)).collect();
-    rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-    let mut out = Vec::new();
-    for (word, n) in rows {
-        out.extend_from_slice(format!("{n}\t").as_bytes());
-        out.extend_from_slice(word);
-        out.push(b'\n');
-    }
-    out
-}
-
-/// Shows a tsv mismatch by its first differing line, not as two huge strings.
-fn assert_tsv_eq(actual: &Outcome, expected: &[u8], context: &str) {
-    if actual.stdout != expected {
-        let got: Vec<_> = actual.stdout.split(|&b| b == b'\n').collect();
-        let want: Vec<_> = expected.split(|&b| b == b'\n').collect();
-        let first = got
-            .iter()
-            .zip(&want)
-            .position(|(g, w)| g != w)
-            .unwrap_or(got.len().min(want.len()));
-        panic!(
-            "{context}: tsv output differs at line {}: got {:?}, expected {:?} ({} vs {} lines)\n{}",
-            first + 1,
-            got.get(first).map(|l| String::from_utf8_lossy(l)),
-            want.get(first).map(|l| String::from_utf8_lossy(l)),
-            got.len(),
-            want.len(),
-            actual.describe()
-        );
-    }
-}
 
 /// `--split whitespace --all --format tsv`, then `extra`.
 fn tsv_args(extra: &[OsString]) -> Vec<OsString> {
@@ -251,13 +57,6 @@ fn print0(names: &[PathBuf]) -> Vec<u8> {
         list.push(0);
     }
     list
-}
-
-fn mkfifo(path: &Path) {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: `c_path` is a valid NUL-terminated path that outlives the call.
-    let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
-    assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
 }
 
 // ---------------------------------------------------------------------------
@@ -311,7 +110,7 @@ fn recursive_counts_regular_files_under_directories_and_skips_links_met_in_the_w
     for text in &texts {
         add_counts(&mut counts, text);
     }
-    let expected = tsv(&counts);
+    let expected = tsv(&ranked(&counts));
     // A link to the tree, given on the command line, is followed.
     let link = dir.path().join("link-to-top");
     std::os::unix::fs::symlink(&top, &link).unwrap();
@@ -324,7 +123,7 @@ fn recursive_counts_regular_files_under_directories_and_skips_links_met_in_the_w
                 let context = format!("{flag} {name}, {engine}");
                 assert_tsv_eq(&outcome, &expected, &context);
                 assert_eq!(
-                    outcome.files_counted(),
+                    files_counted(&outcome),
                     texts.len(),
                     "{context}\n{}",
                     outcome.describe()
@@ -341,8 +140,8 @@ fn recursive_counts_regular_files_under_directories_and_skips_links_met_in_the_w
     one.assert_success();
     let mut counts = Counts::new();
     add_counts(&mut counts, b"alpha beta beta\n");
-    assert_tsv_eq(&one, &tsv(&counts), "-r FILE EMPTY-DIR");
-    assert_eq!(one.files_counted(), 1, "{}", one.describe());
+    assert_tsv_eq(&one, &tsv(&ranked(&counts)), "-r FILE EMPTY-DIR");
+    assert_eq!(files_counted(&one), 1, "{}", one.describe());
 }
 
 #[test]
@@ -410,7 +209,7 @@ fn files0_from_gives_the_same_table_as_the_files_given_as_operands() {
         std::fs::write(name, text).unwrap();
         add_counts(&mut counts, text);
     }
-    let expected = tsv(&counts);
+    let expected = tsv(&ranked(&counts));
     let list = print0(&names);
     let list_file = d.join("list0");
     std::fs::write(&list_file, &list).unwrap();
@@ -432,7 +231,7 @@ fn files0_from_gives_the_same_table_as_the_files_given_as_operands() {
         from_stdin.assert_success();
         assert_tsv_eq(&from_stdin, &expected, &format!("--files0-from=-, {engine}"));
         assert_eq!(
-            from_stdin.files_counted(),
+            files_counted(&from_stdin),
             names.len(),
             "{}",
             from_stdin.describe()
@@ -496,7 +295,7 @@ fn files0_from_gives_the_same_table_as_the_files_given_as_operands() {
     let mut counts = Counts::new();
     add_counts(&mut counts, texts[0]);
     add_counts(&mut counts, stdin_text);
-    assert_tsv_eq(&outcome, &tsv(&counts), "'-' in a list file");
+    assert_tsv_eq(&outcome, &tsv(&ranked(&counts)), "'-' in a list file");
 
     // An empty list counts nothing: not standard input.
     std::fs::write(&list_file, b"").unwrap();
@@ -508,7 +307,7 @@ fn files0_from_gives_the_same_table_as_the_files_given_as_operands() {
     );
     empty.assert_success();
     assert!(empty.stdout.is_empty(), "{}", empty.describe());
-    assert_eq!(empty.files_counted(), 0, "{}", empty.describe());
+    assert_eq!(files_counted(&empty), 0, "{}", empty.describe());
 
     // With -r, a directory in the list is walked.
     let (top, texts) = tree(&d.join("walked"));
@@ -523,7 +322,11 @@ fn files0_from_gives_the_same_table_as_the_files_given_as_operands() {
         None,
     );
     walked.assert_success();
-    assert_tsv_eq(&walked, &tsv(&counts), "-r --files0-from with a directory");
+    assert_tsv_eq(
+        &walked,
+        &tsv(&ranked(&counts)),
+        "-r --files0-from with a directory",
+    );
 }
 
 #[test]
@@ -695,7 +498,7 @@ fn hundred_thousand_files_from_files0_under_256_descriptors() {
         "{FILES} files written in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let expected = tsv(&counts);
+    let expected = tsv(&ranked(&counts));
     let list = print0(&names);
     for engine in ["sequential", "processes"] {
         let mut cmd = command(
@@ -705,7 +508,7 @@ fn hundred_thousand_files_from_files0_under_256_descriptors() {
         cmd.current_dir(dir.path());
         limit_descriptors(&mut cmd, 256);
         let started = Instant::now();
-        let outcome = run_within(cmd, &list, MANY_FILES_TIMEOUT);
+        let outcome = run_within(&mut cmd, &list, MANY_FILES_TIMEOUT);
         // Shown with --nocapture: how long CI spends here.
         println!(
             "{FILES} files, {engine}: {:.1} s",
@@ -717,7 +520,7 @@ fn hundred_thousand_files_from_files0_under_256_descriptors() {
             &expected,
             &format!("{FILES} files, {engine}, ulimit -n 256"),
         );
-        assert_eq!(outcome.files_counted(), FILES, "{}", outcome.describe());
+        assert_eq!(files_counted(&outcome), FILES, "{}", outcome.describe());
     }
 }
 
@@ -726,7 +529,7 @@ fn five_thousand_file_operands_under_1024_descriptors() {
     const FILES: usize = 5_000;
     let dir = many_files_dir(FILES);
     let (names, counts) = small_files(dir.path(), FILES);
-    let expected = tsv(&counts);
+    let expected = tsv(&ranked(&counts));
     for engine in ["sequential", "processes"] {
         let operands: Vec<OsString> = names.iter().map(OsString::from).collect();
         let mut cmd = command(
@@ -735,14 +538,14 @@ fn five_thousand_file_operands_under_1024_descriptors() {
         );
         cmd.current_dir(dir.path());
         limit_descriptors(&mut cmd, 1024);
-        let outcome = run_within(cmd, b"", MANY_FILES_TIMEOUT);
+        let outcome = run_within(&mut cmd, b"", MANY_FILES_TIMEOUT);
         outcome.assert_success();
         assert_tsv_eq(
             &outcome,
             &expected,
             &format!("{FILES} operands, {engine}, ulimit -n 1024"),
         );
-        assert_eq!(outcome.files_counted(), FILES, "{}", outcome.describe());
+        assert_eq!(files_counted(&outcome), FILES, "{}", outcome.describe());
     }
 }
 
@@ -845,7 +648,7 @@ fn every_format_into_a_closed_pipe_ends_quietly_with_0() {
                 &argv!["--all", "--format", format, "--engine", engine, &file],
             );
             cmd.stdin(Stdio::null()).stdout(writer);
-            let outcome = run_command(cmd, b"");
+            let outcome = run_command(&mut cmd, b"");
             let context = format!("--format {format}, {engine}\n{}", outcome.describe());
             assert_eq!(outcome.code, Some(0), "{context}");
             assert!(!outcome.stderr.contains("error"), "{context}");
@@ -863,7 +666,7 @@ fn matmul_into_a_closed_pipe_ends_quietly_with_0() {
         args.extend(extra.iter().map(OsString::from));
         let mut cmd = command(MATMUL, &args);
         cmd.stdin(Stdio::null()).stdout(writer);
-        let outcome = run_command(cmd, b"");
+        let outcome = run_command(&mut cmd, b"");
         let context = format!("{extra:?}\n{}", outcome.describe());
         assert_eq!(outcome.code, Some(0), "{context}");
         assert!(outcome.stderr.is_empty(), "{context}");
@@ -883,7 +686,7 @@ fn logs_into_a_pipe_carry_no_colour_codes() {
         };
         let mut cmd = command(bin, &args);
         cmd.env("RUST_LOG", "coop=debug").env_remove("NO_COLOR");
-        let outcome = run_command(cmd, b"");
+        let outcome = run_command(&mut cmd, b"");
         outcome.assert_success();
         assert!(
             outcome.stderr.contains("DEBUG") && outcome.stderr.contains("pool started"),

@@ -7,152 +7,74 @@
 //! Device cases use nodes made with mknod in a scratch folder, so that a
 //! `matmul` that replaces its output replaces nothing of the system's.
 
+// Each test crate compiles its own copy of the shared helpers and uses only
+// some of them: the rest would warn as unused.
+#[allow(dead_code, unused_macros)]
+#[macro_use]
+mod common;
+
 use std::ffi::{CString, OsString};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use coop_examples::npy::{self, Dtype};
+
+use common::{Outcome, assert_no_panic_text, command, finish, mkfifo, run_within, spawn};
 
 const MATMUL: &str = env!("CARGO_BIN_EXE_matmul");
 
 /// A hung binary fails its test instead of hanging the suite.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Builds a `Vec<OsString>` from strings and paths.
-macro_rules! argv {
-    ($($arg:expr),* $(,)?) => { Vec::<OsString>::from([$(OsString::from($arg)),*]) };
-}
-
 // ---------------------------------------------------------------------------
 // Running matmul
 // ---------------------------------------------------------------------------
 
-/// What a finished process left behind.
-struct Outcome {
-    command: String,
-    code: Option<i32>,
-    signal: Option<i32>,
-    stdout: Vec<u8>,
-    stderr: String,
+/// Exit `code`, nothing on stdout, one line `error: ...` that contains `says`.
+fn assert_error(outcome: &Outcome, code: i32, says: &str) {
+    assert_eq!(outcome.code, Some(code), "{}", outcome.describe());
+    assert!(outcome.stdout.is_empty(), "{}", outcome.describe());
+    assert!(outcome.stderr.starts_with("error: "), "{}", outcome.describe());
+    assert_eq!(outcome.stderr.matches('\n').count(), 1, "{}", outcome.describe());
+    assert!(
+        outcome.stderr.contains(says),
+        "expected {says:?}\n{}",
+        outcome.describe()
+    );
+    assert_no_panic_text(outcome);
 }
 
-impl Outcome {
-    fn describe(&self) -> String {
-        format!(
-            "command: {}\nexit code: {:?}, signal: {:?}\nstdout: {} bytes\nstderr:\n{}",
-            self.command,
-            self.code,
-            self.signal,
-            self.stdout.len(),
-            self.stderr
-        )
-    }
-
-    fn assert_success(&self) {
-        assert_eq!(self.code, Some(0), "expected success\n{}", self.describe());
-        self.assert_no_panic_text();
-    }
-
-    /// Exit `code`, nothing on stdout, one line `error: ...` that contains `says`.
-    fn assert_error(&self, code: i32, says: &str) {
-        assert_eq!(self.code, Some(code), "{}", self.describe());
-        assert!(self.stdout.is_empty(), "{}", self.describe());
-        assert!(self.stderr.starts_with("error: "), "{}", self.describe());
-        assert_eq!(self.stderr.matches('\n').count(), 1, "{}", self.describe());
-        assert!(
-            self.stderr.contains(says),
-            "expected {says:?}\n{}",
-            self.describe()
-        );
-        self.assert_no_panic_text();
-    }
-
-    fn assert_no_panic_text(&self) {
-        for bad in ["panicked", "RUST_BACKTRACE", "stack backtrace", "internal error"] {
-            assert!(
-                !self.stderr.contains(bad),
-                "stderr mentions {bad:?}\n{}",
-                self.describe()
-            );
-        }
-    }
-}
-
-/// `matmul ARGS` with `umask`, if given, piped and not yet waited for.
-fn spawn(args: &[OsString], umask: Option<libc::mode_t>) -> Child {
-    let mut command = Command::new(MATMUL);
-    command
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env("RUST_BACKTRACE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+/// `matmul ARGS` with `umask`, if given, and no standard input.
+fn matmul(args: &[OsString], umask: Option<libc::mode_t>) -> Command {
+    let mut cmd = command(MATMUL, args);
+    cmd.stdin(Stdio::null())
         // Its own process group, as a shell's job: the signal test sends
         // Ctrl-C's SIGINT to the group.
         .process_group(0);
     if let Some(mask) = umask {
         // SAFETY: umask(2) is async-signal-safe, so fine between fork and exec.
         unsafe {
-            command.pre_exec(move || {
+            cmd.pre_exec(move || {
                 libc::umask(mask);
                 Ok(())
             });
         }
     }
-    command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {MATMUL}: {e}"))
-}
-
-/// Waits (with the timeout) for a child from [`spawn`] and collects its output.
-fn finish(mut child: Child, args: &[OsString]) -> Outcome {
-    let command = std::iter::once("matmul".to_owned())
-        .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let read_all = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            pipe.read_to_end(&mut buf).unwrap();
-            buf
-        })
-    };
-    let out = read_all(Box::new(child.stdout.take().unwrap()));
-    let err = read_all(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command}: still running after {TIMEOUT:?}, killed");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Outcome {
-        command,
-        code: status.code(),
-        signal: status.signal(),
-        stdout: out.join().unwrap(),
-        stderr: String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
-    }
+    cmd
 }
 
 fn run(args: &[OsString]) -> Outcome {
-    finish(spawn(args, None), args)
+    run_within(&mut matmul(args, None), b"", TIMEOUT)
 }
 
 fn run_with_umask(args: &[OsString], umask: libc::mode_t) -> Outcome {
-    finish(spawn(args, Some(umask)), args)
+    run_within(&mut matmul(args, Some(umask)), b"", TIMEOUT)
 }
 
 // ---------------------------------------------------------------------------
@@ -213,19 +135,6 @@ fn mode(path: &Path) -> u32 {
 
 fn c_path(path: &Path) -> CString {
     CString::new(path.as_os_str().as_bytes()).unwrap()
-}
-
-fn mkfifo(path: &Path) {
-    let c_path = c_path(path);
-    // SAFETY: `c_path` is a valid NUL-terminated path.
-    let made = unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) };
-    assert_eq!(
-        made,
-        0,
-        "mkfifo {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
 }
 
 /// A character device node `major:minor` at `dir/name`, made with mknod
@@ -430,7 +339,7 @@ fn character_devices_are_written_through() {
     // /dev/full: the write fails with ENOSPC, reported as a failed run.
     let outcome = run(&small_args(&inputs, &full));
     assert_char_device(&full, libc::makedev(1, 7));
-    outcome.assert_error(1, "full: No space left on device");
+    assert_error(&outcome, 1, "full: No space left on device");
 
     assert_eq!(stray_temp_files(d), Vec::<String>::new());
 }
@@ -458,7 +367,7 @@ fn sockets_directories_and_link_loops_are_refused() {
     ];
     for (name, says) in cases {
         let outcome = run(&small_args(&inputs, &d.join(name)));
-        outcome.assert_error(2, says);
+        assert_error(&outcome, 2, says);
     }
     assert!(
         std::fs::symlink_metadata(d.join("sock"))
@@ -531,7 +440,8 @@ fn a_signal_mid_multiply_leaves_no_file() {
         (libc::SIGTERM, false),
         (libc::SIGHUP, false),
     ] {
-        let child = spawn(&args, None);
+        let mut cmd = matmul(&args, None);
+        let child = spawn(&mut cmd);
         let pid = child.id();
         // Mid-multiply: the workers run, past the checks of the inputs and the output.
         let deadline = Instant::now() + TIMEOUT;
@@ -548,7 +458,7 @@ fn a_signal_mid_multiply_leaves_no_file() {
         let target = if group { -(pid as i32) } else { pid as i32 };
         // SAFETY: kill(2) on our own child (or its process group) touches no memory.
         assert_eq!(unsafe { libc::kill(target, signal) }, 0);
-        let outcome = finish(child, &args);
+        let outcome = finish(child, &cmd, TIMEOUT);
 
         // Ended by that signal, as without a handler, with nothing to say.
         assert_eq!(outcome.signal, Some(signal), "{}", outcome.describe());

@@ -5,21 +5,15 @@
 //! mpi --test mpi` (needs Open MPI's `mpirun`). Without the feature, only the
 //! refusal of `--engine mpi` is tested.
 
-use std::process::{Command, Output};
+// Each test crate compiles its own copy of the shared helpers and uses only
+// some of them: the rest would warn as unused.
+#[allow(dead_code, unused_macros)]
+#[macro_use]
+mod common;
+
+use common::run;
 
 const WORDCOUNT: &str = env!("CARGO_BIN_EXE_wordcount");
-
-/// Runs a binary directly (not under mpirun).
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|err| panic!("{program}: {err}"))
-}
-
-fn text(output: &[u8]) -> String {
-    String::from_utf8_lossy(output).into_owned()
-}
 
 #[cfg(not(feature = "mpi"))]
 #[test]
@@ -27,10 +21,10 @@ fn engine_mpi_without_the_feature_says_how_to_rebuild() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("words.txt");
     std::fs::write(&file, "a b c\n").unwrap();
-    let out = run(WORDCOUNT, &["--engine", "mpi", file.to_str().unwrap()]);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    let out = run(WORDCOUNT, &argv!["--engine", "mpi", &file]);
+    let stderr = &out.stderr;
+    assert_eq!(out.code, Some(2), "{stderr}");
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(stderr.lines().count(), 1, "one line expected: {stderr}");
     assert!(
         stderr.starts_with("error: --engine mpi needs a build with MPI") && stderr.contains("--features mpi"),
@@ -40,15 +34,16 @@ fn engine_mpi_without_the_feature_says_how_to_rebuild() {
 
 #[cfg(feature = "mpi")]
 mod with_mpi {
-    use std::io::Read;
+    use std::ffi::OsString;
     use std::path::Path;
-    use std::process::{Child, ExitStatus, Stdio};
+    use std::process::{Command, Stdio};
     use std::sync::{Mutex, MutexGuard};
     use std::time::{Duration, Instant};
 
     use coop_examples::corpus;
     use coop_examples::npy::{self, Dtype};
 
+    use super::common::{Outcome, finish, run_within};
     use super::*;
 
     const MATMUL: &str = env!("CARGO_BIN_EXE_matmul");
@@ -62,6 +57,10 @@ mod with_mpi {
 
     fn one_at_a_time() -> MutexGuard<'static, ()> {
         MPI_JOBS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn text(output: &[u8]) -> String {
+        String::from_utf8_lossy(output).into_owned()
     }
 
     /// `mpirun` on this host: as root if need be, more ranks than cores
@@ -78,76 +77,23 @@ mod with_mpi {
         command
     }
 
-    /// A finished MPI job.
-    struct Finished {
-        status: ExitStatus,
-        stdout: Vec<u8>,
-        stderr: String,
-        elapsed: Duration,
+    /// Exit code 0, and no rank panicked.
+    fn assert_job_success(job: &Outcome) {
+        assert!(job.code == Some(0), "expected success\n{}", job.describe());
+        assert!(!job.stderr.contains("panicked"), "{}", job.describe());
     }
 
-    impl Finished {
-        fn describe(&self) -> String {
-            format!(
-                "status {:?} after {:?}\nstdout:\n{}\nstderr:\n{}",
-                self.status,
-                self.elapsed,
-                text(&self.stdout).chars().take(2000).collect::<String>(),
-                self.stderr
-            )
-        }
-
-        fn assert_success(&self) -> &Self {
-            assert!(self.status.success(), "expected success\n{}", self.describe());
-            assert!(!self.stderr.contains("panicked"), "{}", self.describe());
-            self
-        }
-    }
-
-    /// Runs `command` with no input, to its end (see [`finish`]).
-    fn run_to_end(command: &mut Command, started: Instant) -> Finished {
-        let child = command
+    /// Runs `command` with no input, to its end, killing it after [`TIMEOUT`].
+    fn run_to_end(command: &mut Command) -> Outcome {
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        finish(child, started)
-    }
-
-    /// Waits for `child` with [`TIMEOUT`], collecting its output.
-    fn finish(mut child: Child, started: Instant) -> Finished {
-        let mut stdout = child.stdout.take().expect("piped stdout");
-        let mut stderr = child.stderr.take().expect("piped stderr");
-        let out = std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            stdout.read_to_end(&mut bytes).map(|_| bytes)
-        });
-        let err = std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            stderr.read_to_end(&mut bytes).map(|_| bytes)
-        });
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("waiting for mpirun") {
-                break status;
-            }
-            if started.elapsed() > TIMEOUT {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the MPI job hung: killed after {TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Finished {
-            status,
-            stdout: out.join().unwrap().unwrap(),
-            stderr: text(&err.join().unwrap().unwrap()),
-            elapsed: started.elapsed(),
-        }
+            .stderr(Stdio::piped());
+        run_within(command, b"", TIMEOUT)
     }
 
     /// `mpirun -n RANKS program args...`, with `stdin` as standard input.
-    fn mpi_job(ranks: usize, program: &str, args: &[&str], stdin: Option<&Path>) -> Finished {
+    fn mpi_job(ranks: usize, program: &str, args: &[&str], stdin: Option<&Path>) -> Outcome {
         let mut command = mpirun();
         command.arg("-n").arg(ranks.to_string()).arg(program).args(args);
         command.stdin(match stdin {
@@ -159,18 +105,14 @@ mod with_mpi {
             .stderr(Stdio::piped())
             .spawn()
             .expect("mpirun (Open MPI) must be installed for the mpi feature's tests");
-        finish(child, Instant::now())
+        finish(child, &command, TIMEOUT)
     }
 
     fn sequential(program: &str, args: &[&str]) -> Vec<u8> {
         let mut all = vec!["--engine", "sequential"];
         all.extend_from_slice(args);
-        let out = run(program, &all);
-        assert!(
-            out.status.success(),
-            "sequential run failed: {}",
-            text(&out.stderr)
-        );
+        let out = run(program, &all.iter().map(OsString::from).collect::<Vec<_>>());
+        assert!(out.code == Some(0), "sequential run failed: {}", out.stderr);
         out.stdout
     }
 
@@ -204,7 +146,7 @@ mod with_mpi {
         let _one = one_at_a_time();
         for ranks in [1, 2, 4] {
             let job = mpi_job(ranks, WORDCOUNT, &mpi_args, None);
-            job.assert_success();
+            assert_job_success(&job);
             assert!(
                 job.stdout == expected,
                 "-n {ranks}: output differs from --engine sequential\n{}",
@@ -231,7 +173,7 @@ mod with_mpi {
         let _one = one_at_a_time();
         for ranks in [2, 4] {
             let job = mpi_job(ranks, WORDCOUNT, &mpi_args, Some(&file));
-            job.assert_success();
+            assert_job_success(&job);
             assert!(job.stdout == expected, "-n {ranks}: differs\n{}", job.describe());
         }
     }
@@ -270,7 +212,7 @@ mod with_mpi {
                 &["--engine", "mpi", a, b, "-o", out.to_str().unwrap()],
                 None,
             );
-            job.assert_success();
+            assert_job_success(&job);
             let c = std::fs::read(&out).unwrap();
             assert!(
                 c == expected,
@@ -310,7 +252,7 @@ mod with_mpi {
                 &["--engine", "mpi", "--size", "300", "--check", "--seed", "5"],
                 None,
             );
-            job.assert_success();
+            assert_job_success(&job);
             let stdout = text(&job.stdout);
             assert!(
                 stdout.contains(&format!("{} worker(s) (mpi)", ranks - 1)),
@@ -336,9 +278,8 @@ mod with_mpi {
         mpi_args.extend_from_slice(&args);
         let _one = one_at_a_time();
         // MPI's singleton start: one rank, no mpirun.
-        let started = Instant::now();
-        let job = run_to_end(Command::new(WORDCOUNT).args(&mpi_args), started);
-        job.assert_success();
+        let job = run_to_end(Command::new(WORDCOUNT).args(&mpi_args));
+        assert_job_success(&job);
         assert!(job.stdout == expected, "{}", job.describe());
         assert!(job.stderr.contains("1 worker(s) (mpi)"), "{}", job.describe());
     }
@@ -350,14 +291,12 @@ mod with_mpi {
         let dir = tempfile::tempdir().unwrap();
         let files = corpus_files(dir.path());
         let _one = one_at_a_time();
-        let started = Instant::now();
         let job = run_to_end(
             mpirun()
                 .args(["-n", "2", WORDCOUNT, "--engine", "mpi", &files[0]])
                 .args([":", "-n", "1", MATMUL, "--engine", "mpi"]),
-            started,
         );
-        assert_eq!(job.status.code(), Some(1), "{}", job.describe());
+        assert_eq!(job.code, Some(1), "{}", job.describe());
         assert!(job.stdout.is_empty(), "{}", job.describe());
         let error = job
             .stderr
@@ -380,14 +319,12 @@ mod with_mpi {
         // long task (n = 4000, 512 rows, a debug build). Rank 0 reports the
         // error, waits coop::mpi::SHUTDOWN_GRACE for rank 1, then aborts.
         let _one = one_at_a_time();
-        let started = Instant::now();
         let job = run_to_end(
             mpirun()
                 .args(["-n", "2", MATMUL, "--engine", "mpi", "--size", "4000"])
                 .args([":", "-n", "1", WORDCOUNT, "--engine", "mpi"]),
-            started,
         );
-        assert_eq!(job.status.code(), Some(1), "{}", job.describe());
+        assert_eq!(job.code, Some(1), "{}", job.describe());
         assert!(
             job.stderr
                 .contains("error: job `coop-examples/matmul`: the job is not registered on MPI rank 2"),
@@ -416,13 +353,13 @@ mod with_mpi {
         // one that died, its host and its signal. Nothing hangs.
         let _one = one_at_a_time();
         let started = Instant::now();
-        let child = mpirun()
+        let mut command = mpirun();
+        command
             .args(["-n", "3", MATMUL, "--engine", "mpi", "--size", "1500"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        let child = command.spawn().unwrap();
         let rank = loop {
             if let Some(pid) = rank_pid(child.id(), 1) {
                 break pid;
@@ -441,8 +378,8 @@ mod with_mpi {
             .status()
             .unwrap();
         assert!(status.success(), "kill -KILL {rank}");
-        let job = finish(child, started);
-        assert!(!job.status.success(), "{}", job.describe());
+        let job = finish(child, &command, TIMEOUT);
+        assert!(job.code != Some(0), "{}", job.describe());
         assert!(
             killed.elapsed() < Duration::from_secs(20),
             "took {:?} after the kill\n{}",
@@ -599,7 +536,6 @@ mod with_mpi {
     #[test]
     fn panics_and_errors_on_ranks_are_reported_and_the_engine_goes_on() {
         let _one = one_at_a_time();
-        let started = Instant::now();
         let job = run_to_end(
             mpirun()
                 .env(UNDER_MPIRUN, "1")
@@ -612,9 +548,8 @@ mod with_mpi {
                     "--nocapture",
                     "--test-threads=1",
                 ]),
-            started,
         );
-        job.assert_success();
+        assert_job_success(&job);
         let stdout = text(&job.stdout);
         for expected in [
             "first job: job `tests/picky`: task 5 panicked on MPI rank ",
@@ -638,7 +573,7 @@ mod with_mpi {
             &["--engine", "mpi", "--workers", "2", &files[1]],
             None,
         );
-        assert_eq!(job.status.code(), Some(2), "{}", job.describe());
+        assert_eq!(job.code, Some(2), "{}", job.describe());
         assert!(
             job.stderr
                 .contains("error: --workers does not apply to --engine mpi"),
@@ -658,7 +593,7 @@ mod with_mpi {
             &["--engine", "mpi", missing.to_str().unwrap()],
             None,
         );
-        assert_eq!(job.status.code(), Some(2), "{}", job.describe());
+        assert_eq!(job.code, Some(2), "{}", job.describe());
         assert!(
             job.stderr.contains("missing.txt: No such file"),
             "{}",

@@ -1,11 +1,18 @@
 //! End-to-end test of the `speedup` binary on a tiny study: the table, the
 //! Amdahl fit, the time breakdown, the CSV file and the SVG chart.
 
-use std::io::Read;
-use std::process::{Command, Output, Stdio};
+// Each test crate compiles its own copy of the shared helpers and uses only
+// some of them: the rest would warn as unused.
+#[allow(dead_code, unused_macros)]
+#[macro_use]
+mod common;
+
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use coop_examples::study::report::CSV_COLUMNS;
+
+use common::{Outcome, command, run_within};
 
 const SPEEDUP: &str = env!("CARGO_BIN_EXE_speedup");
 
@@ -23,49 +30,10 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs the binary and collects what it printed, killing it after [`TIMEOUT`]
 /// (its workers die with it).
-fn speedup(args: &[&str]) -> Output {
-    let mut child = Command::new(SPEEDUP)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting speedup");
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            pipe.read_to_end(&mut bytes).map(|_| bytes).unwrap_or_default()
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("speedup {args:?} ran longer than {TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "exit: {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+fn speedup(args: &[&str]) -> Outcome {
+    let mut cmd = command(SPEEDUP, &args.iter().map(Into::into).collect::<Vec<_>>());
+    cmd.stdin(Stdio::null());
+    run_within(&mut cmd, b"", TIMEOUT)
 }
 
 /// The table's cells: columns are separated by at least two spaces.
@@ -96,7 +64,7 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
     ]);
     let took = started.elapsed();
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(output.code, Some(0), "{}", output.describe());
     assert!(
         text.contains("MB of generated text (vocabulary 5000, seed 1"),
         "{text}"
@@ -104,7 +72,7 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
     assert!(
         took < Duration::from_secs(60),
         "took {took:?}\n{}",
-        describe(&output)
+        output.describe()
     );
 
     assert!(
@@ -117,7 +85,7 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
     let header = text
         .lines()
         .position(|l| l.starts_with("workload") && l.contains("median s") && l.contains("peak PSS MB"))
-        .unwrap_or_else(|| panic!("no table header\n{}", describe(&output)));
+        .unwrap_or_else(|| panic!("no table header\n{}", output.describe()));
     let rows: Vec<Vec<&str>> = text
         .lines()
         .skip(header + 2)
@@ -287,7 +255,7 @@ fn text_from_a_file_is_counted_and_the_file_removed() {
         "--out",
         dir.path().to_str().unwrap(),
     ]);
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(output.code, Some(0), "{}", output.describe());
     let text = String::from_utf8_lossy(&output.stdout);
     let (_, after) = text
         .split_once("--split words) in ")
@@ -325,10 +293,10 @@ fn bad_arguments_end_with_one_line_and_exit_2() {
         &["--quick", "--out", file.to_str().unwrap()],
     ] {
         let output = speedup(args);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", describe(&output));
+        let stderr = &output.stderr;
+        assert_eq!(output.code, Some(2), "{args:?}: {}", output.describe());
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
-        assert!(output.stdout.is_empty(), "{args:?}: {}", describe(&output));
+        assert!(output.stdout.is_empty(), "{args:?}: {}", output.describe());
     }
 }
