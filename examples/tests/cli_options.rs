@@ -700,3 +700,46 @@ fn logs_into_a_pipe_carry_no_colour_codes() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Many pipes
+// ---------------------------------------------------------------------------
+
+/// 70 FIFOs as FILEs: each is read into shared memory, more segments than
+/// ipc-channel's 64 descriptors a message (this exited 101 with
+/// `assertion failed: fds.len() <= MAX_FDS_IN_CMSG`).
+#[test]
+fn seventy_pipes_are_counted_on_every_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts: Vec<Vec<u8>> = (0..70)
+        .map(|i| format!("pipe{i} shared words\n").into_bytes())
+        .collect();
+    let mut expected = Counts::new();
+    for text in &texts {
+        add_counts(&mut expected, text);
+    }
+    for engine in ["processes", "sequential"] {
+        let fifos: Vec<PathBuf> = (0..texts.len())
+            .map(|i| dir.path().join(format!("{engine}-{i}")))
+            .collect();
+        for fifo in &fifos {
+            mkfifo(fifo);
+        }
+        // Writers block until wordcount opens each FIFO in turn.
+        let writers: Vec<_> = fifos
+            .iter()
+            .zip(texts.clone())
+            .map(|(fifo, text)| {
+                let fifo = fifo.clone();
+                std::thread::spawn(move || std::fs::write(fifo, text))
+            })
+            .collect();
+        let mut args = tsv_args(&argv!["--engine", engine]);
+        args.extend(fifos.iter().map(OsString::from));
+        let outcome = run(WORDCOUNT, &args);
+        for writer in writers {
+            writer.join().unwrap().unwrap();
+        }
+        assert_tsv_eq(&outcome, &tsv(&ranked(&expected)), engine);
+    }
+}
