@@ -69,6 +69,7 @@ pub struct JobStats {
 /// Run::new(job, input).output(out).progress(&report).on(pool)?;
 /// # Ok(()) }
 /// ```
+#[must_use = "a Run does nothing until .on(engine)"]
 pub struct Run<'a, J: Job> {
     pub(crate) job: &'a J,
     pub(crate) input: &'a Input,

@@ -380,18 +380,6 @@ impl Job for HoldInput {
     }
 }
 
-/// Proportional set size of a process in bytes: its share of every page it
-/// maps (a page mapped by n processes counts 1/n to each), from /proc.
-pub fn pss_bytes(pid: u32) -> std::io::Result<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
-    let kib = rollup
-        .lines()
-        .find_map(|line| line.strip_prefix("Pss:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .ok_or_else(|| std::io::Error::other("no Pss line in smaps_rollup"))?;
-    Ok(kib * 1024)
-}
-
 /// One task whose worker's partial is `bytes` bytes long, byte `i` being
 /// `(i % 251) as u8`: a result far larger than any message, to see what the
 /// pool does with it (see the soak tests).

@@ -2,7 +2,8 @@
 
 use coop::prelude::*;
 use coop::{Error, Ipc, Sequential, Threads};
-use coop_tests::{BigValue, HoldInput, Sleepy, Squares, Sum, Unregistered, pss_bytes};
+use coop_examples::study::memory::pss_bytes;
+use coop_tests::{BigValue, HoldInput, Sleepy, Squares, Sum, Unregistered};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn main() {

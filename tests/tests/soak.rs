@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use coop::Ipc;
 use coop::prelude::*;
+use coop_examples::study::memory::pss_bytes;
 use coop_examples::words::SplitMode;
 use coop_tests::leaks::{self, Snapshot};
-use coop_tests::{BigPartial, Sleepy, Squares, Sum, pss_bytes};
+use coop_tests::{BigPartial, Sleepy, Squares, Sum};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn main() {

@@ -64,6 +64,7 @@ pub enum Behaviour {
 
 /// A fault for a worker: where, what, which task, and how often.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "a Fault does nothing until given to PoolBuilder::inject_fault"]
 pub struct Fault {
     /// Where it fires.
     pub point: Point,

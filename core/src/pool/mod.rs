@@ -92,6 +92,7 @@ pub enum Ipc {
 
 /// Builds a [`Pool`] with options other than the defaults.
 #[derive(Debug, Clone)]
+#[must_use = "a PoolBuilder starts no workers until .build()"]
 pub struct PoolBuilder {
     workers: Option<usize>,
     retries: u32,
