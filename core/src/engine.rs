@@ -17,8 +17,56 @@ pub const DEFAULT_TASKS_PER_WORKER: usize = 8;
 
 /// Something that runs jobs. A job does not know which engine runs it, and
 /// every engine gives the same result for the same job and input.
+///
+/// [`run`](Engine::run) runs a job with default options; [`Run`] sets the
+/// others (output, progress, stats) and runs it with [`Run::on`]. The engine
+/// can be chosen at run time with [`AnyEngine`](crate::AnyEngine).
 pub trait Engine {
-    /// Runs a job and returns its merged partial result.
+    /// Runs `job` over `input` with default options (no output region, no
+    /// progress callback) and returns its merged partial result: the same
+    /// as `Run::new(job, input).on(self)`.
+    ///
+    /// ```rust,standalone_crate
+    /// use coop::prelude::*;
+    /// use coop::{Sequential, Threads};
+    /// # use std::ops::Range;
+    /// # #[derive(serde::Serialize, serde::Deserialize)]
+    /// # struct Sum;
+    /// # impl Job for Sum {
+    /// #     const NAME: &'static str = "sum";
+    /// #     type Task = Range<usize>;
+    /// #     type Partial = u64;
+    /// #     fn split(&self, input: &Input, hint: usize) -> Result<Vec<Range<usize>>, TaskError> {
+    /// #         let len = input.slice::<u64>(0).len();
+    /// #         let step = len.div_ceil(hint).max(1);
+    /// #         Ok((0..len).step_by(step).map(|s| s..(s + step).min(len)).collect())
+    /// #     }
+    /// #     fn map(&self, task: &Range<usize>, input: &Input, _: &mut [u8], sum: &mut u64)
+    /// #         -> Result<(), TaskError> {
+    /// #         *sum += input.slice::<u64>(0)[task.clone()].iter().sum::<u64>();
+    /// #         Ok(())
+    /// #     }
+    /// #     fn merge(&self, into: &mut u64, other: u64) { *into += other; }
+    /// # }
+    ///
+    /// fn main() -> coop::Result<()> {
+    ///     coop::init(&[coop::register::<Sum>()])?;
+    ///     let numbers: Vec<u64> = (1..=1000).collect();
+    ///     let mut input = Input::new();
+    ///     input.push_slice(&numbers);
+    ///     // Every engine, one call.
+    ///     assert_eq!(Pool::builder().workers(2).build()?.run(&Sum, &input)?, 500_500);
+    ///     assert_eq!(Threads::new(2)?.run(&Sum, &input)?, 500_500);
+    ///     assert_eq!(Sequential.run(&Sum, &input)?, 500_500);
+    ///     Ok(())
+    /// }
+    /// ```
+    fn run<J: Job>(&self, job: &J, input: &Input) -> Result<J::Partial> {
+        self.execute(Run::new(job, input))
+    }
+
+    /// Runs a job and returns its merged partial result. What [`run`](Engine::run)
+    /// and [`Run::on`] call; engines implement it.
     fn execute<J: Job>(&self, run: Run<'_, J>) -> Result<J::Partial>;
 
     /// Number of workers (processes or threads) tasks run on.
@@ -378,7 +426,9 @@ pub struct Threads {
 }
 
 impl Threads {
-    /// A pool of `threads` threads (1 to [`crate::MAX_WORKERS`]).
+    /// A pool of `threads` threads (1 to [`crate::MAX_WORKERS`]);
+    /// `Threads::new(coop::default_workers()?)` for one per core, or
+    /// `COOP_WORKERS`, as a pool has by default.
     pub fn new(threads: usize) -> Result<Self> {
         crate::pool::check_worker_count(threads)?;
         let pool = rayon::ThreadPoolBuilder::new()

@@ -23,6 +23,39 @@ pub enum Error {
         max: usize,
     },
 
+    /// The environment variable `COOP_WORKERS` ([`crate::ENV_WORKERS`]) is
+    /// set to something other than a worker count, for an engine not given
+    /// one in code.
+    #[error(
+        "{var} must be a whole number of workers from 1 to {max}, got {value:?} (unset it for one per core)"
+    )]
+    InvalidWorkersVar {
+        /// The variable's name, `COOP_WORKERS`.
+        var: &'static str,
+        /// Its value (non-UTF-8 bytes replaced with U+FFFD).
+        value: String,
+        /// The largest count allowed.
+        max: usize,
+    },
+
+    /// An engine chosen by name ([`crate::EngineKind`]'s `FromStr`) that
+    /// coop does not have.
+    #[error(
+        "unknown engine {name:?}: expected one of {}",
+        crate::EngineKind::ALL.map(crate::EngineKind::name).join(", ")
+    )]
+    UnknownEngine {
+        /// The name given.
+        name: String,
+    },
+
+    /// The MPI engine was chosen ([`crate::EngineKind::Mpi`]) in a build of
+    /// coop without its cargo feature `mpi`.
+    #[error(
+        "the mpi engine needs coop built with its cargo feature `mpi` (and an MPI library, libclang and mpicc)"
+    )]
+    MpiNotBuilt,
+
     /// A pool was created in a program whose `main` does not call [`crate::init`].
     #[error(
         "coop::init was not called: call coop::init(&[...]) first in main, listing the jobs workers may run"

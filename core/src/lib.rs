@@ -66,8 +66,38 @@
 //!    write in disjoint tiles ([`Job::output_range`]).
 //! 4. Run on an [`Engine`]: [`Pool`] (processes), [`Threads`] or
 //!    [`Sequential`] — or, with the cargo feature `mpi`, `Mpi` (the ranks of
-//!    an MPI job, across machines). The job does not know which. Options (output, progress
-//!    callback, tasks per worker) go through [`Run`].
+//!    an MPI job, across machines). The job does not know which.
+//!    `engine.run(&job, &input)` ([`Engine::run`]) runs a job with default
+//!    options; [`Run`] sets the others (output, progress callback, tasks per
+//!    worker, stats): `Run::new(&job, &input).output(&mut out).on(&engine)`.
+//!
+//! # Choosing the engine at run time
+//!
+//! [`EngineKind`] names an engine (`processes`, `threads`, `sequential`,
+//! `mpi`) and parses from a string, for a program's `--engine` option;
+//! [`AnyEngine`] starts the one named, with a worker count if given, and is
+//! an [`Engine`] itself:
+//!
+//! ```no_run
+//! # use coop::prelude::*;
+//! # fn demo<J: Job>(job: &J, input: &Input) -> coop::Result<()> {
+//! use coop::{AnyEngine, EngineKind};
+//! let kind: EngineKind = "threads".parse()?; // from the command line
+//! let engine = AnyEngine::builder(kind).workers(4).build()?;
+//! let result = engine.run(job, input)?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Worker count: `COOP_WORKERS`
+//!
+//! An engine given no worker count in code ([`Pool::new`], a
+//! [`Pool::builder`] without [`workers`](PoolBuilder::workers), an
+//! [`AnyEngine`] of processes or threads without one) runs one worker per
+//! core, or as many as the environment variable `COOP_WORKERS` says, as
+//! `RAYON_NUM_THREADS` does for rayon: `COOP_WORKERS=4 my-program`. A count
+//! given in code wins. A value that is not a whole number from 1 to
+//! [`MAX_WORKERS`] is an error ([`Error::InvalidWorkersVar`]), not ignored.
+//! [`default_workers`] gives the count.
 //!
 //! # Failures
 //!
@@ -123,7 +153,8 @@
 //! - [`Job`], [`init`], [`register`]: the job model and how workers find jobs;
 //!   [`test_workers!`]: the same for `cargo test`.
 //! - [`Input`], [`SharedOutput`]: data shared with workers, never copied per worker.
-//! - [`Engine`], [`Run`], [`Pool`], [`Threads`], [`Sequential`]: what runs jobs.
+//! - [`Engine`], [`Run`], [`Pool`], [`Threads`], [`Sequential`]: what runs jobs;
+//!   [`EngineKind`], [`AnyEngine`]: the engine chosen at run time.
 //! - [`Error`]: what can go wrong, with worker, task and cause.
 //! - [`prelude`]: the names most programs need.
 //!
@@ -169,6 +200,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod any_engine;
 mod engine;
 mod error;
 mod input;
@@ -180,12 +212,13 @@ mod testing;
 
 #[cfg(feature = "mpi")]
 pub use crate::mpi::{Mpi, RankFailure};
+pub use any_engine::{AnyEngine, AnyEngineBuilder, EngineKind};
 pub use coop_worker::JobEntry;
 pub use engine::{DEFAULT_TASKS_PER_WORKER, Engine, JobStats, Progress, Run, Sequential, Threads};
 pub use error::{Error, Result, TaskIndex};
 pub use input::{Input, SharedOutput, SliceError};
 pub use job::{Job, TaskError, init, register};
-pub use pool::{DEFAULT_RETRIES, Ipc, MAX_WORKERS, Pool, PoolBuilder};
+pub use pool::{DEFAULT_RETRIES, ENV_WORKERS, Ipc, MAX_WORKERS, Pool, PoolBuilder, default_workers};
 #[doc(hidden)]
 pub use testing::__private;
 

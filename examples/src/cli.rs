@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, ValueEnum};
 use coop::prelude::*;
-use coop::{Sequential, Threads};
+use coop::{AnyEngine, EngineKind};
 
 /// Exit code for bad input: usage errors, missing or malformed files.
 pub const EXIT_BAD_INPUT: u8 = 2;
@@ -116,13 +117,13 @@ fn chosen_engine(matches: &clap::ArgMatches) -> Option<EngineKind> {
 #[cfg(feature = "mpi")]
 thread_local! {
     /// Rank 0's MPI engine, started by [`main`] right after parsing; taken
-    /// (shared) by [`AnyEngine::start`] and dropped at the end of [`main`].
+    /// (shared) by [`EngineArgs::start`] and dropped at the end of [`main`].
     static MPI: std::cell::RefCell<Option<std::rc::Rc<coop::Mpi>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Joins the MPI job, first thing after parsing the arguments: ranks other
 /// than 0 serve tasks in there and exit; rank 0 keeps the engine for
-/// [`AnyEngine::start`].
+/// [`EngineArgs::start`].
 #[cfg(feature = "mpi")]
 fn join_mpi() -> Result<(), Failure> {
     if MPI.with(|mpi| mpi.borrow().is_none()) {
@@ -217,18 +218,22 @@ pub fn check_fits_in_memory(bytes: u128, what: &str) -> Result<(), Failure> {
     }
 }
 
-/// Which engine runs the job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum EngineKind {
-    /// Worker processes, one per core (coop's pool).
-    Processes,
-    /// Threads in this process (rayon).
-    Threads,
-    /// One thread, no workers: the baseline.
-    Sequential,
-    /// The ranks of an MPI job: start with `mpirun -n N` (rank 0 coordinates,
-    /// N - 1 ranks run tasks). Needs a build with `--features mpi`.
-    Mpi,
+/// `--engine`: coop's [`EngineKind`], by name, with a line of help for each.
+fn engine_parser() -> impl TypedValueParser<Value = EngineKind> {
+    let help = |kind| match kind {
+        EngineKind::Processes => "Worker processes, one per core (coop's pool)",
+        EngineKind::Threads => "Threads in this process (rayon)",
+        EngineKind::Sequential => "One thread, no workers: the baseline",
+        EngineKind::Mpi => {
+            "The ranks of an MPI job: start with `mpirun -n N` (rank 0 coordinates, N - 1 ranks run tasks). Needs a build with `--features mpi`"
+        }
+        _ => "",
+    };
+    PossibleValuesParser::new(EngineKind::ALL.map(|kind| PossibleValue::new(kind.name()).help(help(kind))))
+        .map(|name| {
+            name.parse::<EngineKind>()
+                .expect("a possible value is a kind's name")
+        })
 }
 
 /// How the processes engine moves data: `--ipc shared-memory|messages`.
@@ -255,12 +260,12 @@ impl From<IpcKind> for coop::Ipc {
 /// would ignore (`--ipc` with threads, `--workers` with sequential...).
 #[derive(Debug, Clone, clap::Args)]
 pub struct EngineArgs {
-    /// Number of workers (default: one per core); processes and threads only.
+    /// Number of workers (default: COOP_WORKERS if set, else one per core); processes and threads only.
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=coop::MAX_WORKERS as u64))]
     pub workers: Option<u64>,
 
     /// What runs the job.
-    #[arg(long, value_enum, default_value_t = EngineKind::Processes)]
+    #[arg(long, value_parser = engine_parser(), default_value_t = EngineKind::Processes)]
     pub engine: EngineKind,
 
     /// How the processes engine moves data: workers map the input and write
@@ -271,10 +276,41 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    /// Starts the engine these options describe.
+    /// Starts the engine these options describe, with `-w` workers, or as
+    /// many as `COOP_WORKERS` says, or one per core. The MPI engine is the
+    /// one [`main`] started, or is started here (where ranks other than 0
+    /// serve tasks and exit).
     pub fn start(&self) -> Result<AnyEngine, Failure> {
-        AnyEngine::start(self.engine, self.workers.map(|w| w as usize), self.ipc)
+        if self.engine == EngineKind::Mpi {
+            return mpi_engine();
+        }
+        let mut builder = AnyEngine::builder(self.engine).ipc(self.ipc.into());
+        if let Some(workers) = self.workers {
+            builder = builder.workers(workers as usize);
+        }
+        builder.build().map_err(|error| match error {
+            // A bad setting of the user's, like a bad option.
+            coop::Error::InvalidWorkersVar { .. } => Failure {
+                code: EXIT_BAD_INPUT,
+                error: error.into(),
+            },
+            error => error.into(),
+        })
     }
+}
+
+/// The MPI engine [`main`] started (started here if it did not).
+#[cfg(feature = "mpi")]
+fn mpi_engine() -> Result<AnyEngine, Failure> {
+    join_mpi()?;
+    let mpi = MPI.with(|mpi| mpi.borrow().clone());
+    Ok(AnyEngine::from(mpi.expect("join_mpi keeps the engine")))
+}
+
+/// Refuses `--engine mpi` in a build without MPI.
+#[cfg(not(feature = "mpi"))]
+fn mpi_engine() -> Result<AnyEngine, Failure> {
+    Err(no_mpi())
 }
 
 /// The [`EngineArgs`] options that an engine would ignore, and why: refused
@@ -324,88 +360,11 @@ impl EngineArgs {
             .iter()
             .find(|&&(kind, id, _)| kind == engine && given(id))
         {
-            Some((_, id, why)) => {
-                let engine = engine
-                    .to_possible_value()
-                    .map_or_else(String::new, |v| v.get_name().to_owned());
-                Err(anyhow::anyhow!(
-                    "--{id} does not apply to --engine {engine}: {why}"
-                ))
-                .bad_input()
-            }
+            Some((_, id, why)) => Err(anyhow::anyhow!(
+                "--{id} does not apply to --engine {engine}: {why}"
+            ))
+            .bad_input(),
             None => Ok(()),
-        }
-    }
-}
-
-/// One of coop's engines, chosen at run time.
-#[derive(Debug)]
-pub enum AnyEngine {
-    /// Worker processes.
-    Processes(Pool),
-    /// Threads.
-    Threads(Threads),
-    /// The calling thread.
-    Sequential(Sequential),
-    /// The ranks of an MPI job (shared with [`main`], which ends MPI).
-    #[cfg(feature = "mpi")]
-    Mpi(std::rc::Rc<coop::Mpi>),
-}
-
-impl AnyEngine {
-    /// Starts the engine `kind` with `workers` workers (default one per core;
-    /// ignored by the sequential and MPI engines); `ipc` applies to processes
-    /// only. The MPI engine is the one [`main`] started, or is started here
-    /// (where ranks other than 0 serve tasks and exit).
-    pub fn start(kind: EngineKind, workers: Option<usize>, ipc: IpcKind) -> Result<Self, Failure> {
-        let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        Ok(match kind {
-            EngineKind::Processes => {
-                AnyEngine::Processes(Pool::builder().workers(workers).ipc(ipc.into()).build()?)
-            }
-            EngineKind::Threads => AnyEngine::Threads(Threads::new(workers)?),
-            EngineKind::Sequential => AnyEngine::Sequential(Sequential),
-            #[cfg(feature = "mpi")]
-            EngineKind::Mpi => {
-                join_mpi()?;
-                let mpi = MPI.with(|mpi| mpi.borrow().clone());
-                AnyEngine::Mpi(mpi.expect("join_mpi keeps the engine"))
-            }
-            #[cfg(not(feature = "mpi"))]
-            EngineKind::Mpi => return Err(no_mpi()),
-        })
-    }
-
-    /// The engine's name, as on the command line.
-    pub fn name(&self) -> &'static str {
-        match self {
-            AnyEngine::Processes(_) => "processes",
-            AnyEngine::Threads(_) => "threads",
-            AnyEngine::Sequential(_) => "sequential",
-            #[cfg(feature = "mpi")]
-            AnyEngine::Mpi(_) => "mpi",
-        }
-    }
-}
-
-impl Engine for AnyEngine {
-    fn execute<J: Job>(&self, run: Run<'_, J>) -> coop::Result<J::Partial> {
-        match self {
-            AnyEngine::Processes(pool) => pool.execute(run),
-            AnyEngine::Threads(threads) => threads.execute(run),
-            AnyEngine::Sequential(sequential) => sequential.execute(run),
-            #[cfg(feature = "mpi")]
-            AnyEngine::Mpi(mpi) => mpi.execute(run),
-        }
-    }
-
-    fn workers(&self) -> usize {
-        match self {
-            AnyEngine::Processes(pool) => pool.workers(),
-            AnyEngine::Threads(threads) => threads.workers(),
-            AnyEngine::Sequential(sequential) => sequential.workers(),
-            #[cfg(feature = "mpi")]
-            AnyEngine::Mpi(mpi) => mpi.workers(),
         }
     }
 }

@@ -469,7 +469,7 @@ mod with_mpi {
     #[test]
     #[ignore = "an MPI program: run under mpirun by the test below"]
     fn mpi_program_with_failing_tasks() {
-        use coop::{Error, RankFailure, TaskIndex};
+        use coop::{Engine, Error, RankFailure, TaskIndex};
         assert!(
             std::env::var_os(UNDER_MPIRUN).is_some(),
             "run by panics_and_errors_on_ranks_are_reported_and_the_engine_goes_on, under mpirun"

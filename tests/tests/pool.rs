@@ -1,14 +1,31 @@
 //! The pool's normal life: start, jobs, shared input and output, scheduling.
 
+use std::process::{Command, Stdio};
+
 use coop::prelude::*;
-use coop::{Error, Ipc, Sequential, Threads};
+use coop::{AnyEngine, EngineKind, Error, Ipc, Sequential, Threads};
 use coop_examples::study::memory::pss_bytes;
 use coop_tests::{BigValue, HoldInput, Sleepy, Squares, Sum, Unregistered};
 use libtest_mimic::{Arguments, Failed, Trial};
 
+/// Set in a child copy of this test binary, started with `COOP_WORKERS`, that
+/// prints the worker counts of engines given none.
+const DEFAULT_WORKERS_ROLE: &str = "COOP_TEST_DEFAULT_WORKERS";
+
 fn main() {
     coop_tests::init();
+    if std::env::var_os(DEFAULT_WORKERS_ROLE).is_some() {
+        print_default_workers();
+    }
     let tests = vec![
+        Trial::test(
+            "coop_workers_sets_the_count_of_engines_given_none",
+            coop_workers_sets_the_count_of_engines_given_none,
+        ),
+        Trial::test(
+            "every_engine_runs_a_job_in_one_call",
+            every_engine_runs_a_job_in_one_call,
+        ),
         Trial::test("sum_over_shared_slice", sum_over_shared_slice),
         Trial::test(
             "output_tiles_are_written_in_place",
@@ -205,6 +222,93 @@ fn engines_agree() -> Result<(), Failed> {
         outputs.push(out.bytes().to_vec());
     }
     assert!(outputs.windows(2).all(|w| w[0] == w[1]), "engines disagree");
+    Ok(())
+}
+
+/// `engine.run(&job, &input)` on every engine, and on each kind by name.
+fn every_engine_runs_a_job_in_one_call() -> Result<(), Failed> {
+    let data = numbers(10_000);
+    let mut input = Input::new();
+    input.push_slice(&data);
+    let expected = 10_000 * 10_001 / 2;
+    assert_eq!(Pool::builder().workers(2).build()?.run(&Sum, &input)?, expected);
+    assert_eq!(Threads::new(2)?.run(&Sum, &input)?, expected);
+    assert_eq!(Sequential.run(&Sum, &input)?, expected);
+    for name in ["processes", "threads", "sequential"] {
+        let engine = AnyEngine::builder(name.parse()?)
+            .workers(2)
+            .ipc(Ipc::Messages)
+            .build()?;
+        assert_eq!(engine.name(), name);
+        assert_eq!(engine.run(&Sum, &input)?, expected, "{name}");
+    }
+    Ok(())
+}
+
+/// In the child: the worker count of each engine given none (or given 2),
+/// or the error, one line each; then exit.
+fn print_default_workers() -> ! {
+    let workers = |engine: coop::Result<AnyEngine>| engine.map(|engine| engine.workers());
+    let counts = [
+        ("default_workers", coop::default_workers()),
+        ("Pool::new", Pool::new().map(|pool| pool.worker_pids().len())),
+        (
+            "Pool::builder",
+            Pool::builder().build().map(|pool| pool.workers()),
+        ),
+        ("processes", workers(AnyEngine::new(EngineKind::Processes))),
+        ("threads", workers(AnyEngine::new(EngineKind::Threads))),
+        ("sequential", workers(AnyEngine::new(EngineKind::Sequential))),
+        (
+            "given",
+            Pool::builder().workers(2).build().map(|pool| pool.workers()),
+        ),
+        (
+            "threads given",
+            workers(AnyEngine::builder(EngineKind::Threads).workers(2).build()),
+        ),
+    ];
+    for (engine, count) in counts {
+        match count {
+            Ok(count) => println!("{engine}: {count}"),
+            Err(err @ Error::InvalidWorkersVar { .. }) if err.to_string().starts_with("COOP_WORKERS ") => {
+                println!("{engine}: invalid")
+            }
+            Err(err) => println!("{engine}: unexpected error: {err}"),
+        }
+    }
+    std::process::exit(0);
+}
+
+/// `COOP_WORKERS` sets the worker count of every engine given none, and a
+/// bad value is refused there, naming the variable; a count given in code
+/// wins. The variable is set in a child process: this one's environment
+/// stays as it is (setting a variable while other threads read theirs is
+/// undefined behaviour).
+fn coop_workers_sets_the_count_of_engines_given_none() -> Result<(), Failed> {
+    let child = |value: &str| -> Result<String, Failed> {
+        let output = Command::new(std::env::current_exe()?)
+            .env(DEFAULT_WORKERS_ROLE, "1")
+            .env(coop::ENV_WORKERS, value)
+            .stdin(Stdio::null())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{}: {stderr}", output.status);
+        Ok(String::from_utf8(output.stdout)?)
+    };
+    assert_eq!(
+        child("3")?,
+        "default_workers: 3\nPool::new: 3\nPool::builder: 3\nprocesses: 3\nthreads: 3\n\
+         sequential: 1\ngiven: 2\nthreads given: 2\n"
+    );
+    for bad in ["0", "1025", "many", ""] {
+        assert_eq!(
+            child(bad)?,
+            "default_workers: invalid\nPool::new: invalid\nPool::builder: invalid\nprocesses: invalid\n\
+             threads: invalid\nsequential: 1\ngiven: 2\nthreads given: 2\n",
+            "COOP_WORKERS={bad:?}"
+        );
+    }
     Ok(())
 }
 

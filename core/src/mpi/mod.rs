@@ -184,11 +184,6 @@ impl Mpi {
         })
     }
 
-    /// Runs `job` over `input` with default options; see [`Run`] for more.
-    pub fn run<J: Job>(&self, job: &J, input: &crate::Input) -> Result<J::Partial> {
-        self.execute(Run::new(job, input))
-    }
-
     /// The host of each rank (MPI's processor name), rank 0 first.
     pub fn hosts(&self) -> &[String] {
         &self.hosts

@@ -30,6 +30,39 @@ const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a worker asked to exit gets before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
+/// The environment variable that sets the worker count of engines not given
+/// one (like `RAYON_NUM_THREADS` for rayon): see [`default_workers`].
+pub const ENV_WORKERS: &str = "COOP_WORKERS";
+
+/// The worker count of an engine not given one: [`ENV_WORKERS`]
+/// (`COOP_WORKERS`) if it is set, else one per core (at most [`MAX_WORKERS`]).
+///
+/// [`Pool::new`], a [`PoolBuilder`] without [`workers`](PoolBuilder::workers)
+/// and an [`AnyEngine`](crate::AnyEngine) without a worker count use it; a
+/// count given in code wins over the variable. Fails with
+/// [`Error::InvalidWorkersVar`] if the variable is set to anything but a
+/// whole number from 1 to [`MAX_WORKERS`] (an empty value included): a
+/// typo silently ignored would run on every core.
+pub fn default_workers() -> Result<usize> {
+    let set = parse_workers_var(std::env::var_os(ENV_WORKERS).as_deref())?;
+    Ok(set.unwrap_or_else(|| num_cpus::get().clamp(1, MAX_WORKERS)))
+}
+
+/// The worker count `value` of [`ENV_WORKERS`] sets, if it is set.
+fn parse_workers_var(value: Option<&std::ffi::OsStr>) -> Result<Option<usize>> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    match value.to_str().and_then(|text| text.parse::<usize>().ok()) {
+        Some(count) if (1..=MAX_WORKERS).contains(&count) => Ok(Some(count)),
+        _ => Err(Error::InvalidWorkersVar {
+            var: ENV_WORKERS,
+            value: value.to_string_lossy().into_owned(),
+            max: MAX_WORKERS,
+        }),
+    }
+}
+
 pub(crate) fn check_worker_count(requested: usize) -> Result<()> {
     if (1..=MAX_WORKERS).contains(&requested) {
         Ok(())
@@ -41,12 +74,13 @@ pub(crate) fn check_worker_count(requested: usize) -> Result<()> {
     }
 }
 
-/// A pool of worker processes, one per core by default, that runs [`Job`]s.
+/// A pool of worker processes, one per core by default (or `COOP_WORKERS`:
+/// see [`default_workers`]), that runs [`Job`]s.
 ///
 /// Workers are this same program, re-executed; [`crate::init`] at the top of
 /// `main` turns them into workers. They start once and serve many jobs, one
-/// job at a time (concurrent [`run`](Pool::run) calls queue). Dropping the pool
-/// stops and reaps every worker.
+/// job at a time (concurrent [`run`](Engine::run) calls queue). Dropping the
+/// pool stops and reaps every worker.
 ///
 /// Workers keep the input segments and shared output of their last job
 /// mapped: a job on the same [`Input`](crate::Input) starts with its pages
@@ -118,7 +152,8 @@ impl Default for PoolBuilder {
 }
 
 impl PoolBuilder {
-    /// Number of worker processes, 1 to [`MAX_WORKERS`] (default: one per core).
+    /// Number of worker processes, 1 to [`MAX_WORKERS`] (default:
+    /// [`default_workers`], which reads `COOP_WORKERS`, else one per core).
     pub fn workers(mut self, count: usize) -> Self {
         self.workers = Some(count);
         self
@@ -176,14 +211,16 @@ impl PoolBuilder {
     /// Starts the workers. A worker that fails to start is tried again, up
     /// to [`retries`](Self::retries) times, before the error is returned.
     ///
-    /// Fails with [`Error::NotInitialized`] before [`crate::init`] (or
-    /// [`crate::test_workers!`]) registered jobs, and with
-    /// [`Error::DuplicateJob`] if `test_workers!` registered two types with
-    /// one type name.
+    /// Fails with [`Error::InvalidWorkersVar`] if no worker count was given
+    /// and `COOP_WORKERS` is not one, with [`Error::NotInitialized`] before
+    /// [`crate::init`] (or [`crate::test_workers!`]) registered jobs, and
+    /// with [`Error::DuplicateJob`] if `test_workers!` registered two types
+    /// with one type name.
     pub fn build(self) -> Result<Pool> {
-        let workers = self
-            .workers
-            .unwrap_or_else(|| num_cpus::get().clamp(1, MAX_WORKERS));
+        let workers = match self.workers {
+            Some(workers) => workers,
+            None => default_workers()?,
+        };
         check_worker_count(workers)?;
         check_registered()?;
         let program = match self.program {
@@ -228,7 +265,8 @@ impl PoolBuilder {
 }
 
 impl Pool {
-    /// A pool of one worker process per core.
+    /// A pool of one worker process per core, or of `COOP_WORKERS` workers
+    /// if that variable is set (see [`default_workers`]).
     pub fn new() -> Result<Pool> {
         Pool::builder().build()
     }
@@ -236,11 +274,6 @@ impl Pool {
     /// A builder for a pool with other options.
     pub fn builder() -> PoolBuilder {
         PoolBuilder::default()
-    }
-
-    /// Runs `job` over `input` with default options; see [`Run`] for more.
-    pub fn run<J: Job>(&self, job: &J, input: &crate::Input) -> Result<J::Partial> {
-        self.execute(Run::new(job, input))
     }
 
     /// The pids of the live workers.
@@ -492,6 +525,29 @@ mod tests {
         for bad in [0, MAX_WORKERS + 1] {
             let err = Pool::builder().workers(bad).build().unwrap_err();
             assert!(matches!(err, Error::InvalidWorkerCount { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn workers_var_sets_a_count_or_is_refused() {
+        use std::ffi::OsStr;
+        assert_eq!(parse_workers_var(None).unwrap(), None);
+        assert_eq!(parse_workers_var(Some(OsStr::new("3"))).unwrap(), Some(3));
+        assert_eq!(
+            parse_workers_var(Some(OsStr::new("1024"))).unwrap(),
+            Some(MAX_WORKERS)
+        );
+        for bad in ["", "0", "1025", "-1", " 4", "4 ", "four", "2.5"] {
+            let err = parse_workers_var(Some(OsStr::new(bad))).unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidWorkersVar { value, .. } if value == bad),
+                "{err}"
+            );
+            let message = err.to_string();
+            assert!(
+                message.contains("COOP_WORKERS") && message.contains("1024"),
+                "{message}"
+            );
         }
     }
 

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use anyhow::anyhow;
 use clap::Parser;
-use coop::Sequential;
 use coop::prelude::*;
-use coop_examples::cli::{self, AnyEngine, BadInput, EngineArgs, Failure, ProgressBar};
+use coop::{AnyEngine, Sequential};
+use coop_examples::cli::{self, BadInput, EngineArgs, Failure, ProgressBar};
 use coop_examples::matmul::{MatMul, Operand};
 use coop_examples::npy::{self, Dtype, ShapeDisplay};
 use coop_examples::output::{self, Output};

@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
+use coop::EngineKind;
 use coop::prelude::*;
-use coop_examples::cli::{self, BadInput, EngineArgs, EngineKind, Failure, ProgressBar};
+use coop_examples::cli::{self, BadInput, EngineArgs, Failure, ProgressBar};
 use coop_examples::wordcount::WordCount;
 use coop_examples::words::{SplitMode, WordCounts};
 
