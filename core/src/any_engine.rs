@@ -7,7 +7,8 @@ use std::str::FromStr;
 use crate::engine::{Engine, Run, Sequential, Threads};
 use crate::error::{Error, Result};
 use crate::job::Job;
-use crate::pool::{Ipc, Pool, default_workers};
+use crate::pool::{Ipc, Pool};
+use crate::workers::default_workers;
 
 /// Which of coop's engines runs the jobs, as a program's user names it:
 /// `processes` (the default), `threads`, `sequential` or `mpi`.

@@ -430,7 +430,7 @@ impl Threads {
     /// `Threads::new(coop::default_workers()?)` for one per core, or
     /// `COOP_WORKERS`, as a pool has by default.
     pub fn new(threads: usize) -> Result<Self> {
-        crate::pool::check_worker_count(threads)?;
+        crate::workers::check_worker_count(threads)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("coop-thread-{i}"))

@@ -283,7 +283,7 @@ pub enum Error {
         /// The rank's pid on its host.
         pid: u32,
         /// What failed.
-        failure: crate::mpi::RankFailure,
+        failure: RankFailure,
         /// The panic or error message, or why the job could not be opened.
         message: String,
     },
@@ -323,5 +323,39 @@ pub(crate) fn describe_status(status: ExitStatus) -> String {
             format!("was killed by signal {signal} ({name}{core})")
         }
         None => format!("ended with {status}"),
+    }
+}
+
+/// What failed on a rank, in an [`Error::Rank`].
+#[cfg(feature = "mpi")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RankFailure {
+    /// User code panicked in a task (or in encoding the partial: `TaskIndex(None)`).
+    Panicked {
+        /// Index of the task.
+        task: TaskIndex,
+    },
+    /// User code returned an error from a task.
+    Failed {
+        /// Index of the task.
+        task: TaskIndex,
+    },
+    /// The rank could not open the job: decoding it, or mapping its input
+    /// (a file missing or of another length on the rank's host).
+    Setup,
+    /// The program on the rank does not register the job in [`crate::init`].
+    UnknownJob,
+}
+
+#[cfg(feature = "mpi")]
+impl std::fmt::Display for RankFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RankFailure::Panicked { task } => write!(f, "{task} panicked"),
+            RankFailure::Failed { task } => write!(f, "{task} failed"),
+            RankFailure::Setup => f.write_str("the job could not be opened"),
+            RankFailure::UnknownJob => f.write_str("the job is not registered"),
+        }
     }
 }

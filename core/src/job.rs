@@ -8,8 +8,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::input::Input;
-#[cfg(doc)]
-use crate::pool::Ipc;
 
 /// The error a task may return: any error type converts with `?`.
 pub type TaskError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -209,18 +209,22 @@ mod job;
 pub mod mpi;
 mod pool;
 mod testing;
+mod workers;
 
 #[cfg(feature = "mpi")]
-pub use crate::mpi::{Mpi, RankFailure};
+pub use crate::error::RankFailure;
+#[cfg(feature = "mpi")]
+pub use crate::mpi::Mpi;
 pub use any_engine::{AnyEngine, AnyEngineBuilder, EngineKind};
 pub use coop_worker::JobEntry;
 pub use engine::{DEFAULT_TASKS_PER_WORKER, Engine, JobStats, Progress, Run, Sequential, Threads};
 pub use error::{Error, Result, TaskIndex};
 pub use input::{Input, SharedOutput, SliceError};
 pub use job::{Job, TaskError, init, register};
-pub use pool::{DEFAULT_RETRIES, ENV_WORKERS, Ipc, MAX_WORKERS, Pool, PoolBuilder, default_workers};
+pub use pool::{DEFAULT_RETRIES, Ipc, Pool, PoolBuilder};
 #[doc(hidden)]
 pub use testing::__private;
+pub use workers::{ENV_WORKERS, MAX_WORKERS, default_workers};
 
 /// Fault injection for tests (feature `fault-injection`): see
 /// [`PoolBuilder::inject_fault`].

@@ -21,6 +21,7 @@ mod pack;
 mod panic;
 pub mod protocol;
 mod region;
+mod release;
 mod serve;
 mod sigbus;
 
@@ -29,7 +30,8 @@ pub use mappings::Mappings;
 pub use output::Output;
 pub use pack::{PACK_ALIGN, Pack};
 pub use panic::{capture_panics, panic_message};
-pub use region::{Region, describe_input, release_pages};
+pub use region::{Region, describe_input};
+pub use release::release_pages;
 pub use serve::{is_worker, open_job, run_if_worker};
 
 /// Re-exported so that `coop` and its workers agree on one version.

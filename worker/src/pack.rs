@@ -22,7 +22,7 @@ use std::ops::Range;
 use ipc_channel::ipc::IpcSharedMemory;
 
 use crate::protocol::new_region_id;
-use crate::region::release_pages;
+use crate::release::release_pages;
 
 /// Where segments start in a pack: a multiple of this, so that a segment
 /// holds any plain type aligned to 64 bytes or less.

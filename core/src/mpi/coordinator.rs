@@ -9,10 +9,9 @@ use std::time::Instant;
 use coop_worker::protocol::{Chunk, Failure, Rejection};
 use mpi::topology::SimpleCommunicator;
 
-use super::RankFailure;
 use super::wire::{self, FromRank, Segment, TAG_CANCEL, TAG_CONTROL, TileHeader, ToRank};
 use crate::engine::{Encoded, JobStats, Progress, Run, report};
-use crate::error::{Error, Result, TaskIndex};
+use crate::error::{Error, RankFailure, Result, TaskIndex};
 use crate::input::{Input, SharedOutput};
 use crate::job::{Job, absorb_partial};
 

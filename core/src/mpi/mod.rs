@@ -92,7 +92,7 @@ use mpi::environment::Universe;
 use mpi::topology::{Communicator, SimpleCommunicator};
 
 use crate::engine::{Engine, Run, Sequential};
-use crate::error::{Error, Result, TaskIndex};
+use crate::error::{Error, Result};
 use crate::job::{Job, initialized, registered};
 use coordinator::{RankSlot, State};
 use wire::{FromRank, TAG_CONTROL, ToRank};
@@ -261,38 +261,6 @@ impl Drop for Mpi {
                 }
                 Err(problem) => abort(world, &problem),
             }
-        }
-    }
-}
-
-/// What failed on a rank, in an [`Error::Rank`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RankFailure {
-    /// User code panicked in a task (or in encoding the partial: `TaskIndex(None)`).
-    Panicked {
-        /// Index of the task.
-        task: TaskIndex,
-    },
-    /// User code returned an error from a task.
-    Failed {
-        /// Index of the task.
-        task: TaskIndex,
-    },
-    /// The rank could not open the job: decoding it, or mapping its input
-    /// (a file missing or of another length on the rank's host).
-    Setup,
-    /// The program on the rank does not register the job in [`crate::init`].
-    UnknownJob,
-}
-
-impl fmt::Display for RankFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RankFailure::Panicked { task } => write!(f, "{task} panicked"),
-            RankFailure::Failed { task } => write!(f, "{task} failed"),
-            RankFailure::Setup => f.write_str("the job could not be opened"),
-            RankFailure::UnknownJob => f.write_str("the job is not registered"),
         }
     }
 }
