@@ -3,7 +3,7 @@
 use std::ops::Range;
 use std::sync::Mutex;
 
-use coop_worker::{JobEntry, JobInstance, JobKey, Output, Region};
+use coop_worker::{JobEntry as Entry, JobInstance, JobKey, Output, Region};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -127,7 +127,7 @@ pub(crate) fn absorb_partial<J: Job>(
 /// by [`init`] or (in a test binary) by [`test_workers!`](crate::test_workers)
 /// before `main`. Leaked: a program registers once, or once per
 /// `test_workers!`, and workers and engines keep the list to the end.
-static REGISTERED: Mutex<Option<&'static [JobEntry]>> = Mutex::new(None);
+static REGISTERED: Mutex<Option<&'static [Entry]>> = Mutex::new(None);
 
 /// Turns a process that was started as a worker into a worker, and returns at
 /// once in any other process. Call it first in `main`, before any thread
@@ -164,6 +164,7 @@ static REGISTERED: Mutex<Option<&'static [JobEntry]>> = Mutex::new(None);
 /// }
 /// ```
 pub fn init(jobs: &[JobEntry]) -> crate::Result<()> {
+    let jobs = &entries(jobs);
     // Checked before serving: a worker must never be asked to choose between
     // two entries. A worker of a list that fails this check is never started
     // (its coordinator's own `init` failed), so it has no one to tell.
@@ -197,12 +198,13 @@ pub fn init(jobs: &[JobEntry]) -> crate::Result<()> {
 /// An entry registered already is skipped; two types with one type name are
 /// both kept, for [`check_registered`] to refuse.
 pub(crate) fn register_for_tests(jobs: &[JobEntry]) {
+    let jobs = &entries(jobs);
     let mut registered = lock_registered();
     *registered = Some(Vec::leak(merged(registered.unwrap_or(&[]), jobs)));
 }
 
 /// `known`, then the entries of `more` it lacks.
-fn merged(known: &[JobEntry], more: &[JobEntry]) -> Vec<JobEntry> {
+fn merged(known: &[Entry], more: &[Entry]) -> Vec<Entry> {
     let mut all = known.to_vec();
     for job in more {
         if !all.iter().any(|known| known.is(&job.key())) {
@@ -212,7 +214,7 @@ fn merged(known: &[JobEntry], more: &[JobEntry]) -> Vec<JobEntry> {
     all
 }
 
-fn lock_registered() -> std::sync::MutexGuard<'static, Option<&'static [JobEntry]>> {
+fn lock_registered() -> std::sync::MutexGuard<'static, Option<&'static [Entry]>> {
     // Nothing panics while holding the lock; a poisoned one still holds a
     // whole list.
     REGISTERED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -221,7 +223,7 @@ fn lock_registered() -> std::sync::MutexGuard<'static, Option<&'static [JobEntry
 /// [`Error::DuplicateJob`](crate::Error::DuplicateJob) for the first two
 /// entries with one type name: the same type twice, or two types a worker
 /// could not tell apart by name.
-pub(crate) fn check_unique(jobs: &[JobEntry]) -> crate::Result<()> {
+pub(crate) fn check_unique(jobs: &[Entry]) -> crate::Result<()> {
     for (i, first) in jobs.iter().enumerate() {
         if let Some(second) = jobs[i + 1..].iter().find(|e| e.type_name == first.type_name) {
             return Err(crate::Error::DuplicateJob {
@@ -239,7 +241,7 @@ pub(crate) fn check_unique(jobs: &[JobEntry]) -> crate::Result<()> {
 }
 
 /// The jobs registered so far (none before [`init`] or `test_workers!`).
-pub(crate) fn registered() -> &'static [JobEntry] {
+pub(crate) fn registered() -> &'static [Entry] {
     lock_registered().unwrap_or(&[])
 }
 
@@ -257,14 +259,36 @@ pub(crate) fn check_registered() -> crate::Result<()> {
     check_unique(registered())
 }
 
+/// A job workers can run: what [`register`] makes and [`init`] takes.
+/// What is inside (how a worker opens the job) is coop's own business.
+#[derive(Debug, Clone, Copy)]
+pub struct JobEntry(Entry);
+
+impl JobEntry {
+    /// The job's [`Job::NAME`].
+    pub fn name(&self) -> &'static str {
+        self.0.name
+    }
+
+    /// The name of the job's type, by which workers tell jobs apart.
+    pub fn type_name(&self) -> &'static str {
+        self.0.type_name
+    }
+}
+
+/// What is inside `jobs`, for the worker side.
+fn entries(jobs: &[JobEntry]) -> Vec<Entry> {
+    jobs.iter().map(|job| job.0).collect()
+}
+
 /// The entry that lets workers run job `J`; pass it to [`init`].
 pub fn register<J: Job>() -> JobEntry {
-    JobEntry {
+    JobEntry(Entry {
         name: J::NAME,
         type_name: std::any::type_name::<J>(),
         type_hash: type_hash::<J>(),
         open: open::<J>,
-    }
+    })
 }
 
 /// How a coordinator names job `J` to its workers.
@@ -377,7 +401,7 @@ mod tests {
 
     #[test]
     fn instantiations_of_a_generic_job_are_distinct_jobs() {
-        let (narrow, wide) = (register::<Count<u32>>(), register::<Count<u64>>());
+        let (narrow, wide) = (register::<Count<u32>>().0, register::<Count<u64>>().0);
         assert_eq!(narrow.name, wide.name);
         assert_ne!(narrow.key(), wide.key());
         assert!(narrow.is(&key::<Count<u32>>()) && !narrow.is(&key::<Count<u64>>()));
@@ -386,8 +410,8 @@ mod tests {
 
     #[test]
     fn a_job_listed_twice_is_refused_naming_both() {
-        let entry = register::<Count<u32>>();
-        let message = check_unique(&[register::<Count<u64>>(), entry, entry])
+        let entry = register::<Count<u32>>().0;
+        let message = check_unique(&[register::<Count<u64>>().0, entry, entry])
             .unwrap_err()
             .to_string();
         assert!(message.contains("the same job type twice"), "{message}");
@@ -396,7 +420,7 @@ mod tests {
             "{message}"
         );
         // Two types a worker could not tell apart by name: refused too.
-        let twin = JobEntry {
+        let twin = Entry {
             type_hash: entry.type_hash ^ 1,
             ..entry
         };
@@ -409,16 +433,16 @@ mod tests {
 
     #[test]
     fn lists_of_several_test_workers_add_up() {
-        let (narrow, wide) = (register::<Count<u32>>(), register::<Count<u64>>());
+        let (narrow, wide) = (register::<Count<u32>>().0, register::<Count<u64>>().0);
         let all = merged(&[narrow], &[wide, narrow]);
-        let keys: Vec<_> = all.iter().map(JobEntry::key).collect();
+        let keys: Vec<_> = all.iter().map(Entry::key).collect();
         assert_eq!(
             keys,
             [narrow.key(), wide.key()],
             "one entry per job, first list first"
         );
         // Two types with one type name are both kept, for the pool to refuse.
-        let twin = JobEntry {
+        let twin = Entry {
             type_hash: narrow.type_hash ^ 1,
             ..narrow
         };

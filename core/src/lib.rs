@@ -216,11 +216,10 @@ pub use crate::error::RankFailure;
 #[cfg(feature = "mpi")]
 pub use crate::mpi::Mpi;
 pub use any_engine::{AnyEngine, AnyEngineBuilder, EngineKind};
-pub use coop_worker::JobEntry;
 pub use engine::{DEFAULT_TASKS_PER_WORKER, Engine, JobStats, Progress, Run, Sequential, Threads};
 pub use error::{Error, Result, TaskIndex};
 pub use input::{Input, SharedOutput, SliceError};
-pub use job::{Job, TaskError, init, register};
+pub use job::{Job, JobEntry, TaskError, init, register};
 pub use pool::{DEFAULT_RETRIES, Ipc, Pool, PoolBuilder};
 #[doc(hidden)]
 pub use testing::__private;

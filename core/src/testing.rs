@@ -10,7 +10,7 @@
 
 use std::sync::OnceLock;
 
-use coop_worker::JobEntry;
+use crate::JobEntry;
 
 use crate::job::{check_unique, register_for_tests, registered};
 
@@ -173,7 +173,7 @@ pub mod __private {
     pub use ctor;
 
     /// Called by the macro's constructor, before `main`.
-    pub fn register_test_workers(jobs: &[coop_worker::JobEntry], module: &'static str) {
+    pub fn register_test_workers(jobs: &[crate::JobEntry], module: &'static str) {
         super::register_test_workers(jobs, module);
     }
 
