@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result, TaskIndex};
 use crate::input::{Input, SharedOutput};
 use crate::job::{Job, error_chain};
+use crate::stop::{CancelToken, Stop};
 
 /// Tasks per worker when a run does not say: enough for idle workers to take
 /// over from slow ones, few enough that dispatch costs nothing.
@@ -125,6 +126,7 @@ pub struct Run<'a, J: Job> {
     pub(crate) progress: Option<&'a (dyn Fn(Progress) + Sync)>,
     pub(crate) tasks_per_worker: usize,
     pub(crate) stats: Option<&'a mut JobStats>,
+    pub(crate) stop: Stop<'a>,
 }
 
 impl<J: Job> std::fmt::Debug for Run<'_, J> {
@@ -148,7 +150,27 @@ impl<'a, J: Job> Run<'a, J> {
             progress: None,
             tasks_per_worker: DEFAULT_TASKS_PER_WORKER,
             stats: None,
+            stop: Stop::default(),
         }
+    }
+
+    /// Ends the job with [`Error::DeadlineExceeded`] if it has not finished
+    /// by `deadline`. On a [`Pool`](crate::Pool) the workers running its
+    /// tasks are killed at once (and replaced before the next job); the
+    /// in-process engines start no task after it, and let a task running
+    /// finish (a thread cannot be stopped); on the MPI engine (feature
+    /// `mpi`), rank 0 checks it whenever a rank reports.
+    pub fn deadline(mut self, deadline: Instant) -> Self {
+        self.stop.deadline = Some(deadline);
+        self
+    }
+
+    /// Ends the job with [`Error::Cancelled`] once `token` is cancelled,
+    /// from any thread; what happens to tasks in flight is as for
+    /// [`deadline`](Run::deadline).
+    pub fn cancel_token(mut self, token: &'a CancelToken) -> Self {
+        self.stop.cancel = Some(token);
+        self
     }
 
     /// The shared output region the tasks write their tiles into.
@@ -307,6 +329,7 @@ fn in_process<J: Job>(
         output,
         progress,
         stats,
+        stop,
         ..
     } = run;
     let mut empty = [];
@@ -325,6 +348,7 @@ fn in_process<J: Job>(
         total: plan.tasks.len(),
         done: AtomicUsize::new(0),
         merging: AtomicU64::new(0),
+        stop,
     };
     let result = execute(&local, work);
     // A file that shrank mid-job was read as zeros: that, not the result (or
@@ -351,6 +375,8 @@ struct Local<'a, J: Job> {
     done: AtomicUsize,
     /// Nanoseconds spent in `Job::merge`.
     merging: AtomicU64,
+    /// Checked before each task: no task starts after a deadline or a cancel.
+    stop: Stop<'a>,
 }
 
 impl<J: Job> Local<'_, J> {
@@ -365,6 +391,7 @@ impl<J: Job> Local<'_, J> {
     /// Runs one task in this process, turning a panic or error into [`Error`],
     /// and reports progress.
     fn map(&self, task: usize, spec: &J::Task, tile: &mut [u8], partial: &mut J::Partial) -> Result<()> {
+        (self.stop).check(J::NAME, self.done.load(Ordering::Relaxed), self.total)?;
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.job.map(spec, self.input, tile, partial)));
         let pid = std::process::id();
         match outcome {

@@ -152,6 +152,30 @@ pub enum Error {
         why: &'static str,
     },
 
+    /// The job did not finish by its [`Run::deadline`](crate::Run::deadline).
+    #[error(
+        "job `{job}` did not finish by its deadline ({done} of {total} tasks done); its tasks in flight were stopped"
+    )]
+    DeadlineExceeded {
+        /// The job's name.
+        job: &'static str,
+        /// Tasks whose results were in hand.
+        done: usize,
+        /// Tasks in the job.
+        total: usize,
+    },
+
+    /// The job's [`CancelToken`](crate::CancelToken) was cancelled.
+    #[error("job `{job}` was cancelled ({done} of {total} tasks done); its tasks in flight were stopped")]
+    Cancelled {
+        /// The job's name.
+        job: &'static str,
+        /// Tasks whose results were in hand.
+        done: usize,
+        /// Tasks in the job.
+        total: usize,
+    },
+
     /// [`Job::split`](crate::Job::split) refused the input.
     #[error("job `{job}` refused its input: {message}")]
     Split {

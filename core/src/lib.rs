@@ -109,6 +109,9 @@
 //!   [`Error::TaskFailed`] (message, task, pid). It is not retried, and the pool
 //!   stays usable.
 //! - [`PoolBuilder::task_timeout`] kills a worker stuck in a task.
+//! - [`Run::deadline`] and [`Run::cancel_token`] end a whole job early
+//!   ([`Error::DeadlineExceeded`], [`Error::Cancelled`]): the workers running
+//!   its tasks are killed and replaced, and the pool runs the next job.
 //! - Workers die with the coordinator however it ends (`PR_SET_PDEATHSIG`), and
 //!   dropping a [`Pool`] stops and reaps them. Nothing waits without a deadline.
 //!
@@ -208,6 +211,7 @@ mod job;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 mod pool;
+mod stop;
 mod testing;
 mod workers;
 
@@ -221,6 +225,7 @@ pub use error::{Error, Result, TaskIndex};
 pub use input::{Input, SharedOutput, SliceError};
 pub use job::{Job, JobEntry, TaskError, init, register};
 pub use pool::{DEFAULT_RETRIES, Ipc, Pool, PoolBuilder};
+pub use stop::CancelToken;
 #[doc(hidden)]
 pub use testing::__private;
 pub use workers::{ENV_WORKERS, MAX_WORKERS, default_workers};

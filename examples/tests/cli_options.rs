@@ -743,3 +743,35 @@ fn seventy_pipes_are_counted_on_every_engine() {
         assert_tsv_eq(&outcome, &tsv(&ranked(&expected)), engine);
     }
 }
+
+// ---------------------------------------------------------------------------
+// --timeout
+// ---------------------------------------------------------------------------
+
+#[test]
+fn timeout_ends_a_count_that_runs_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.txt");
+    // Far more than a debug build counts in a millisecond.
+    let text: String = (0..2_000_000).map(|i| format!("w{} ", i % 50_000)).collect();
+    std::fs::write(&file, &text).unwrap();
+    for engine in ["processes", "threads", "sequential"] {
+        let late = run(WORDCOUNT, &argv!["--engine", engine, "--timeout", "1ms", &file]);
+        let context = format!("{engine}\n{}", late.describe());
+        assert_eq!(late.code, Some(1), "{context}");
+        assert!(late.stdout.is_empty(), "{context}");
+        let error: Vec<&str> = late.stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(error.len(), 1, "{context}");
+        assert!(error[0].contains("did not finish by its deadline"), "{context}");
+        // Time enough: the same count as without a timeout.
+        let on_time = run(WORDCOUNT, &argv!["--engine", engine, "--timeout", "10m", &file]);
+        let plain = run(WORDCOUNT, &argv!["--engine", engine, &file]);
+        on_time.assert_success();
+        assert_eq!(on_time.stdout, plain.stdout, "{engine}");
+    }
+    assert_bad_input_says(
+        &run(WORDCOUNT, &argv!["--timeout", "soon", &file]),
+        "--timeout soon",
+        "soon",
+    );
+}

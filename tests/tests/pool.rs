@@ -28,6 +28,18 @@ fn main() {
         ),
         Trial::test("sum_over_shared_slice", sum_over_shared_slice),
         Trial::test(
+            "a_deadline_ends_a_job_and_the_pool_goes_on",
+            a_deadline_ends_a_job_and_the_pool_goes_on,
+        ),
+        Trial::test(
+            "a_cancel_from_another_thread_ends_a_job_and_the_pool_goes_on",
+            a_cancel_from_another_thread_ends_a_job_and_the_pool_goes_on,
+        ),
+        Trial::test(
+            "in_process_engines_start_no_task_after_a_stop",
+            in_process_engines_start_no_task_after_a_stop,
+        ),
+        Trial::test(
             "output_tiles_are_written_in_place",
             output_tiles_are_written_in_place,
         ),
@@ -570,6 +582,115 @@ fn a_job_every_worker_refuses_leaves_the_next_one_whole() -> Result<(), Failed> 
             .run(&Sum, &other)
             .map_err(|err| format!("round {round}: {err}"))?;
         assert_eq!(sum, 2000 * 2001 / 2);
+    }
+    Ok(())
+}
+
+/// Ten tasks of a minute each (no task timeout): only the deadline ends the
+/// job, and the workers stuck in them are replaced by the next job.
+fn a_deadline_ends_a_job_and_the_pool_goes_on() -> Result<(), Failed> {
+    let pool = Pool::builder().workers(2).build()?;
+    let before = pool.worker_pids();
+    let started = std::time::Instant::now();
+    let deadline = started + std::time::Duration::from_millis(300);
+    let slow = Sleepy {
+        tasks: 10,
+        millis: 60_000,
+    };
+    let err = Run::new(&slow, &Input::new())
+        .deadline(deadline)
+        .on(&pool)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::DeadlineExceeded {
+                done: 0,
+                total: 10,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let quick = Sleepy { tasks: 4, millis: 1 };
+    assert_eq!(pool.run(&quick, &Input::new())?, vec![0, 1, 2, 3]);
+    let after = pool.worker_pids();
+    assert!(
+        before.iter().all(|pid| !after.contains(pid)),
+        "{before:?} {after:?}: the busy workers were killed"
+    );
+    Ok(())
+}
+
+fn a_cancel_from_another_thread_ends_a_job_and_the_pool_goes_on() -> Result<(), Failed> {
+    let pool = Pool::builder().workers(2).build()?;
+    let cancel = coop::CancelToken::new();
+    let trip = cancel.clone();
+    let tripper = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        trip.cancel();
+    });
+    let slow = Sleepy {
+        tasks: 10,
+        millis: 60_000,
+    };
+    let err = Run::new(&slow, &Input::new())
+        .cancel_token(&cancel)
+        .on(&pool)
+        .unwrap_err();
+    tripper.join().unwrap();
+    assert!(matches!(err, Error::Cancelled { total: 10, .. }), "{err}");
+    assert!(err.to_string().contains("was cancelled"), "{err}");
+    // Still cancelled: the next job with it stops at once; reset, it runs.
+    let quick = Sleepy { tasks: 3, millis: 1 };
+    let again = Run::new(&quick, &Input::new()).cancel_token(&cancel).on(&pool);
+    assert!(matches!(again, Err(Error::Cancelled { .. })), "{again:?}");
+    cancel.reset();
+    assert_eq!(
+        Run::new(&quick, &Input::new()).cancel_token(&cancel).on(&pool)?,
+        vec![0, 1, 2]
+    );
+    Ok(())
+}
+
+/// Runs a `Sleepy` job on one engine.
+type OnEngine<'e> = dyn Fn(Run<'_, Sleepy>) -> coop::Result<Vec<usize>> + 'e;
+
+fn in_process_engines_start_no_task_after_a_stop() -> Result<(), Failed> {
+    let job = Sleepy { tasks: 6, millis: 1 };
+    let input = Input::new();
+    let threads = Threads::new(2)?;
+    let past = std::time::Instant::now();
+    let cancelled = coop::CancelToken::new();
+    cancelled.cancel();
+    let on_threads = |run: Run<'_, Sleepy>| run.on(&threads);
+    let on_sequential = |run: Run<'_, Sleepy>| run.on(&Sequential);
+    let engines: [&OnEngine<'_>; 2] = [&on_threads, &on_sequential];
+    for engine in engines {
+        let err = engine(Run::new(&job, &input).deadline(past)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::DeadlineExceeded {
+                    done: 0,
+                    total: 6,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = engine(Run::new(&job, &input).cancel_token(&cancelled)).unwrap_err();
+        assert!(matches!(err, Error::Cancelled { done: 0, .. }), "{err}");
+        let later = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+        assert_eq!(
+            engine(Run::new(&job, &input).deadline(later))?,
+            (0..6).collect::<Vec<_>>()
+        );
     }
     Ok(())
 }

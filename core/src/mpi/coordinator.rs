@@ -14,6 +14,7 @@ use crate::engine::{Encoded, JobStats, Progress, Run, report};
 use crate::error::{Error, RankFailure, Result, TaskIndex};
 use crate::input::{Input, SharedOutput};
 use crate::job::{Job, absorb_partial};
+use crate::stop::Stop;
 
 /// Tasks sent ahead to each rank when they carry no input bytes: one running,
 /// one waiting, so that a rank does not idle for a round trip between tasks.
@@ -148,6 +149,7 @@ pub(super) fn run_job<J: Job>(
         output,
         progress,
         stats,
+        stop,
         ..
     } = run;
     let id = state.next_job;
@@ -199,6 +201,7 @@ pub(super) fn run_job<J: Job>(
         queue: (0..total).collect(),
         done: 0,
         result: None,
+        stop,
         stats: JobStats {
             tasks: total,
             split: plan.split,
@@ -250,6 +253,9 @@ struct JobState<'a, J: Job> {
     done: usize,
     /// Merged partials so far.
     result: Option<J::Partial>,
+    /// A deadline or cancel, checked whenever a rank reports (a receive
+    /// from MPI cannot be interrupted).
+    stop: Stop<'a>,
     stats: JobStats,
 }
 
@@ -260,6 +266,7 @@ impl<J: Job> JobState<'_, J> {
             if self.finished(state) {
                 return Ok(self.result.take().unwrap_or_default());
             }
+            (self.stop).check(J::NAME, self.done, self.specs.len())?;
             let (rank, message) = wire::receive::<FromRank>(world, None, TAG_CONTROL).map_err(Error::Mpi)?;
             let slot = state.slot(rank)?;
             self.on_message(world, slot, message)?;

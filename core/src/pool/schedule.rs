@@ -22,6 +22,7 @@ use crate::engine::{Encoded, JobStats, Progress, Run, report};
 use crate::error::{Error, Result, TaskIndex};
 use crate::input::{Input, SharedOutput};
 use crate::job::{Job, absorb_partial};
+use crate::stop::Stop;
 
 /// Tasks sent ahead to each worker: one running, one waiting, so that a busy
 /// worker does not idle for a round trip between tasks.
@@ -49,6 +50,7 @@ pub(super) fn run_job<J: Job>(
         output,
         progress,
         stats,
+        stop,
         ..
     } = run;
     let id = state.next_job;
@@ -75,6 +77,7 @@ pub(super) fn run_job<J: Job>(
         done_count: 0,
         result: None,
         feeders: HashMap::new(),
+        stop,
         stats: JobStats {
             tasks: total,
             split: plan.split,
@@ -185,6 +188,9 @@ struct JobState<'a, J: Job> {
     /// Each worker's feeder of input bytes, by pid (message passing).
     /// `None`: no thread could be started; the coordinator streams itself.
     feeders: HashMap<u32, Option<mpsc::Sender<Chunk>>>,
+    /// A deadline or cancel: checked at every wake-up (at most [`POLL`]
+    /// apart); a job stopped fails, and `end_job` kills its busy workers.
+    stop: Stop<'a>,
     stats: JobStats,
 }
 
@@ -204,6 +210,7 @@ impl<J: Job> JobState<'_, J> {
             if self.finished(state) {
                 return Ok(self.result.take().unwrap_or_default());
             }
+            (self.stop).check(J::NAME, self.done_count, self.specs.len())?;
             if let Some(timeout) = config.task_timeout {
                 for slot in &mut state.slots {
                     if slot.killed.is_none()

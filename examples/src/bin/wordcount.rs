@@ -55,6 +55,12 @@ struct Args {
     /// U+FFFD in place of its invalid bytes; tsv writes the bytes as found.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+
+    /// End the count with an error (exit 1) if it has not finished DURATION
+    /// after it started (the workers' start not counted): "2s", "500ms",
+    /// "1m 30s". Workers still counting are stopped.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -103,9 +109,12 @@ fn run(args: Args) -> Result<(), Failure> {
     let engine = args.engine.start()?;
     let bar = ProgressBar::default();
     let report = |p| bar.report(p);
-    let counts: WordCounts = Run::new(&WordCount { mode }, &input)
-        .progress(&report)
-        .on(&engine)?;
+    let job = WordCount { mode };
+    let mut run = Run::new(&job, &input).progress(&report);
+    if let Some(timeout) = args.timeout {
+        run = run.deadline(Instant::now() + timeout);
+    }
+    let counts: WordCounts = run.on(&engine)?;
     bar.finish();
     let seconds = started.elapsed().as_secs_f64();
 
