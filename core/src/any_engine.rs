@@ -136,6 +136,9 @@ impl FromStr for EngineKind {
 /// build the engine itself and convert it: `AnyEngine::from(pool)`.
 #[derive(Debug)]
 #[non_exhaustive]
+// A program makes one engine and keeps it: the pool's size in every variant
+// costs nothing, where a box would cost a pointer chase per job.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyEngine {
     /// Worker processes.
     Processes(Pool),

@@ -112,6 +112,9 @@
 //! - [`Run::deadline`] and [`Run::cancel_token`] end a whole job early
 //!   ([`Error::DeadlineExceeded`], [`Error::Cancelled`]): the workers running
 //!   its tasks are killed and replaced, and the pool runs the next job.
+//! - [`PoolBuilder::memory_limit`] caps what each worker allocates (a worker
+//!   past it is reported as such, and its task retried);
+//!   [`PoolBuilder::max_jobs_per_worker`] replaces workers after n jobs.
 //! - Workers die with the coordinator however it ends (`PR_SET_PDEATHSIG`), and
 //!   dropping a [`Pool`] stops and reaps them. Nothing waits without a deadline.
 //!

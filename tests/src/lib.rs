@@ -27,6 +27,7 @@ pub fn jobs() -> Vec<JobEntry> {
         coop::register::<ByteCount>(),
         coop::register::<SumFloats>(),
         coop::register::<SumSegments>(),
+        coop::register::<Hog>(),
         coop_examples::wordcount::register(),
         coop_examples::matmul::register(),
     ]
@@ -312,6 +313,39 @@ impl Job for SumSegments {
         for segment in segments.clone() {
             *sum += input.try_slice::<u64>(segment)?.iter().sum::<u64>();
         }
+        Ok(())
+    }
+
+    fn merge(&self, into: &mut u64, other: u64) {
+        *into += other;
+    }
+}
+
+/// One task that allocates `bytes` and touches every page: past a worker's
+/// memory limit, the allocation fails and the worker aborts.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hog {
+    /// How much to allocate.
+    pub bytes: usize,
+}
+
+impl Job for Hog {
+    const NAME: &'static str = "test-hog";
+    type Task = ();
+    type Partial = u64;
+
+    fn split(&self, _: &Input, _: usize) -> Result<Vec<()>, TaskError> {
+        Ok(vec![()])
+    }
+
+    fn map(&self, _: &(), _: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
+        // The allocator's last words ("memory allocation of N bytes failed")
+        // would land among the test's output: the test expects the death.
+        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            let _ = nix::unistd::dup2_stderr(null);
+        }
+        let hoard = vec![1u8; self.bytes];
+        *sum += hoard.iter().step_by(4096).map(|&b| u64::from(b)).sum::<u64>();
         Ok(())
     }
 

@@ -28,6 +28,14 @@ fn main() {
         ),
         Trial::test("sum_over_shared_slice", sum_over_shared_slice),
         Trial::test(
+            "workers_are_replaced_after_max_jobs",
+            workers_are_replaced_after_max_jobs,
+        ),
+        Trial::test(
+            "a_worker_past_its_memory_limit_is_named_and_its_task_retried",
+            a_worker_past_its_memory_limit_is_named_and_its_task_retried,
+        ),
+        Trial::test(
             "a_deadline_ends_a_job_and_the_pool_goes_on",
             a_deadline_ends_a_job_and_the_pool_goes_on,
         ),
@@ -692,5 +700,58 @@ fn in_process_engines_start_no_task_after_a_stop() -> Result<(), Failed> {
             (0..6).collect::<Vec<_>>()
         );
     }
+    Ok(())
+}
+
+/// With `max_jobs_per_worker(2)`, each worker serves two jobs, then the next
+/// job starts on new ones; every result stays exact.
+fn workers_are_replaced_after_max_jobs() -> Result<(), Failed> {
+    let pool = Pool::builder().workers(2).max_jobs_per_worker(2).build()?;
+    let numbers: Vec<u64> = (1..=1000).collect();
+    let mut input = Input::new();
+    input.push_slice(&numbers);
+    let mut generations = Vec::new();
+    for _ in 0..5 {
+        assert_eq!(pool.run(&Sum, &input)?, 500_500);
+        let mut pids = pool.worker_pids();
+        pids.sort_unstable();
+        generations.push(pids);
+    }
+    assert_eq!(generations[0], generations[1], "{generations:?}");
+    assert_eq!(generations[2], generations[3], "{generations:?}");
+    for (older, newer) in [(1, 2), (3, 4)] {
+        assert!(
+            generations[older]
+                .iter()
+                .all(|pid| !generations[newer].contains(pid)),
+            "{generations:?}"
+        );
+    }
+    Ok(())
+}
+
+fn a_worker_past_its_memory_limit_is_named_and_its_task_retried() -> Result<(), Failed> {
+    const LIMIT: u64 = 256 << 20;
+    let pool = Pool::builder()
+        .workers(1)
+        .retries(1)
+        .memory_limit(LIMIT)
+        .build()?;
+    let mut stats = coop::JobStats::default();
+    let err = Run::new(&coop_tests::Hog { bytes: 1 << 30 }, &Input::new())
+        .stats(&mut stats)
+        .on(&pool)
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, Error::TaskLost { attempts: 2, .. }), "{message}");
+    assert!(
+        message.contains(&format!("exceeded its memory limit of {LIMIT} bytes")),
+        "{message}"
+    );
+    // Under the limit, the same job runs, on the worker that replaced it.
+    assert_eq!(
+        pool.run(&coop_tests::Hog { bytes: 16 << 20 }, &Input::new())?,
+        4096
+    );
     Ok(())
 }

@@ -62,6 +62,8 @@ struct Config {
     retries: u32,
     task_timeout: Option<Duration>,
     ipc: Ipc,
+    max_jobs_per_worker: Option<u32>,
+    memory_limit: Option<u64>,
 }
 
 /// How a pool's workers get their input and give back their output tiles.
@@ -89,6 +91,8 @@ pub struct PoolBuilder {
     program: Option<PathBuf>,
     ipc: Ipc,
     fault: Option<spawn::InjectedFault>,
+    max_jobs_per_worker: Option<u32>,
+    memory_limit: Option<u64>,
 }
 
 impl Default for PoolBuilder {
@@ -101,6 +105,8 @@ impl Default for PoolBuilder {
             program: None,
             ipc: Ipc::default(),
             fault: None,
+            max_jobs_per_worker: None,
+            memory_limit: None,
         }
     }
 }
@@ -124,6 +130,26 @@ impl PoolBuilder {
     /// again elsewhere (counted as a retry). Off by default.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// Replaces each worker once it has served `jobs` jobs (at least 1), before
+    /// the next job starts: what a leak in user code, or memory a worker's
+    /// allocator keeps, can grow to stays bounded. Off by default (workers
+    /// serve for the pool's life).
+    pub fn max_jobs_per_worker(mut self, jobs: u32) -> Self {
+        self.max_jobs_per_worker = Some(jobs.max(1));
+        self
+    }
+
+    /// Caps what each worker may allocate at `bytes` (its data segment:
+    /// `RLIMIT_DATA`, heap and private mappings; the input and output it maps
+    /// from the coordinator do not count). A worker whose allocation fails
+    /// aborts; its death is reported as "exceeded its memory limit" and its
+    /// task runs again, like any crash ([`retries`](PoolBuilder::retries)),
+    /// then fails with [`Error::TaskLost`]. Off by default.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
         self
     }
 
@@ -187,6 +213,7 @@ impl PoolBuilder {
             handshake_timeout: self.handshake_timeout,
             fault: self.fault,
             test_entry: crate::testing::test_entry(),
+            memory_limit: self.memory_limit,
         })?;
         let mut state = State::new()?;
         let mut missing = workers;
@@ -211,6 +238,8 @@ impl PoolBuilder {
                 workers,
                 retries: self.retries,
                 task_timeout: self.task_timeout,
+                max_jobs_per_worker: self.max_jobs_per_worker,
+                memory_limit: self.memory_limit,
                 ipc: self.ipc,
             },
             spawner,
@@ -296,6 +325,8 @@ struct Slot {
     /// Regions the worker keeps mapped: those of the last job it opened
     /// ([`coop_worker::Mappings`]); none believed after a failed job.
     held: std::collections::HashSet<u64>,
+    /// Jobs the worker has opened ([`PoolBuilder::max_jobs_per_worker`]).
+    jobs: u32,
 }
 
 impl State {
@@ -326,6 +357,7 @@ impl State {
             killed: None,
             sent: Default::default(),
             held: Default::default(),
+            jobs: 0,
         });
         Ok(())
     }
@@ -336,7 +368,8 @@ impl State {
 
     /// Handles worker deaths that happened between jobs: reaps them and starts
     /// replacements, so every job starts with a full pool.
-    fn resync(&mut self, spawner: &Spawner, target: usize) -> Result<()> {
+    fn resync(&mut self, spawner: &Spawner, config: &Config) -> Result<()> {
+        let target = config.workers;
         while let Ok(events) = self.set.try_select() {
             for event in events {
                 // Results of earlier jobs are stale; deaths, and messages that
@@ -366,6 +399,17 @@ impl State {
                     let status = reap(slot.worker, Duration::from_millis(100));
                     tracing::warn!(pid, status = %describe(status), "worker lost between jobs");
                 }
+            }
+        }
+        if let Some(max) = config.max_jobs_per_worker {
+            let (retired, kept) = std::mem::take(&mut self.slots)
+                .into_iter()
+                .partition(|slot| slot.jobs >= max);
+            self.slots = kept;
+            for slot in retired {
+                let _ = slot.worker.tx.send(ToWorker::Shutdown);
+                tracing::debug!(pid = slot.worker.pid, jobs = slot.jobs, "worker retired");
+                reap(slot.worker, SHUTDOWN_GRACE);
             }
         }
         let missing = target.saturating_sub(self.slots.len());
@@ -434,6 +478,21 @@ fn reap(mut worker: Worker, grace: Duration) -> Reaped {
 
 /// What became of a worker whose channel closed without the coordinator
 /// killing it.
+/// [`describe`], and for a worker that aborted under a memory limit, what
+/// almost surely happened: an allocation past the limit failed, and Rust's
+/// allocation-failure handler aborts.
+fn describe_death(reaped: Reaped, memory_limit: Option<u64>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let aborted = reaped.status.and_then(|status| status.signal()) == Some(Signal::SIGABRT as i32);
+    match memory_limit {
+        Some(limit) if aborted => format!(
+            "exceeded its memory limit of {limit} bytes (an allocation failed, and it {})",
+            describe(reaped)
+        ),
+        _ => describe(reaped),
+    }
+}
+
 fn describe(reaped: Reaped) -> String {
     match reaped {
         Reaped { overstayed: true, .. } => "closed its channel but kept running, and was killed".to_string(),

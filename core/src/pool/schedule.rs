@@ -17,7 +17,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::spawn::{Spawner, message_kind};
-use super::{Config, Ipc, Kill, Slot, State, describe, reap};
+use super::{Config, Ipc, Kill, Slot, State, describe_death, reap};
 use crate::engine::{Encoded, JobStats, Progress, Run, report};
 use crate::error::{Error, Result, TaskIndex};
 use crate::input::{Input, SharedOutput};
@@ -41,7 +41,7 @@ pub(super) fn run_job<J: Job>(
     run: Run<'_, J>,
 ) -> Result<J::Partial> {
     let started = Instant::now();
-    state.resync(spawner, config.workers)?;
+    state.resync(spawner, config)?;
     let plan = run.plan(config.workers)?;
     let total = plan.tasks.len();
     let Run {
@@ -152,6 +152,7 @@ fn end_job(state: &mut State, id: u64, failed: bool) {
         }
         if slot.open {
             let _ = slot.worker.tx.send(ToWorker::EndJob { job: id });
+            slot.jobs += 1;
         }
         slot.open = false;
         slot.assigned.clear();
@@ -557,7 +558,7 @@ impl<J: Job> JobState<'_, J> {
         let status = reap(slot.worker, EXIT_GRACE);
         let cause = match &slot.killed {
             Some(kill) => kill.to_string(),
-            None => describe(status),
+            None => describe_death(status, config.memory_limit),
         };
         for &task in &slot.folded {
             if std::mem::replace(&mut self.done[task], false) {

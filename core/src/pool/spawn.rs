@@ -39,6 +39,8 @@ pub(crate) struct SpawnConfig {
     /// In a test binary ([`crate::test_workers!`]): the libtest name of the
     /// worker entry, the one test workers run.
     pub(crate) test_entry: Option<&'static str>,
+    /// Each worker's `RLIMIT_DATA` ([`crate::PoolBuilder::memory_limit`]).
+    pub(crate) memory_limit: Option<u64>,
 }
 
 /// A fault for the worker started `worker`-th (all workers if `None`), in
@@ -247,6 +249,17 @@ fn start_child(config: &SpawnConfig, index: usize) -> Result<Pending> {
         command
             .args(crate::testing::worker_args(entry))
             .stdout(Stdio::null());
+    }
+    if let Some(limit) = config.memory_limit {
+        use nix::sys::resource::{Resource, setrlimit};
+        // SAFETY: runs in the child between fork and exec, where only
+        // async-signal-safe calls are allowed: setrlimit is a plain system
+        // call, and the closure allocates nothing and takes no lock.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                setrlimit(Resource::RLIMIT_DATA, limit, limit).map_err(std::io::Error::from)
+            });
+        }
     }
     let child = command
         .env(ENV_SERVER, &name)
