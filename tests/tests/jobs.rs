@@ -24,7 +24,7 @@ fn main() {
             }
         });
     }
-    let mut tests = vec![
+    let tests = vec![
         Trial::test(
             "wordcount_matches_reference_for_1_2_3_7_workers",
             wordcount_matches_reference,
@@ -37,35 +37,35 @@ fn main() {
             "splitting_never_changes_the_count",
             splitting_never_changes_the_count,
         ),
+        Trial::test(
+            "pool_count_equals_sequential_on_random_text",
+            pool_count_equals_sequential,
+        ),
+        Trial::test(
+            "jobs_sharing_a_name_each_run_their_own_code",
+            jobs_sharing_a_name_each_run_their_own_code,
+        ),
+        Trial::test(
+            "a_job_refuses_input_of_the_wrong_length_on_every_engine",
+            a_job_refuses_input_of_the_wrong_length_on_every_engine,
+        ),
+        Trial::test(
+            "a_thousand_input_segments_over_shared_memory_and_messages",
+            a_thousand_input_segments,
+        ),
+        Trial::test(
+            "a_hundred_thousand_small_files_under_256_descriptors",
+            a_hundred_thousand_small_files_under_256_descriptors,
+        ),
+        Trial::test(
+            "a_mapped_file_whose_name_is_not_utf8",
+            a_mapped_file_whose_name_is_not_utf8,
+        ),
+        Trial::test(
+            "messages_give_the_same_results_as_shared_memory",
+            messages_match_shared_memory,
+        ),
     ];
-    tests.push(Trial::test(
-        "pool_count_equals_sequential_on_random_text",
-        pool_count_equals_sequential,
-    ));
-    tests.push(Trial::test(
-        "jobs_sharing_a_name_each_run_their_own_code",
-        jobs_sharing_a_name_each_run_their_own_code,
-    ));
-    tests.push(Trial::test(
-        "a_job_refuses_input_of_the_wrong_length_on_every_engine",
-        a_job_refuses_input_of_the_wrong_length_on_every_engine,
-    ));
-    tests.push(Trial::test(
-        "a_thousand_input_segments_over_shared_memory_and_messages",
-        a_thousand_input_segments,
-    ));
-    tests.push(Trial::test(
-        "a_hundred_thousand_small_files_under_256_descriptors",
-        a_hundred_thousand_small_files_under_256_descriptors,
-    ));
-    tests.push(Trial::test(
-        "a_mapped_file_whose_name_is_not_utf8",
-        a_mapped_file_whose_name_is_not_utf8,
-    ));
-    tests.push(Trial::test(
-        "messages_give_the_same_results_as_shared_memory",
-        messages_match_shared_memory,
-    ));
     libtest_mimic::run(&Arguments::from_args(), tests).exit();
 }
 
