@@ -312,10 +312,71 @@ pub enum Error {
         message: String,
     },
 
-    /// MPI could not be started, or was used in a way it does not allow.
+    /// MPI could not be started, was used in a way it does not allow, or a
+    /// message between ranks could not be encoded, decoded or received whole.
     #[cfg(feature = "mpi")]
     #[error("MPI: {0}")]
-    Mpi(String),
+    Mpi(#[from] MpiError),
+}
+
+/// What went wrong with MPI, in an [`Error::Mpi`]. Where a codec failed, its
+/// error is the [`source`](std::error::Error::source).
+#[cfg(feature = "mpi")]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MpiError {
+    /// [`crate::Mpi::init`] was called in a process where MPI was already initialized.
+    #[error("MPI is already initialized in this process; create one coop::Mpi per program")]
+    AlreadyInitialized,
+
+    /// A job was started on an [`crate::Mpi`] engine while another was running
+    /// (from a progress callback).
+    #[error(
+        "a job is already running on this engine (one job at a time: was it called from a progress callback?)"
+    )]
+    JobRunning,
+
+    /// A message came from a rank that does not run tasks.
+    #[error("a message came from rank {rank}, which is not a worker rank")]
+    UnknownRank {
+        /// The sender's rank in `MPI_COMM_WORLD`.
+        rank: i32,
+    },
+
+    /// A control message could not be encoded.
+    #[error("encoding a message: {source}")]
+    Encode {
+        /// The codec's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A control message is larger than one MPI message carries.
+    #[error(
+        "a control message of {len} bytes is more than one MPI message carries; \
+         jobs and tasks hold parameters and ranges, data goes in the Input"
+    )]
+    MessageTooLarge {
+        /// The encoded message's length in bytes.
+        len: usize,
+    },
+
+    /// A control message from a rank could not be decoded.
+    #[error("undecodable message from rank {rank}: {source}")]
+    Decode {
+        /// The sender's rank in `MPI_COMM_WORLD`.
+        rank: i32,
+        /// The codec's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// Fewer or more bytes arrived than a control message announced.
+    #[error("{expected} bytes announced, {received} received")]
+    DataLength {
+        /// Bytes announced.
+        expected: usize,
+        /// Bytes received (MPI's count).
+        received: i32,
+    },
 }
 
 /// Index of a task in an error, or `None` when the failure happened while a

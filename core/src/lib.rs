@@ -219,7 +219,7 @@ mod testing;
 mod workers;
 
 #[cfg(feature = "mpi")]
-pub use crate::error::RankFailure;
+pub use crate::error::{MpiError, RankFailure};
 #[cfg(feature = "mpi")]
 pub use crate::mpi::Mpi;
 pub use any_engine::{AnyEngine, AnyEngineBuilder, EngineKind};

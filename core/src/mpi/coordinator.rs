@@ -11,7 +11,7 @@ use mpi::topology::SimpleCommunicator;
 
 use super::wire::{self, FromRank, Segment, TAG_CANCEL, TAG_CONTROL, TileHeader, ToRank};
 use crate::engine::{Encoded, JobStats, Progress, Run, report};
-use crate::error::{Error, RankFailure, Result, TaskIndex};
+use crate::error::{Error, MpiError, RankFailure, Result, TaskIndex};
 use crate::input::{Input, SharedOutput};
 use crate::job::{Job, absorb_partial};
 use crate::stop::Stop;
@@ -79,11 +79,7 @@ impl State {
         usize::try_from(rank - 1)
             .ok()
             .and_then(|index| self.ranks.get_mut(index))
-            .ok_or_else(|| {
-                Error::Mpi(format!(
-                    "a message came from rank {rank}, which is not a worker rank"
-                ))
-            })
+            .ok_or(Error::Mpi(MpiError::UnknownRank { rank }))
     }
 
     /// Closes job `id` in every rank that opened it. After a failure, ranks are
@@ -96,9 +92,9 @@ impl State {
                 continue;
             }
             if failed {
-                wire::send(world, slot.rank, TAG_CANCEL, &ToRank::Cancel { job: id }).map_err(Error::Mpi)?;
+                wire::send(world, slot.rank, TAG_CANCEL, &ToRank::Cancel { job: id })?;
             }
-            wire::send(world, slot.rank, TAG_CONTROL, &ToRank::EndJob { job: id }).map_err(Error::Mpi)?;
+            wire::send(world, slot.rank, TAG_CONTROL, &ToRank::EndJob { job: id })?;
             slot.ending = Some(id);
             slot.open = false;
             slot.assigned.clear();
@@ -118,7 +114,7 @@ impl State {
             self.end_job(world, id, true)?;
         }
         while self.ranks.iter().any(|slot| slot.ending.is_some()) {
-            let (rank, message) = wire::receive::<FromRank>(world, None, TAG_CONTROL).map_err(Error::Mpi)?;
+            let (rank, message) = wire::receive::<FromRank>(world, None, TAG_CONTROL)?;
             let slot = self.slot(rank)?;
             wire::discard_data(world, rank, message.data_len()).map_err(|err| slot.breach(err))?;
             match message {
@@ -182,10 +178,10 @@ pub(super) fn run_job<J: Job>(
         input: segments,
         output: output.as_deref().map(|out| out.len() as u64),
     })
-    .map_err(|message| Error::Codec {
+    .map_err(|err| Error::Codec {
         job: J::NAME,
         what: "encode the job",
-        message,
+        message: err.to_string(),
     })?;
     let mut job = JobState::<J> {
         id,
@@ -267,7 +263,7 @@ impl<J: Job> JobState<'_, J> {
                 return Ok(self.result.take().unwrap_or_default());
             }
             (self.stop).check(J::NAME, self.done, self.specs.len())?;
-            let (rank, message) = wire::receive::<FromRank>(world, None, TAG_CONTROL).map_err(Error::Mpi)?;
+            let (rank, message) = wire::receive::<FromRank>(world, None, TAG_CONTROL)?;
             let slot = state.slot(rank)?;
             self.on_message(world, slot, message)?;
         }
@@ -313,10 +309,10 @@ impl<J: Job> JobState<'_, J> {
     }
 
     fn send(&mut self, world: &SimpleCommunicator, rank: i32, message: &ToRank) -> Result<()> {
-        let bytes = wire::send(world, rank, TAG_CONTROL, message).map_err(|message| Error::Codec {
+        let bytes = wire::send(world, rank, TAG_CONTROL, message).map_err(|err| Error::Codec {
             job: J::NAME,
             what: "send a message to a rank",
-            message,
+            message: err.to_string(),
         })?;
         self.stats.bytes_to_workers += bytes;
         Ok(())

@@ -92,7 +92,7 @@ use mpi::environment::Universe;
 use mpi::topology::{Communicator, SimpleCommunicator};
 
 use crate::engine::{Engine, Run, Sequential};
-use crate::error::{Error, Result};
+use crate::error::{Error, MpiError, Result};
 use crate::job::{Job, initialized, registered};
 use coordinator::{RankSlot, State};
 use wire::{FromRank, TAG_CONTROL, ToRank};
@@ -141,14 +141,13 @@ impl Mpi {
     ///
     /// Call it once, first thing after [`crate::init`], whose job list the
     /// ranks serve. Fails with [`Error::NotInitialized`] without `coop::init`,
-    /// and with [`Error::Mpi`] if MPI was already initialized in this process.
+    /// and with [`MpiError::AlreadyInitialized`] ([`Error::Mpi`]) if MPI was already initialized in this process.
     pub fn init() -> Result<Mpi> {
         if !initialized() {
             return Err(Error::NotInitialized);
         }
-        let (universe, threading) = mpi::initialize_with_threading(Threading::Funneled).ok_or_else(|| {
-            Error::Mpi("MPI is already initialized in this process; create one coop::Mpi per program".into())
-        })?;
+        let (universe, threading) =
+            mpi::initialize_with_threading(Threading::Funneled).ok_or(MpiError::AlreadyInitialized)?;
         let world = universe.world();
         if world.rank() != 0 {
             worker::serve(universe, world, registered());
@@ -161,9 +160,9 @@ impl Mpi {
                 // job is the only way not to leave them hanging.
                 Ok((_, other)) => abort(
                     &world,
-                    &format!("rank {rank} started with {other:?} instead of hello"),
+                    format!("rank {rank} started with {other:?} instead of hello"),
                 ),
-                Err(problem) => abort(&world, &format!("rank {rank} did not start: {problem}")),
+                Err(problem) => abort(&world, format!("rank {rank} did not start: {problem}")),
             }
         }
         let hosts: Vec<String> = std::iter::once(host_name())
@@ -199,9 +198,7 @@ impl Engine for Mpi {
     /// Runs the job on ranks 1 to N-1, or, with a single rank, in the calling
     /// thread like [`Sequential`].
     fn execute<J: Job>(&self, run: Run<'_, J>) -> Result<J::Partial> {
-        let mut state = self.state.try_borrow_mut().map_err(|_| {
-            Error::Mpi("a job is already running on this engine (one job at a time: was it called from a progress callback?)".into())
-        })?;
+        let mut state = (self.state.try_borrow_mut()).map_err(|_| MpiError::JobRunning)?;
         if state.ranks.is_empty() {
             return Sequential.execute(run);
         }
@@ -225,11 +222,11 @@ impl Drop for Mpi {
         if let Some(id) = state.current
             && let Err(err) = state.end_job(world, id, true)
         {
-            abort(world, &format!("ending job {id}: {err}"));
+            abort(world, format!("ending job {id}: {err}"));
         }
         for slot in &state.ranks {
             if let Err(problem) = wire::send(world, slot.rank, TAG_CONTROL, &ToRank::Shutdown) {
-                abort(world, &problem);
+                abort(world, problem);
             }
         }
         let deadline = Instant::now() + SHUTDOWN_GRACE;
@@ -238,7 +235,7 @@ impl Drop for Mpi {
             match wire::receive_until::<FromRank>(world, None, TAG_CONTROL, deadline) {
                 Ok(Some((rank, message))) => {
                     if let Err(problem) = wire::discard_data(world, rank, message.data_len()) {
-                        abort(world, &format!("rank {rank}: {problem}"));
+                        abort(world, format!("rank {rank}: {problem}"));
                     }
                     if matches!(message, FromRank::Bye) {
                         left.retain(|&r| r != rank);
@@ -259,7 +256,7 @@ impl Drop for Mpi {
                     // Status 1, as for the failed job this follows.
                     world.abort(1);
                 }
-                Err(problem) => abort(world, &problem),
+                Err(problem) => abort(world, problem),
             }
         }
     }
@@ -271,7 +268,7 @@ fn host_name() -> String {
 }
 
 /// Prints `problem` with this rank's name and ends every rank of the MPI job.
-fn abort(world: &SimpleCommunicator, problem: &str) -> ! {
+fn abort(world: &SimpleCommunicator, problem: impl fmt::Display) -> ! {
     eprintln!(
         "coop: MPI rank {} (host {}, pid {}): {problem}",
         world.rank(),

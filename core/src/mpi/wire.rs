@@ -19,6 +19,8 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::error::MpiError;
+
 /// Tag of control messages.
 pub(super) const TAG_CONTROL: Tag = 1;
 /// Tag of the bytes that follow a control message.
@@ -181,21 +183,17 @@ pub(super) fn send<T: Serialize>(
     rank: i32,
     tag: Tag,
     message: &T,
-) -> Result<u64, String> {
+) -> Result<u64, MpiError> {
     let bytes = encode(message)?;
     send_encoded(world, rank, tag, &bytes);
     Ok(bytes.len() as u64)
 }
 
 /// Encodes a control message, which must fit one MPI message.
-pub(super) fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, String> {
-    let bytes = postcard::to_allocvec(message).map_err(|err| format!("encoding a message: {err}"))?;
+pub(super) fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, MpiError> {
+    let bytes = postcard::to_allocvec(message).map_err(|err| MpiError::Encode { source: err.into() })?;
     if bytes.len() > MAX_PIECE {
-        return Err(format!(
-            "a control message of {} bytes is more than one MPI message carries; \
-             jobs and tasks hold parameters and ranges, data goes in the Input",
-            bytes.len()
-        ));
+        return Err(MpiError::MessageTooLarge { len: bytes.len() });
     }
     Ok(bytes)
 }
@@ -214,14 +212,17 @@ pub(super) fn send_data(world: &SimpleCommunicator, rank: i32, bytes: &[u8]) {
 }
 
 /// Receives bytes sent with [`send_data`] by `rank`, exactly filling `buf`.
-pub(super) fn receive_data(world: &SimpleCommunicator, rank: i32, buf: &mut [u8]) -> Result<(), String> {
+pub(super) fn receive_data(world: &SimpleCommunicator, rank: i32, buf: &mut [u8]) -> Result<(), MpiError> {
     let process = world.process_at_rank(rank);
     for piece in pieces(buf.len(), MAX_PIECE) {
         let expected = piece.len();
         let status = process.receive_into_with_tag(&mut buf[piece], TAG_DATA);
         let got = status.count(u8::equivalent_datatype());
         if usize::try_from(got).ok() != Some(expected) {
-            return Err(format!("{expected} bytes announced, {got} received"));
+            return Err(MpiError::DataLength {
+                expected,
+                received: got,
+            });
         }
     }
     Ok(())
@@ -229,7 +230,7 @@ pub(super) fn receive_data(world: &SimpleCommunicator, rank: i32, buf: &mut [u8]
 
 /// Receives and drops `len` bytes sent with [`send_data`] by `rank`: the
 /// bytes of a message about a job that already ended.
-pub(super) fn discard_data(world: &SimpleCommunicator, rank: i32, len: u64) -> Result<(), String> {
+pub(super) fn discard_data(world: &SimpleCommunicator, rank: i32, len: u64) -> Result<(), MpiError> {
     let mut left = len;
     let mut buf = Vec::new();
     while left > 0 {
@@ -248,7 +249,7 @@ pub(super) fn receive<T: DeserializeOwned>(
     world: &SimpleCommunicator,
     from: Option<i32>,
     tag: Tag,
-) -> Result<(i32, T), String> {
+) -> Result<(i32, T), MpiError> {
     let mut backoff = Backoff::default();
     loop {
         if let Some(received) = poll(world, from, tag)? {
@@ -264,7 +265,7 @@ pub(super) fn receive_until<T: DeserializeOwned>(
     from: Option<i32>,
     tag: Tag,
     deadline: Instant,
-) -> Result<Option<(i32, T)>, String> {
+) -> Result<Option<(i32, T)>, MpiError> {
     let mut backoff = Backoff::default();
     loop {
         if let Some(received) = poll(world, from, tag)? {
@@ -283,7 +284,7 @@ fn poll<T: DeserializeOwned>(
     world: &SimpleCommunicator,
     from: Option<i32>,
     tag: Tag,
-) -> Result<Option<(i32, T)>, String> {
+) -> Result<Option<(i32, T)>, MpiError> {
     let probe = match from {
         Some(rank) => world.process_at_rank(rank).immediate_matched_probe_with_tag(tag),
         None => world.any_process().immediate_matched_probe_with_tag(tag),
@@ -293,9 +294,15 @@ fn poll<T: DeserializeOwned>(
     };
     let (bytes, status) = matched.matched_receive_vec::<u8>();
     let rank = status.source_rank();
-    let message =
-        postcard::from_bytes(&bytes).map_err(|err| format!("undecodable message from rank {rank}: {err}"))?;
-    Ok(Some((rank, message)))
+    Ok(Some((rank, decode(rank, &bytes)?)))
+}
+
+/// Decodes a control message `rank` sent.
+fn decode<T: DeserializeOwned>(rank: i32, bytes: &[u8]) -> Result<T, MpiError> {
+    postcard::from_bytes(bytes).map_err(|err| MpiError::Decode {
+        rank,
+        source: err.into(),
+    })
 }
 
 /// Takes a pending message on `tag` from `rank`, if there is one; never waits.
@@ -303,7 +310,7 @@ pub(super) fn try_receive<T: DeserializeOwned>(
     world: &SimpleCommunicator,
     rank: i32,
     tag: Tag,
-) -> Result<Option<T>, String> {
+) -> Result<Option<T>, MpiError> {
     Ok(poll(world, Some(rank), tag)?.map(|(_, message)| message))
 }
 
@@ -380,6 +387,47 @@ mod tests {
             .data_len(),
             0
         );
+    }
+
+    #[test]
+    fn codec_errors_are_kept_as_sources() {
+        use std::error::Error as _;
+
+        let err = decode::<ToRank>(2, &[0xff, 0xff]).unwrap_err();
+        assert!(matches!(err, MpiError::Decode { rank: 2, .. }), "{err:?}");
+        let codec = err.source().expect("the codec's error is the source");
+        assert!(codec.downcast_ref::<postcard::Error>().is_some(), "{codec:?}");
+        let codec = codec.to_string();
+        assert_eq!(
+            err.to_string(),
+            format!("undecodable message from rank 2: {codec}")
+        );
+        let err = crate::Error::from(err);
+        assert!(
+            err.to_string()
+                .starts_with("MPI: undecodable message from rank 2: "),
+            "{err}"
+        );
+        let chain: Vec<String> = std::iter::successors(err.source(), |e| (*e).source())
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(chain.len(), 2, "{chain:?}");
+        assert_eq!(chain[1], codec);
+    }
+
+    #[test]
+    fn oversized_and_short_messages_keep_their_texts() {
+        let too_large = MpiError::MessageTooLarge { len: 5 };
+        assert_eq!(
+            too_large.to_string(),
+            "a control message of 5 bytes is more than one MPI message carries; \
+             jobs and tasks hold parameters and ranges, data goes in the Input"
+        );
+        let short = MpiError::DataLength {
+            expected: 8,
+            received: 3,
+        };
+        assert_eq!(short.to_string(), "8 bytes announced, 3 received");
     }
 
     #[test]

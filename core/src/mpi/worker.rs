@@ -12,10 +12,37 @@ use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 
 use super::wire::{self, FromRank, Segment, TAG_CANCEL, TAG_CONTROL, TileHeader, ToRank};
+use crate::error::MpiError;
 
 /// Exit code given to `MPI_Abort` when a rank cannot go on (rank 0 vanished
 /// from the protocol, or coop itself failed): the whole MPI job ends.
 pub(super) const EXIT_BROKEN: i32 = 3;
+
+/// Why a rank cannot go on serving rank 0: it aborts the MPI job, printing this.
+#[derive(Debug, thiserror::Error)]
+enum Broken {
+    /// A message could not be sent, received or decoded.
+    #[error(transparent)]
+    Wire(#[from] MpiError),
+    /// Rank 0 announced input bytes this rank cannot hold in memory.
+    #[error("chunk too large")]
+    ChunkTooLarge,
+    /// Rank 0 sent a cancellation on the control tag.
+    #[error("rank 0 sent a cancellation as a control message")]
+    CancelAsControl,
+    /// Rank 0 sent something else than a cancellation on the cancel tag.
+    #[error("rank 0 sent {0:?} as a cancellation")]
+    NotACancel(Box<ToRank>),
+    /// The job reported an output range outside its output.
+    #[error("task {task} reported output range {range:?}, out of bounds")]
+    TileOutOfBounds {
+        task: u32,
+        range: std::ops::Range<usize>,
+    },
+    /// Coop panicked outside a task.
+    #[error("panicked: {0}")]
+    Panicked(String),
+}
 
 /// Serves rank 0 until it says [`ToRank::Shutdown`], then finalizes MPI and
 /// exits with status 0. Anything that breaks the protocol, or a panic outside
@@ -43,9 +70,9 @@ pub(super) fn serve(universe: Universe, world: SimpleCommunicator, jobs: &'stati
             std::process::exit(0);
         }
         Ok(Err(problem)) => problem,
-        Err(payload) => format!("panicked: {}", panic_message(&*payload)),
+        Err(payload) => Broken::Panicked(panic_message(&*payload)),
     };
-    super::abort(&world, &problem)
+    super::abort(&world, problem)
 }
 
 /// The job a rank has open.
@@ -57,7 +84,7 @@ struct OpenJob {
     stopped: bool,
 }
 
-fn task_loop(world: &SimpleCommunicator, jobs: &[JobEntry]) -> Result<(), String> {
+fn task_loop(world: &SimpleCommunicator, jobs: &[JobEntry]) -> Result<(), Broken> {
     let mut current: Option<OpenJob> = None;
     // Highest job id rank 0 cancelled.
     let mut cancelled: Option<u64> = None;
@@ -111,7 +138,7 @@ fn task_loop(world: &SimpleCommunicator, jobs: &[JobEntry]) -> Result<(), String
                 // unread, they would be taken for the next task's.
                 let mut data = Vec::with_capacity(chunks.len());
                 for chunk in &chunks {
-                    let mut bytes = vec![0; usize::try_from(chunk.len).map_err(|_| "chunk too large")?];
+                    let mut bytes = vec![0; usize::try_from(chunk.len).map_err(|_| Broken::ChunkTooLarge)?];
                     wire::receive_data(world, 0, &mut bytes)?;
                     data.push((chunk, bytes));
                 }
@@ -156,7 +183,7 @@ fn task_loop(world: &SimpleCommunicator, jobs: &[JobEntry]) -> Result<(), String
                 wire::send(world, 0, TAG_CONTROL, &FromRank::JobEnded { job })?;
             }
             ToRank::Cancel { .. } => {
-                return Err("rank 0 sent a cancellation as a control message".into());
+                return Err(Broken::CancelAsControl);
             }
             ToRank::Shutdown => {
                 drop(current);
@@ -173,11 +200,11 @@ fn check_cancel(
     world: &SimpleCommunicator,
     cancelled: &mut Option<u64>,
     current: Option<&mut OpenJob>,
-) -> Result<(), String> {
+) -> Result<(), Broken> {
     while let Some(message) = wire::try_receive::<ToRank>(world, 0, TAG_CANCEL)? {
         match message {
             ToRank::Cancel { job } => *cancelled = (*cancelled).max(Some(job)),
-            other => return Err(format!("rank 0 sent {other:?} as a cancellation")),
+            other => return Err(Broken::NotACancel(Box::new(other))),
         }
     }
     if let Some(open) = current
@@ -190,7 +217,7 @@ fn check_cancel(
 
 /// Runs one task, catching panics, and answers rank 0: done (with the output
 /// tile the task wrote), or failed.
-fn run_task(world: &SimpleCommunicator, open: &mut OpenJob, task: u32, spec: &[u8]) -> Result<(), String> {
+fn run_task(world: &SimpleCommunicator, open: &mut OpenJob, task: u32, spec: &[u8]) -> Result<(), Broken> {
     match panic::catch_unwind(AssertUnwindSafe(|| open.instance.run_task(spec))) {
         Ok(Ok(range)) => {
             let tile = (!range.is_empty()).then(|| TileHeader {
@@ -204,10 +231,8 @@ fn run_task(world: &SimpleCommunicator, open: &mut OpenJob, task: u32, spec: &[u
             };
             wire::send(world, 0, TAG_CONTROL, &done)?;
             if tile.is_some() {
-                let bytes =
-                    open.instance.output().bytes().get(range.clone()).ok_or_else(|| {
-                        format!("task {task} reported output range {range:?}, out of bounds")
-                    })?;
+                let bytes = (open.instance.output().bytes().get(range.clone()))
+                    .ok_or_else(|| Broken::TileOutOfBounds { task, range })?;
                 wire::send_data(world, 0, bytes);
             }
             Ok(())
@@ -217,12 +242,13 @@ fn run_task(world: &SimpleCommunicator, open: &mut OpenJob, task: u32, spec: &[u
     }
 }
 
-fn fail(world: &SimpleCommunicator, open: &mut OpenJob, task: u32, failure: Failure) -> Result<(), String> {
+fn fail(world: &SimpleCommunicator, open: &mut OpenJob, task: u32, failure: Failure) -> Result<(), Broken> {
     open.stopped = true;
     let message = FromRank::TaskFailed {
         job: open.id,
         task,
         failure,
     };
-    wire::send(world, 0, TAG_CONTROL, &message).map(drop)
+    wire::send(world, 0, TAG_CONTROL, &message)?;
+    Ok(())
 }
