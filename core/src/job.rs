@@ -3,7 +3,8 @@
 use std::ops::Range;
 use std::sync::Mutex;
 
-use coop_worker::{JobEntry as Entry, JobInstance, JobKey, Output, Region};
+pub(crate) use coop_worker::error_chain;
+use coop_worker::{InstanceError, JobEntry as Entry, JobInstance, JobKey, Output, Region};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -308,8 +309,12 @@ fn type_hash<J: 'static>() -> u64 {
     hasher.finish()
 }
 
-fn open<J: Job>(params: &[u8], input: Vec<Region>, output: Output) -> Result<Box<dyn JobInstance>, String> {
-    let job: J = postcard::from_bytes(params).map_err(|err| format!("decoding the job: {err}"))?;
+fn open<J: Job>(
+    params: &[u8],
+    input: Vec<Region>,
+    output: Output,
+) -> Result<Box<dyn JobInstance>, InstanceError> {
+    let job: J = postcard::from_bytes(params).map_err(InstanceError::DecodeJob)?;
     Ok(Box::new(Instance {
         job,
         input: Input::from_regions(input),
@@ -327,11 +332,11 @@ struct Instance<J: Job> {
 }
 
 impl<J: Job> JobInstance for Instance<J> {
-    fn run_task(&mut self, spec: &[u8]) -> Result<Range<usize>, String> {
-        let task: J::Task = postcard::from_bytes(spec).map_err(|err| format!("decoding the task: {err}"))?;
+    fn run_task(&mut self, spec: &[u8]) -> Result<Range<usize>, InstanceError> {
+        let task: J::Task = postcard::from_bytes(spec).map_err(InstanceError::DecodeTask)?;
         let range = self.job.output_range(&task);
         if !range.is_empty() && matches!(self.output, Output::None) {
-            return Err("the job writes output but was given none".into());
+            return Err(InstanceError::NoOutput);
         }
         self.output.prefault(range.clone());
         // SAFETY: the coordinator checked that the output ranges of all the
@@ -340,12 +345,11 @@ impl<J: Job> JobInstance for Instance<J> {
         // only after the job ended. So no other process or thread touches
         // `range` while this `&mut` lives.
         let output = unsafe { self.output.bytes_mut() };
-        let tile = output
-            .get_mut(range.clone())
-            .ok_or_else(|| format!("output range {range:?} is out of bounds"))?;
-        self.job
+        let tile = (output.get_mut(range.clone()))
+            .ok_or_else(|| InstanceError::OutOfBounds { range: range.clone() })?;
+        (self.job)
             .map(&task, &self.input, tile, &mut self.partial)
-            .map_err(|err| error_chain(&*err))?;
+            .map_err(InstanceError::Job)?;
         Ok(range)
     }
 
@@ -361,22 +365,10 @@ impl<J: Job> JobInstance for Instance<J> {
         &mut self.output
     }
 
-    fn take_partial(&mut self) -> Result<Vec<u8>, String> {
+    fn take_partial(&mut self) -> Result<Vec<u8>, InstanceError> {
         let partial = std::mem::take(&mut self.partial);
-        postcard::to_allocvec(&partial).map_err(|err| format!("encoding the partial: {err}"))
+        postcard::to_allocvec(&partial).map_err(InstanceError::EncodePartial)
     }
-}
-
-/// "outer: inner: innermost".
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

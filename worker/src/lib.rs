@@ -25,7 +25,7 @@ mod release;
 mod serve;
 mod sigbus;
 
-pub use job::{JobEntry, JobInstance, JobKey, OpenJob};
+pub use job::{InstanceError, JobEntry, JobInstance, JobKey, OpenJob, error_chain};
 pub use mappings::Mappings;
 pub use output::Output;
 pub use pack::{PACK_ALIGN, Pack};

@@ -136,7 +136,7 @@ mod tests {
     }
 
     impl JobInstance for Lent {
-        fn run_task(&mut self, _: &[u8]) -> Result<Range<usize>, String> {
+        fn run_task(&mut self, _: &[u8]) -> Result<Range<usize>, crate::InstanceError> {
             Ok(0..0)
         }
         fn regions_mut(&mut self) -> &mut [Region] {
@@ -148,7 +148,7 @@ mod tests {
         fn output_mut(&mut self) -> &mut Output {
             &mut self.output
         }
-        fn take_partial(&mut self) -> Result<Vec<u8>, String> {
+        fn take_partial(&mut self) -> Result<Vec<u8>, crate::InstanceError> {
             Ok(Vec::new())
         }
     }

@@ -10,7 +10,7 @@ use nix::sys::signal::{self, SigHandler, Signal};
 use nix::unistd::{Pid, getppid};
 
 use crate::fault::{self, Aftermath, Fault, Garbage, Point};
-use crate::job::{JobEntry, JobInstance, JobKey};
+use crate::job::{InstanceError, JobEntry, JobInstance, JobKey};
 use crate::mappings::Mappings;
 use crate::panic::{capture_panics, panic_message};
 use crate::protocol::{
@@ -240,7 +240,7 @@ fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(
                     continue;
                 };
                 let (reply, aftermath) = match receive_chunks(open.instance.as_mut(), &data) {
-                    Err(message) => (failed(open, task, Failure::Error(message)), None),
+                    Err(err) => (failed(open, task, Failure::Error(err.to_string())), None),
                     Ok(()) => run_task(open, task, spec.bytes(), faults),
                 };
                 match aftermath {
@@ -254,7 +254,7 @@ fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(
                 };
                 let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
                     let bytes = open.instance.take_partial()?;
-                    Ok((bytes, faults.at(Point::Partial, None)))
+                    Ok::<_, InstanceError>((bytes, faults.at(Point::Partial, None)))
                 }));
                 let reply = match outcome {
                     Ok(Ok((bytes, aftermath))) => {
@@ -271,7 +271,7 @@ fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(
                             data: outbox.payload(bytes),
                         }
                     }
-                    Ok(Err(message)) => failed(open, u32::MAX, Failure::Error(message)),
+                    Ok(Err(err)) => failed(open, u32::MAX, Failure::Error(err.to_string())),
                     Err(payload) => failed(open, u32::MAX, Failure::Panic(panic_message(&*payload))),
                 };
                 let sent_partial = matches!(reply, FromWorker::Partial { .. });
@@ -307,25 +307,35 @@ fn receive_chunk(bulk: &IpcBytesReceiver, len: u64) -> Result<Vec<Vec<u8>>, Work
     Ok(pieces)
 }
 
+/// Why the input bytes sent with a task could not be taken: the task fails.
+#[derive(Debug, thiserror::Error)]
+enum ChunkError {
+    #[error("chunk of {announced} bytes announced, {received} received")]
+    Length { announced: u64, received: u64 },
+    #[error("chunk for segment {segment}, which does not exist")]
+    NoSegment { segment: u32 },
+    #[error("segment {segment}: {source}")]
+    Write { segment: u32, source: std::io::Error },
+}
+
 /// Copies the input bytes sent with a task into the job's private segments.
-fn receive_chunks(instance: &mut dyn JobInstance, data: &[(&Chunk, Vec<Vec<u8>>)]) -> Result<(), String> {
+fn receive_chunks(instance: &mut dyn JobInstance, data: &[(&Chunk, Vec<Vec<u8>>)]) -> Result<(), ChunkError> {
     for (chunk, pieces) in data {
         let received: u64 = pieces.iter().map(|piece| piece.len() as u64).sum();
         if received != chunk.len {
-            return Err(format!(
-                "chunk of {} bytes announced, {received} received",
-                chunk.len
-            ));
+            return Err(ChunkError::Length {
+                announced: chunk.len,
+                received,
+            });
         }
-        let region = instance
-            .regions_mut()
-            .get_mut(chunk.segment as usize)
-            .ok_or_else(|| format!("chunk for segment {}, which does not exist", chunk.segment))?;
+        let segment = chunk.segment;
+        let region =
+            (instance.regions_mut().get_mut(segment as usize)).ok_or(ChunkError::NoSegment { segment })?;
         let mut offset = chunk.offset as usize;
         for piece in pieces {
             region
                 .write(offset, piece)
-                .map_err(|err| format!("segment {}: {err}", chunk.segment))?;
+                .map_err(|source| ChunkError::Write { segment, source })?;
             offset += piece.len();
         }
     }
@@ -346,7 +356,7 @@ fn run_task(open: &mut OpenJob, task: u32, spec: &[u8], faults: &Faults) -> (Fro
             scribble(open.instance.as_mut(), range.clone());
             aftermath = Some(fault::strike(Point::Tile, fault.behaviour));
         }
-        Ok(range)
+        Ok::<_, InstanceError>(range)
     }));
     let reply = match outcome {
         Ok(Ok(range)) => {
@@ -361,7 +371,7 @@ fn run_task(open: &mut OpenJob, task: u32, spec: &[u8], faults: &Faults) -> (Fro
                 tile,
             }
         }
-        Ok(Err(message)) => failed(open, task, Failure::Error(message)),
+        Ok(Err(err)) => failed(open, task, Failure::Error(err.to_string())),
         Err(payload) => failed(open, task, Failure::Panic(panic_message(&*payload))),
     };
     (reply, aftermath)
@@ -433,7 +443,7 @@ pub fn open_job(
         .open(input, output)
         .map_err(|err| Rejection::Setup(err.to_string()))?;
     match panic::catch_unwind(AssertUnwindSafe(|| (entry.open)(params, regions, output))) {
-        Ok(result) => result.map_err(Rejection::Setup),
+        Ok(result) => result.map_err(|err| Rejection::Setup(err.to_string())),
         Err(payload) => Err(Rejection::Setup(format!(
             "opening the job panicked: {}",
             panic_message(&*payload)

@@ -172,7 +172,7 @@ fn task_loop(world: &SimpleCommunicator, jobs: &[JobEntry]) -> Result<(), Broken
                         wire::send(world, 0, TAG_CONTROL, &FromRank::Partial { job, len })?;
                         wire::send_data(world, 0, &bytes);
                     }
-                    Ok(Err(message)) => fail(world, open, u32::MAX, Failure::Error(message))?,
+                    Ok(Err(err)) => fail(world, open, u32::MAX, Failure::Error(err.to_string()))?,
                     Err(payload) => fail(world, open, u32::MAX, Failure::Panic(panic_message(&*payload)))?,
                 }
             }
@@ -237,7 +237,7 @@ fn run_task(world: &SimpleCommunicator, open: &mut OpenJob, task: u32, spec: &[u
             }
             Ok(())
         }
-        Ok(Err(message)) => fail(world, open, task, Failure::Error(message)),
+        Ok(Err(err)) => fail(world, open, task, Failure::Error(err.to_string())),
         Err(payload) => fail(world, open, task, Failure::Panic(panic_message(&*payload))),
     }
 }

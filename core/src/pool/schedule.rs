@@ -442,7 +442,7 @@ impl<J: Job> JobState<'_, J> {
                     return Ok(());
                 }
                 if let Err(problem) = self.store_tile(task, tile) {
-                    slot.kill(Kill::Breach(problem));
+                    slot.kill(Kill::Breach(problem.to_string()));
                     return Ok(());
                 }
                 slot.assigned.pop_front();
@@ -520,20 +520,18 @@ impl<J: Job> JobState<'_, J> {
 
     /// Copies a tile sent back by a worker (message passing) into the output,
     /// after checking it is exactly the task's output range.
-    fn store_tile(&mut self, task: usize, tile: Option<Tile>) -> Result<(), String> {
+    fn store_tile(&mut self, task: usize, tile: Option<Tile>) -> Result<(), TileError> {
         let expected = &self.ranges[task];
         let Some(tile) = tile else {
             return match self.ipc {
-                Ipc::Messages if !expected.is_empty() => Err(format!("sent no output tile for task {task}")),
+                Ipc::Messages if !expected.is_empty() => Err(TileError::Missing { task }),
                 _ => Ok(()),
             };
         };
         let bytes = tile.bytes.bytes();
         if self.ipc != Ipc::Messages || tile.offset != expected.start as u64 || bytes.len() != expected.len()
         {
-            return Err(format!(
-                "sent a tile for task {task} that is not its output range"
-            ));
+            return Err(TileError::WrongRange { task });
         }
         self.stats.bytes_from_workers += bytes.len() as u64;
         if let Some(output) = self.output.as_deref_mut() {
@@ -624,4 +622,13 @@ impl Slot {
         let _ = kill(Pid::from_raw(self.worker.pid as i32), Signal::SIGKILL);
         self.killed = Some(why);
     }
+}
+
+/// How a worker's report of a finished task broke the protocol ([`Kill::Breach`]).
+#[derive(Debug, thiserror::Error)]
+enum TileError {
+    #[error("sent no output tile for task {task}")]
+    Missing { task: usize },
+    #[error("sent a tile for task {task} that is not its output range")]
+    WrongRange { task: usize },
 }
