@@ -159,7 +159,8 @@ impl<'a, J: Job> Run<'a, J> {
     /// tasks are killed at once (and replaced before the next job); the
     /// in-process engines start no task after it, and let a task running
     /// finish (a thread cannot be stopped); on the MPI engine (feature
-    /// `mpi`), rank 0 checks it whenever a rank reports.
+    /// `mpi`), rank 0 ends the job as the pool does, and a rank running a
+    /// task finishes it (MPI cannot kill a rank and go on).
     pub fn deadline(mut self, deadline: Instant) -> Self {
         self.stop.deadline = Some(deadline);
         self

@@ -197,8 +197,8 @@ impl Input {
 
     /// Segment `index` viewed as a slice of `T`, or why it cannot be: no such
     /// segment, or a length that is not a multiple of `size_of::<T>()`.
-    /// (Segments are page-aligned, so alignment holds for any `T` aligned to
-    /// a page or less.) Return the error from [`Job::split`](crate::Job::split)
+    /// (Segments start on a 64-byte boundary at least, so alignment holds for
+    /// any `T` aligned to 64 bytes or less.) Return the error from [`Job::split`](crate::Job::split)
     /// to refuse the input:
     ///
     /// ```

@@ -147,6 +147,10 @@ macro_rules! test_workers {
     ($($job:expr),* $(,)?) => {
         #[cfg(test)]
         $crate::__private::ctor::declarative::ctor! {
+            // SAFETY: runs before `main`, where only what needs no runtime
+            // set-up is sound: this allocates and takes an uncontended
+            // `Mutex`, both of which work before `main` on Linux, and starts
+            // no thread.
             #[ctor(unsafe, anonymous)]
             fn __coop_test_workers() {
                 $crate::__private::register_test_workers(

@@ -35,6 +35,8 @@ pub struct Pack {
     /// The start of `memory`'s mapping, taken once: reads and writes of
     /// parts of it go through this pointer (invariant 2).
     base: *mut u8,
+    /// `memory`'s length, kept so that no call makes a reference to all of it.
+    capacity: usize,
     id: u64,
     /// Made by this process (a coordinator's), rather than a mapping of a
     /// coordinator's pack (a worker's).
@@ -46,19 +48,22 @@ pub struct Pack {
 // (through `&mut` of the input that holds the pack, so never while another
 // thread reads them), and reading shared memory from any thread is sound.
 unsafe impl Send for Pack {}
-// SAFETY: as for `Send`: `&Pack` only reads the ranges handed out.
+// SAFETY: as for `Send`: through `&Pack`, safe code only reads the ranges
+// handed out; the one writer, `unsafe fn write`, requires invariant 1.
 unsafe impl Sync for Pack {}
 
 impl Pack {
     /// A new, zeroed pack of `capacity` bytes, owned by this process.
     pub fn new(capacity: usize) -> Pack {
-        let mut memory = IpcSharedMemory::from_byte(0, capacity.max(1));
+        let capacity = capacity.max(1);
+        let mut memory = IpcSharedMemory::from_byte(0, capacity);
         // SAFETY: the region was just made and nothing else maps or
         // references it yet; the pointer is kept for invariant 2.
         let base = unsafe { memory.deref_mut() }.as_mut_ptr();
         Pack {
             memory,
             base,
+            capacity,
             id: new_region_id(),
             owned: true,
         }
@@ -66,10 +71,11 @@ impl Pack {
 
     /// A worker's mapping of a coordinator's pack `id`.
     pub(crate) fn from_coordinator(id: u64, memory: IpcSharedMemory) -> Pack {
-        let base = memory.as_ptr().cast_mut();
+        let (base, capacity) = (memory.as_ptr().cast_mut(), memory.len());
         Pack {
             memory,
             base,
+            capacity,
             id,
             owned: false,
         }
@@ -82,7 +88,7 @@ impl Pack {
 
     /// Size of the region in bytes.
     pub fn capacity(&self) -> usize {
-        self.memory.len()
+        self.capacity
     }
 
     /// The region, for a message describing the pack.
@@ -110,7 +116,10 @@ impl Pack {
     /// overlaps `offset..offset + bytes.len()`, which is in bounds, and
     /// nothing else writes the pack meanwhile.
     pub unsafe fn write(&self, offset: usize, bytes: &[u8]) {
-        debug_assert!(self.owned && offset + bytes.len() <= self.capacity());
+        // A worker's mapping has a pointer taken from a shared reference:
+        // writing through it would be undefined behaviour, not a mistake.
+        assert!(self.owned, "only the process that made a pack writes it");
+        debug_assert!(offset + bytes.len() <= self.capacity());
         // SAFETY: in bounds and not read by anyone (the caller's contract).
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(offset), bytes.len()) }
     }

@@ -203,37 +203,47 @@ pub struct Tile {
     pub bytes: Payload,
 }
 
-/// Most input segments described in one message. ipc-channel passes at most
-/// 64 file descriptors in a message (and asserts past that), and every
-/// [`SegmentDesc::Shared`] carries one: with room left for the job's
-/// parameters and output, a job with more segments describes them in
-/// several messages ([`ToWorker::MoreInput`], then [`ToWorker::StartJob`]).
-pub const SEGMENTS_PER_MESSAGE: usize = 32;
+/// Most file descriptors described in one message. ipc-channel passes at
+/// most 64 in a message (and asserts past that), and every
+/// [`SegmentDesc::Shared`] and [`SegmentDesc::Pack`] carries one: with room
+/// left for the job's parameters and output, a job with more describes its
+/// input in several messages ([`ToWorker::MoreInput`], then
+/// [`ToWorker::StartJob`]).
+pub const DESCRIPTORS_PER_MESSAGE: usize = 32;
 
-/// Most bytes of file paths described in one message, so that a message of
-/// many long paths is never large enough to be fragmented (see [`Payload`]).
-const PATH_BYTES_PER_MESSAGE: usize = INLINE_PAYLOAD_MAX;
+/// Most bytes of descriptions in one message (each counted as
+/// [`DESCRIPTION_BYTES`] plus its path), so that a message is never large
+/// enough to be fragmented (see [`Payload`]).
+const BYTES_PER_MESSAGE: usize = INLINE_PAYLOAD_MAX;
+
+/// More than a description takes encoded, path aside (a variant tag and
+/// three integers of at most 10 bytes each).
+const DESCRIPTION_BYTES: usize = 48;
 
 /// Cuts a job's input descriptions into the batches its messages carry, in
-/// order: at most [`SEGMENTS_PER_MESSAGE`] segments and about
-/// [`INLINE_PAYLOAD_MAX`] bytes of paths each. Always at least one batch
-/// (the last, which goes with [`ToWorker::StartJob`]), maybe empty.
+/// order: at most [`DESCRIPTORS_PER_MESSAGE`] descriptors and about
+/// [`INLINE_PAYLOAD_MAX`] bytes each, so 100,000 segments in packs take
+/// about 75 messages. Always at least one batch (the last, which goes with
+/// [`ToWorker::StartJob`]), maybe empty.
 pub fn input_batches(input: Vec<SegmentDesc>) -> Vec<Vec<SegmentDesc>> {
     let mut batches = vec![Vec::new()];
-    let mut path_bytes = 0;
+    let (mut descriptors, mut bytes) = (0, 0);
     for segment in input {
-        let len = match &segment {
-            SegmentDesc::File { path, .. } => path.as_os_str().len(),
-            _ => 0,
+        let (fds, len) = match &segment {
+            SegmentDesc::Shared { .. } | SegmentDesc::Pack { .. } => (1, DESCRIPTION_BYTES),
+            SegmentDesc::File { path, .. } => (0, DESCRIPTION_BYTES + path.as_os_str().len()),
+            SegmentDesc::InPack { .. } | SegmentDesc::Held { .. } | SegmentDesc::Private { .. } => {
+                (0, DESCRIPTION_BYTES)
+            }
         };
         let batch = batches.last_mut().expect("never empty");
         if !batch.is_empty()
-            && (batch.len() == SEGMENTS_PER_MESSAGE || path_bytes + len > PATH_BYTES_PER_MESSAGE)
+            && (descriptors + fds > DESCRIPTORS_PER_MESSAGE || bytes + len > BYTES_PER_MESSAGE)
         {
             batches.push(Vec::new());
-            path_bytes = 0;
+            (descriptors, bytes) = (0, 0);
         }
-        path_bytes += len;
+        (descriptors, bytes) = (descriptors + fds, bytes + len);
         batches.last_mut().expect("never empty").push(segment);
     }
     batches
@@ -455,7 +465,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn input_batches_keep_order_and_bound_descriptors_and_path_bytes() {
+    fn input_batches_keep_order_and_bound_descriptors_and_bytes() {
         assert_eq!(
             input_batches(Vec::new()).len(),
             1,
@@ -470,28 +480,36 @@ mod tests {
             path: PathBuf::from("p".repeat(len)),
             len: 1,
         };
+        let in_pack = |offset| SegmentDesc::InPack {
+            pack: 1,
+            offset,
+            len: 1,
+        };
         let mut input: Vec<SegmentDesc> = (0..70).map(shared).collect();
         input.extend((70..100).map(|id| file(id, 4000)));
+        input.extend((0..5000).map(in_pack));
         let batches = input_batches(input);
         let ids: Vec<u64> = batches
             .iter()
             .flatten()
             .filter_map(SegmentDesc::kept_id)
             .collect();
-        assert_eq!(ids, (0..100).collect::<Vec<_>>());
+        assert_eq!(ids[..100], (0..100).collect::<Vec<_>>());
+        assert_eq!(ids.len(), 5100, "nothing lost");
         for batch in &batches {
-            assert!(!batch.is_empty() && batch.len() <= SEGMENTS_PER_MESSAGE);
-            let paths: usize = batch
+            let descriptors = batch
                 .iter()
-                .map(|s| match s {
-                    SegmentDesc::File { path, .. } => path.as_os_str().len(),
-                    _ => 0,
-                })
-                .sum();
-            assert!(paths <= PATH_BYTES_PER_MESSAGE, "{paths} bytes of paths");
+                .filter(|s| matches!(s, SegmentDesc::Shared { .. }))
+                .count();
+            assert!(!batch.is_empty() && descriptors <= DESCRIPTORS_PER_MESSAGE);
+            // What the batch takes encoded, as its message carries it.
+            let encoded = postcard::to_allocvec(batch).unwrap().len();
+            assert!(encoded <= BYTES_PER_MESSAGE, "{encoded} bytes");
         }
+        // Segments with no descriptor go many to a message.
+        assert!(batches.len() < 20, "{} batches", batches.len());
         // One path longer than the bound still goes, alone.
-        assert_eq!(input_batches(vec![file(1, PATH_BYTES_PER_MESSAGE + 1)]).len(), 1);
+        assert_eq!(input_batches(vec![file(1, BYTES_PER_MESSAGE + 1)]).len(), 1);
     }
 
     #[test]

@@ -20,6 +20,10 @@ use crate::stop::Stop;
 /// one waiting, so that a rank does not idle for a round trip between tasks.
 const DEPTH: usize = 2;
 
+/// How often rank 0 looks at the job's deadline and cancel token while no
+/// rank reports.
+const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Rank 0's view of the other ranks.
 #[derive(Debug)]
 pub(super) struct State {
@@ -249,8 +253,8 @@ struct JobState<'a, J: Job> {
     done: usize,
     /// Merged partials so far.
     result: Option<J::Partial>,
-    /// A deadline or cancel, checked whenever a rank reports (a receive
-    /// from MPI cannot be interrupted).
+    /// A deadline or cancel, checked whenever a rank reports and at least
+    /// every [`STOP_POLL`].
     stop: Stop<'a>,
     stats: JobStats,
 }
@@ -263,7 +267,13 @@ impl<J: Job> JobState<'_, J> {
                 return Ok(self.result.take().unwrap_or_default());
             }
             (self.stop).check(J::NAME, self.done, self.specs.len())?;
-            let (rank, message) = wire::receive::<FromRank>(world, None, TAG_CONTROL)?;
+            // Waits at most STOP_POLL, so that a deadline or cancel is seen
+            // even while no rank reports (a rank stuck in a task, say).
+            let wait = Instant::now() + STOP_POLL;
+            let Some((rank, message)) = wire::receive_until::<FromRank>(world, None, TAG_CONTROL, wait)?
+            else {
+                continue;
+            };
             let slot = state.slot(rank)?;
             self.on_message(world, slot, message)?;
         }

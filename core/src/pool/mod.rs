@@ -406,9 +406,13 @@ impl State {
                 .into_iter()
                 .partition(|slot| slot.jobs >= max);
             self.slots = kept;
-            for slot in retired {
+            let retired: Vec<Slot> = retired;
+            // Every worker is told first, so that they exit together.
+            for slot in &retired {
                 let _ = slot.worker.tx.send(ToWorker::Shutdown);
                 tracing::debug!(pid = slot.worker.pid, jobs = slot.jobs, "worker retired");
+            }
+            for slot in retired {
                 reap(slot.worker, SHUTDOWN_GRACE);
             }
         }
@@ -476,8 +480,6 @@ fn reap(mut worker: Worker, grace: Duration) -> Reaped {
     }
 }
 
-/// What became of a worker whose channel closed without the coordinator
-/// killing it.
 /// [`describe`], and for a worker that aborted under a memory limit, what
 /// almost surely happened: an allocation past the limit failed, and Rust's
 /// allocation-failure handler aborts.
@@ -493,6 +495,8 @@ fn describe_death(reaped: Reaped, memory_limit: Option<u64>) -> String {
     }
 }
 
+/// What became of a worker whose channel closed without the coordinator
+/// killing it.
 fn describe(reaped: Reaped) -> String {
     match reaped {
         Reaped { overstayed: true, .. } => "closed its channel but kept running, and was killed".to_string(),
