@@ -1,8 +1,8 @@
 //! A worker that lies: it completes a real handshake (token and all), then
 //! answers the coordinator's messages with whatever a seeded generator picks —
 //! correct replies, replies for other tasks or jobs, tiles out of range,
-//! partials of random bytes, failures, rejections, second hellos, undecodable
-//! bytes, silence, or an exit. It fuzzes everything the coordinator reads
+//! partials of random bytes, failures, rejections, goodbyes and job ends
+//! unasked, undecodable bytes, silence, or an exit. It fuzzes everything the coordinator reads
 //! from a worker, through the real channels.
 //!
 //! A test points [`coop::PoolBuilder::program`] at a wrapper that sets
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use coop_worker::ipc_channel::ipc::{self, IpcSender};
 use coop_worker::protocol::{
-    ENV_SERVER, ENV_TOKEN, Failure, FromWorker, OutputDesc, Payload, Rejection, Tile, ToWorker,
+    ENV_SERVER, ENV_TOKEN, Failure, FromWorker, Hello, OutputDesc, Payload, Rejection, Tile, ToWorker,
 };
 use serde::{Deserialize, Serialize};
 
@@ -74,14 +74,16 @@ impl Rng {
 fn serve(rng: &mut Rng, one_in: u64) -> Result<(), Box<dyn std::error::Error>> {
     let server = std::env::var(ENV_SERVER)?;
     let token = std::env::var(ENV_TOKEN)?;
-    let tx = IpcSender::<FromWorker>::connect(server)?;
+    let rendezvous = IpcSender::<Hello>::connect(server)?;
+    let (tx, from_worker) = ipc::channel::<FromWorker>()?;
     let (to_worker, rx) = ipc::channel::<ToWorker>()?;
     let (bulk, bulk_rx) = ipc::bytes_channel()?;
-    tx.send(FromWorker::Hello {
+    rendezvous.send(Hello {
         pid: std::process::id(),
         token,
         to_worker,
         bulk,
+        from_worker,
     })?;
     // The output's length, and whether tiles go back in messages.
     let (mut output_len, mut private) = (0u64, false);
@@ -146,7 +148,8 @@ fn serve(rng: &mut Rng, one_in: u64) -> Result<(), Box<dyn std::error::Error>> {
                     _ => postcard::to_allocvec(&rng.below(1 << 20))?,
                 }),
             }),
-            ToWorker::EndJob { .. } | ToWorker::MoreInput { .. } => None,
+            ToWorker::EndJob { job } => Some(FromWorker::JobEnded { job }),
+            ToWorker::MoreInput { .. } | ToWorker::Cancel { .. } => None,
             ToWorker::Shutdown => return Ok(()),
         };
         let Some(reply) = reply else { continue };
@@ -159,16 +162,11 @@ fn serve(rng: &mut Rng, one_in: u64) -> Result<(), Box<dyn std::error::Error>> {
             }
             1 => std::thread::sleep(Duration::from_secs(3600)), // silence
             2 => std::process::exit(3),
-            3 => {
-                let (to_worker, _) = ipc::channel::<ToWorker>()?;
-                let (bulk, _) = ipc::bytes_channel()?;
-                tx.send(FromWorker::Hello {
-                    pid: rng.next() as u32,
-                    token: "again".into(),
-                    to_worker,
-                    bulk,
-                })?;
-            }
+            // Messages that answer nothing it was asked.
+            3 => tx.send(match rng.below(2) {
+                0 => FromWorker::Bye,
+                _ => FromWorker::JobEnded { job: rng.around(0) },
+            })?,
             _ => tx.send(reply)?,
         }
     }

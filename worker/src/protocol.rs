@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use ipc_channel::ipc::{IpcBytesSender, IpcSender, IpcSharedMemory};
+use ipc_channel::ipc::{IpcBytesSender, IpcReceiver, IpcSender, IpcSharedMemory};
 use serde::{Deserialize, Serialize};
 
 /// Environment variable that names the rendezvous socket of a worker's coordinator.
@@ -181,7 +181,7 @@ impl OutputDesc {
 }
 
 /// Part of a segment sent with a task: its bytes follow on the worker's bulk
-/// channel ([`FromWorker::Hello::bulk`]), in messages of at most
+/// channel ([`Hello::bulk`]), in messages of at most
 /// [`bulk_piece_len`] bytes each ([`send_chunk`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chunk {
@@ -293,36 +293,52 @@ pub enum ToWorker {
         /// Job id.
         job: u64,
     },
-    /// Close the job and release its mappings.
+    /// The job failed: skip its remaining tasks and flushes. Sent where a
+    /// worker can read it ahead of the tasks queued for it (MPI: on a tag of
+    /// its own); a pool kills busy workers of a failed job instead.
+    Cancel {
+        /// Job id.
+        job: u64,
+    },
+    /// Close the job, release its mappings, and answer [`FromWorker::JobEnded`].
     EndJob {
         /// Job id.
         job: u64,
     },
-    /// Exit now.
+    /// Answer [`FromWorker::Bye`] and exit.
     Shutdown,
+}
+
+/// A pool worker's first message, on the rendezvous channel its coordinator
+/// named in [`ENV_SERVER`]: who it is, and the channels of everything after.
+///
+/// The handshake is the transport's own (an MPI rank says hello in its own
+/// way); every message after it is a [`ToWorker`] or a [`FromWorker`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hello {
+    /// The worker's pid, checked against the spawned child.
+    pub pid: u32,
+    /// The token from [`ENV_TOKEN`].
+    pub token: String,
+    /// Channel on which the worker receives [`ToWorker`] messages.
+    pub to_worker: IpcSender<ToWorker>,
+    /// Channel on which the worker receives the bytes of [`Chunk`]s.
+    pub bulk: IpcBytesSender,
+    /// Channel on which the coordinator receives [`FromWorker`] messages.
+    pub from_worker: IpcReceiver<FromWorker>,
 }
 
 /// Worker to coordinator.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum FromWorker {
-    /// First message: who the worker is and where to send it work.
-    Hello {
-        /// The worker's pid, checked against the spawned child.
-        pid: u32,
-        /// The token from [`ENV_TOKEN`].
-        token: String,
-        /// Channel on which the worker receives [`ToWorker`] messages.
-        to_worker: IpcSender<ToWorker>,
-        /// Channel on which the worker receives the bytes of [`Chunk`]s.
-        bulk: IpcBytesSender,
-    },
     /// A task finished; its result is folded into the worker's partial.
     TaskDone {
         /// Job id.
         job: u64,
         /// Task index.
         task: u32,
-        /// The task's output tile, when the output is private to the worker.
+        /// The task's output tile, when the output is private to the worker
+        /// and the task wrote a non-empty range.
         tile: Option<Tile>,
     },
     /// A task panicked or returned an error. Not retried: it would fail again.
@@ -331,6 +347,14 @@ pub enum FromWorker {
         job: u64,
         /// Task index.
         task: u32,
+        /// What went wrong.
+        failure: Failure,
+    },
+    /// Encoding the partial, answering [`ToWorker::Flush`], panicked or
+    /// returned an error.
+    FlushFailed {
+        /// Job id.
+        job: u64,
         /// What went wrong.
         failure: Failure,
     },
@@ -348,6 +372,40 @@ pub enum FromWorker {
         /// Why.
         reason: Rejection,
     },
+    /// Answer to [`ToWorker::EndJob`]: the worker runs nothing of the job any
+    /// more (a coordinator that must know, MPI's, waits for it).
+    JobEnded {
+        /// Job id.
+        job: u64,
+    },
+    /// Answer to [`ToWorker::Shutdown`], the worker's last message.
+    Bye,
+}
+
+impl FromWorker {
+    /// What the message is, for logs and protocol errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FromWorker::TaskDone { .. } => "a task result",
+            FromWorker::TaskFailed { .. } => "a task failure",
+            FromWorker::FlushFailed { .. } => "a partial's failure",
+            FromWorker::Partial { .. } => "a partial",
+            FromWorker::JobRejected { .. } => "a job rejection",
+            FromWorker::JobEnded { .. } => "a job's end",
+            FromWorker::Bye => "a goodbye",
+        }
+    }
+
+    /// The payloads the message carries, in order: what a transport that
+    /// sends bytes apart from messages sends after it ([`Payload::Follows`]).
+    pub fn payloads_mut(&mut self) -> impl Iterator<Item = &mut Payload> {
+        let payload = match self {
+            FromWorker::TaskDone { tile: Some(tile), .. } => Some(&mut tile.bytes),
+            FromWorker::Partial { data, .. } => Some(data),
+            _ => None,
+        };
+        payload.into_iter()
+    }
 }
 
 /// How a task failed inside a worker.
@@ -390,6 +448,13 @@ pub enum Payload {
         /// Length of the payload, from the start of the region.
         len: u64,
     },
+    /// The bytes follow the message apart from it, on the transport's data
+    /// path (MPI's data tag): what a transport without shared memory sends,
+    /// and turns back into [`Payload::Inline`] on receipt.
+    Follows {
+        /// Length of the bytes that follow.
+        len: u64,
+    },
 }
 
 impl Payload {
@@ -406,10 +471,12 @@ impl Payload {
     }
 
     /// The payload's bytes; none if its length lies beyond its region (a
-    /// payload no coop process makes).
+    /// payload no coop process makes), or if they follow apart
+    /// ([`Payload::Follows`], until the transport took them).
     pub fn bytes(&self) -> &[u8] {
         match self {
             Payload::Inline(bytes) => bytes,
+            Payload::Follows { .. } => &[],
             Payload::Shared { region, len } => usize::try_from(*len)
                 .ok()
                 .and_then(|len| region.get(..len))
@@ -528,7 +595,7 @@ mod tests {
         let mut outbox = Outbox::default();
         let region_of = |payload: &Payload| match payload {
             Payload::Shared { region, .. } => region.len(),
-            Payload::Inline(_) => 0,
+            Payload::Inline(_) | Payload::Follows { .. } => 0,
         };
         let small = outbox.payload(vec![1; 100]);
         assert!(matches!(small, Payload::Inline(_)));

@@ -14,8 +14,8 @@ use crate::job::{InstanceError, JobEntry, JobInstance, JobKey};
 use crate::mappings::Mappings;
 use crate::panic::{capture_panics, panic_message};
 use crate::protocol::{
-    Chunk, ENV_PARENT, ENV_SERVER, ENV_TOKEN, Failure, FromWorker, Outbox, OutputDesc, Payload, Rejection,
-    SegmentDesc, Tile, ToWorker,
+    Chunk, ENV_PARENT, ENV_SERVER, ENV_TOKEN, Failure, FromWorker, Hello, Outbox, OutputDesc, Payload,
+    Rejection, SegmentDesc, Tile, ToWorker,
 };
 
 /// Exit status of a worker whose coordinator went away or broke the protocol.
@@ -103,17 +103,28 @@ fn serve(
 
     let server = server.into_string().map_err(|_| "rendezvous name is not UTF-8")?;
     let early = faults.at(Point::BeforeConnect, None);
-    let mut to_coordinator = IpcSender::<FromWorker>::connect(server)?;
+    let rendezvous = IpcSender::<Hello>::connect(server)?;
+    let (to_coordinator, from_worker) = ipc::channel::<FromWorker>()?;
     if let Some(aftermath) = early.or_else(|| faults.at(Point::Handshake, None)) {
-        to_coordinator = carry_out(aftermath, to_coordinator)?;
+        match aftermath {
+            Aftermath::SendGarbage => {
+                rendezvous.to_opaque().to::<Garbage>().send(Garbage::new())?;
+                fault::idle()
+            }
+            Aftermath::CloseChannel => {
+                drop(rendezvous);
+                fault::idle()
+            }
+        }
     }
     let (to_worker, from_coordinator) = ipc::channel::<ToWorker>()?;
     let (bulk, bulk_in) = ipc::bytes_channel()?;
-    to_coordinator.send(FromWorker::Hello {
+    rendezvous.send(Hello {
         pid: process::id(),
         token,
         to_worker,
         bulk,
+        from_worker,
     })?;
     let channels = Channels {
         rx: from_coordinator,
@@ -271,8 +282,8 @@ fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(
                             data: outbox.payload(bytes),
                         }
                     }
-                    Ok(Err(err)) => failed(open, u32::MAX, Failure::Error(err.to_string())),
-                    Err(payload) => failed(open, u32::MAX, Failure::Panic(panic_message(&*payload))),
+                    Ok(Err(err)) => flush_failed(open, Failure::Error(err.to_string())),
+                    Err(payload) => flush_failed(open, Failure::Panic(panic_message(&*payload))),
                 };
                 let sent_partial = matches!(reply, FromWorker::Partial { .. });
                 tx.send(reply)?;
@@ -280,12 +291,21 @@ fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(
                     tx = carry_out(aftermath, tx)?;
                 }
             }
+            ToWorker::Cancel { job } => {
+                if let Some(open) = current.as_mut().filter(|o| o.id == job) {
+                    open.failed = true;
+                }
+            }
             ToWorker::EndJob { job } => {
                 if current.as_ref().is_some_and(|o| o.id == job) {
                     close(&mut current, &mut mappings);
                 }
+                tx.send(FromWorker::JobEnded { job })?;
             }
-            ToWorker::Shutdown => return Ok(()),
+            ToWorker::Shutdown => {
+                let _ = tx.send(FromWorker::Bye);
+                return Ok(());
+            }
         }
     }
 }
@@ -392,14 +412,25 @@ fn scribble(instance: &mut dyn JobInstance, range: std::ops::Range<usize>) {
 
 fn failed(open: &mut OpenJob, task: u32, failure: Failure) -> FromWorker {
     open.failed = true;
-    let failure = match failure {
-        Failure::Panic(message) => Failure::Panic(cut(message)),
-        Failure::Error(message) => Failure::Error(cut(message)),
-    };
     FromWorker::TaskFailed {
         job: open.id,
         task,
-        failure,
+        failure: cut_failure(failure),
+    }
+}
+
+fn flush_failed(open: &mut OpenJob, failure: Failure) -> FromWorker {
+    open.failed = true;
+    FromWorker::FlushFailed {
+        job: open.id,
+        failure: cut_failure(failure),
+    }
+}
+
+fn cut_failure(failure: Failure) -> Failure {
+    match failure {
+        Failure::Panic(message) => Failure::Panic(cut(message)),
+        Failure::Error(message) => Failure::Error(cut(message)),
     }
 }
 

@@ -378,9 +378,7 @@ impl State {
                     IpcSelectionResult::ChannelClosed(receiver) => (receiver, None),
                     IpcSelectionResult::MessageReceived(receiver, message) => {
                         match message.to::<FromWorker>() {
-                            Ok(FromWorker::Hello { .. }) => {
-                                (receiver, Some("sent a second hello".to_string()))
-                            }
+                            Ok(FromWorker::Bye) => (receiver, Some("said goodbye unasked".to_string())),
                             Ok(_) => continue,
                             Err(err) => (
                                 receiver,

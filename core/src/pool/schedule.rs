@@ -16,7 +16,7 @@ use coop_worker::protocol::{
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::spawn::{Spawner, message_kind};
+use super::spawn::Spawner;
 use super::{Config, Ipc, Kill, Slot, State, describe_death, reap};
 use crate::engine::{Encoded, JobStats, Progress, Run, report};
 use crate::error::{Error, Result, TaskIndex};
@@ -455,7 +455,7 @@ impl<J: Job> JobState<'_, J> {
                 report(self.progress, self.done_count, self.specs.len());
             }
             FromWorker::TaskFailed { job, task, failure } if job == self.id => {
-                let task = TaskIndex((task != u32::MAX).then_some(task as usize));
+                let task = TaskIndex(Some(task as usize));
                 return Err(match failure {
                     Failure::Panic(message) => Error::TaskPanicked {
                         job: J::NAME,
@@ -506,11 +506,25 @@ impl<J: Job> JobState<'_, J> {
                     },
                 });
             }
-            FromWorker::Hello { .. } => {
-                slot.kill(Kill::Breach(format!(
-                    "sent {} after its handshake",
-                    message_kind(&message)
-                )));
+            FromWorker::FlushFailed { job, failure } if job == self.id => {
+                let task = TaskIndex(None);
+                return Err(match failure {
+                    Failure::Panic(message) => Error::TaskPanicked {
+                        job: J::NAME,
+                        task,
+                        pid,
+                        message,
+                    },
+                    Failure::Error(message) => Error::TaskFailed {
+                        job: J::NAME,
+                        task,
+                        pid,
+                        message,
+                    },
+                });
+            }
+            FromWorker::Bye => {
+                slot.kill(Kill::Breach(format!("sent {} during a job", message.kind())));
             }
             // A message about an earlier job, which ended or failed: stale.
             _ => {}

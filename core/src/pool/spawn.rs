@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use coop_worker::ipc_channel::IpcError;
 use coop_worker::ipc_channel::ipc::{IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender};
-use coop_worker::protocol::{ENV_PARENT, ENV_SERVER, ENV_TOKEN, FromWorker, ToWorker};
+use coop_worker::protocol::{ENV_PARENT, ENV_SERVER, ENV_TOKEN, FromWorker, Hello, ToWorker};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
@@ -148,7 +148,7 @@ fn spawn_batch(config: &SpawnConfig, indices: std::ops::Range<usize>) -> Vec<Res
 
 /// A child started and not yet connected.
 struct Pending {
-    server: IpcOneShotServer<FromWorker>,
+    server: IpcOneShotServer<Hello>,
     /// The rendezvous socket's path.
     name: String,
     child: Child,
@@ -223,7 +223,7 @@ fn new_token() -> Result<String> {
 }
 
 fn start_child(config: &SpawnConfig, index: usize) -> Result<Pending> {
-    let (server, name) = IpcOneShotServer::<FromWorker>::new().map_err(|source| Error::Os {
+    let (server, name) = IpcOneShotServer::<Hello>::new().map_err(|source| Error::Os {
         context: "creating a rendezvous socket",
         source,
     })?;
@@ -313,12 +313,13 @@ fn handshake(pending: Pending, config: &SpawnConfig) -> Result<Started> {
     };
     match accepted {
         Ok((
-            rx,
-            FromWorker::Hello {
+            _,
+            Hello {
                 pid: hello_pid,
                 token: hello_token,
                 to_worker,
                 bulk,
+                from_worker,
             },
         )) if hello_pid == pid && hello_token == token => Ok((
             Worker {
@@ -327,9 +328,9 @@ fn handshake(pending: Pending, config: &SpawnConfig) -> Result<Started> {
                 tx: to_worker,
                 bulk,
             },
-            rx,
+            from_worker,
         )),
-        Ok((_, FromWorker::Hello { pid: hello_pid, .. })) => {
+        Ok((_, Hello { pid: hello_pid, .. })) => {
             // Someone else reached the socket first, or the child lied: drop it.
             tracing::warn!(
                 pid,
@@ -343,10 +344,6 @@ fn handshake(pending: Pending, config: &SpawnConfig) -> Result<Started> {
                 ),
             ))
         }
-        Ok((_, other)) => Err(failure(
-            &mut child,
-            format!("sent {} instead of its hello", message_kind(&other)),
-        )),
         Err(err) => {
             let cause = match verdict {
                 Some(Verdict::TimedOut) => format!("did not connect within {timeout:?}"),
@@ -451,16 +448,6 @@ fn has_exited(pid: u32) -> bool {
     )
 }
 
-pub(crate) fn message_kind(message: &FromWorker) -> &'static str {
-    match message {
-        FromWorker::Hello { .. } => "a hello",
-        FromWorker::TaskDone { .. } => "a task result",
-        FromWorker::TaskFailed { .. } => "a task failure",
-        FromWorker::Partial { .. } => "a partial",
-        FromWorker::JobRejected { .. } => "a job rejection",
-    }
-}
-
 /// The program workers are started from: this very executable.
 pub(crate) fn current_program() -> Result<PathBuf> {
     // /proc/self/exe still works if the file was replaced or deleted since start.
@@ -485,7 +472,7 @@ mod tests {
 
     #[test]
     fn rendezvous_directory_is_made_private() {
-        let (_server, name) = IpcOneShotServer::<FromWorker>::new().unwrap();
+        let (_server, name) = IpcOneShotServer::<Hello>::new().unwrap();
         let dir = Path::new(&name).parent().unwrap();
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         secure_rendezvous(&name).unwrap();
@@ -497,7 +484,7 @@ mod tests {
     /// they end with do not depend on it.
     #[test]
     fn a_socket_and_directory_made_open_are_made_private() {
-        let (_server, name) = IpcOneShotServer::<FromWorker>::new().unwrap();
+        let (_server, name) = IpcOneShotServer::<Hello>::new().unwrap();
         let dir = Path::new(&name).parent().unwrap();
         for path in [dir, Path::new(&name)] {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o775)).unwrap();
@@ -509,7 +496,7 @@ mod tests {
 
     #[test]
     fn a_socket_replaced_by_something_else_is_refused() {
-        let (_server, name) = IpcOneShotServer::<FromWorker>::new().unwrap();
+        let (_server, name) = IpcOneShotServer::<Hello>::new().unwrap();
         std::fs::remove_file(&name).unwrap();
         std::os::unix::fs::symlink("/dev/null", &name).unwrap();
         let err = secure_rendezvous(&name).unwrap_err().to_string();
