@@ -214,6 +214,7 @@ mod job;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 mod pool;
+mod scheduler;
 mod stop;
 mod testing;
 mod workers;

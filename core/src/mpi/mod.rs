@@ -78,7 +78,7 @@
 //! }
 //! ```
 
-mod coordinator;
+mod transport;
 mod wire;
 mod worker;
 
@@ -91,11 +91,14 @@ use mpi::Threading;
 use mpi::environment::Universe;
 use mpi::topology::{Communicator, SimpleCommunicator};
 
+use coop_worker::protocol::{FromWorker, ToWorker};
+
 use crate::engine::{Engine, Run, Sequential};
 use crate::error::{Error, MpiError, Result};
 use crate::job::{Job, initialized, registered};
-use coordinator::{RankSlot, State};
-use wire::{FromRank, TAG_CONTROL, ToRank};
+use crate::scheduler::{self, Policy};
+use transport::{MpiTransport, Rank, State};
+use wire::{RankHello, TAG_CONTROL};
 
 #[cfg(doc)]
 use crate::Input;
@@ -154,14 +157,10 @@ impl Mpi {
         }
         let mut ranks = Vec::new();
         for rank in 1..world.size() {
-            match wire::receive::<FromRank>(&world, Some(rank), TAG_CONTROL) {
-                Ok((_, FromRank::Hello { host, pid })) => ranks.push(RankSlot::new(rank, host, pid)),
+            match wire::receive::<RankHello>(&world, Some(rank), TAG_CONTROL) {
+                Ok((_, RankHello { host, pid })) => ranks.push(Rank::new(rank, host, pid)),
                 // The other ranks are waiting in the protocol; ending the MPI
                 // job is the only way not to leave them hanging.
-                Ok((_, other)) => abort(
-                    &world,
-                    format!("rank {rank} started with {other:?} instead of hello"),
-                ),
                 Err(problem) => abort(&world, format!("rank {rank} did not start: {problem}")),
             }
         }
@@ -170,11 +169,7 @@ impl Mpi {
             .collect();
         tracing::info!(ranks = world.size(), ?hosts, ?threading, "MPI engine started");
         Ok(Mpi {
-            state: RefCell::new(State {
-                ranks,
-                next_job: 0,
-                current: None,
-            }),
+            state: RefCell::new(State { ranks, next_job: 0 }),
             world,
             hosts,
             threading,
@@ -202,7 +197,22 @@ impl Engine for Mpi {
         if state.ranks.is_empty() {
             return Sequential.execute(run);
         }
-        coordinator::run_job(&mut state, &self.world, run)
+        let id = state.next_job;
+        state.next_job += 1;
+        // MPI cannot lose a rank alone, so nothing is retried; nor can a
+        // rank be killed, so there is no task timeout.
+        let policy = Policy {
+            workers: state.ranks.len(),
+            retries: 0,
+            task_timeout: None,
+        };
+        let mut transport = MpiTransport {
+            state: &mut state,
+            world: &self.world,
+            input: run.input,
+            start: None,
+        };
+        scheduler::run_job(&mut transport, policy, id, run)
     }
 
     /// Ranks that run tasks: N-1, or 1 (rank 0 itself) with a single rank.
@@ -219,34 +229,28 @@ impl Drop for Mpi {
     fn drop(&mut self) {
         let world = &self.world;
         let state = self.state.get_mut();
-        if let Some(id) = state.current
-            && let Err(err) = state.end_job(world, id, true)
-        {
-            abort(world, format!("ending job {id}: {err}"));
+        for rank in &mut state.ranks {
+            if let Err(err) = rank.end(world, true) {
+                abort(world, format!("ending a job: {err}"));
+            }
         }
-        for slot in &state.ranks {
-            if let Err(problem) = wire::send(world, slot.rank, TAG_CONTROL, &ToRank::Shutdown) {
+        for rank in &state.ranks {
+            if let Err(problem) = wire::send(world, rank.rank, TAG_CONTROL, &ToWorker::Shutdown) {
                 abort(world, problem);
             }
         }
         let deadline = Instant::now() + SHUTDOWN_GRACE;
-        let mut left: Vec<i32> = state.ranks.iter().map(|slot| slot.rank).collect();
+        let mut left: Vec<i32> = state.ranks.iter().map(|rank| rank.rank).collect();
         while !left.is_empty() {
-            match wire::receive_until::<FromRank>(world, None, TAG_CONTROL, deadline) {
-                Ok(Some((rank, message))) => {
-                    if let Err(problem) = wire::discard_data(world, rank, message.data_len()) {
-                        abort(world, format!("rank {rank}: {problem}"));
-                    }
-                    if matches!(message, FromRank::Bye) {
-                        left.retain(|&r| r != rank);
-                    }
-                }
+            match state.receive(world, Some(deadline)) {
+                Ok(Some((rank, FromWorker::Bye))) => left.retain(|&r| r != rank),
+                Ok(Some(_)) => {}
                 Ok(None) => {
                     let busy: Vec<String> = state
                         .ranks
                         .iter()
-                        .filter(|slot| left.contains(&slot.rank))
-                        .map(|slot| format!("rank {} (host {}, pid {})", slot.rank, slot.host, slot.pid))
+                        .filter(|rank| left.contains(&rank.rank))
+                        .map(|rank| format!("rank {} (host {}, pid {})", rank.rank, rank.host, rank.pid))
                         .collect();
                     eprintln!(
                         "coop: MPI rank 0: {} still running a task of a failed job {SHUTDOWN_GRACE:?} \

@@ -1,17 +1,17 @@
-//! What rank 0 and the other ranks say to each other, and how bytes cross MPI.
+//! How the messages of `coop_worker::protocol` and their bytes cross MPI.
 //!
-//! Every exchange is a *control* message (a postcard-encoded [`ToRank`] or
-//! [`FromRank`], small by the job contract: names, parameters, ranges) on
-//! [`TAG_CONTROL`], followed, when the message announces bytes (input chunks,
-//! an output tile, a partial), by those bytes on [`TAG_DATA`] from the same
-//! sender, cut into [`pieces`] that MPI's `i32` counts can carry. MPI keeps
+//! Every exchange is a *control* message (a postcard-encoded `ToWorker` or
+//! `FromWorker`, small by the job contract: names, parameters, ranges) on
+//! [`TAG_CONTROL`], followed, when the message announces bytes (a task's
+//! input chunks, a `Payload::Follows`: an output tile, a partial), by those
+//! bytes on [`TAG_DATA`] from the same sender, cut into [`pieces`] that
+//! MPI's `i32` counts can carry. MPI keeps
 //! the order of messages between two ranks on one tag, so the bytes always
 //! follow their announcement.
 
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use coop_worker::protocol::{Chunk, Failure, Rejection};
 use mpi::Tag;
 use mpi::datatype::Equivalence;
 use mpi::point_to_point::{Destination, MatchedReceiveVec, Source};
@@ -25,7 +25,7 @@ use crate::error::MpiError;
 pub(super) const TAG_CONTROL: Tag = 1;
 /// Tag of the bytes that follow a control message.
 pub(super) const TAG_DATA: Tag = 2;
-/// Tag of [`ToRank::Cancel`], which a rank looks for before each task so that
+/// Tag of `ToWorker::Cancel`, which a rank looks for before each task so that
 /// a failed job stops at once, ahead of the tasks already queued for it.
 pub(super) const TAG_CANCEL: Tag = 3;
 
@@ -40,141 +40,16 @@ pub(crate) fn pieces(len: usize, max: usize) -> impl Iterator<Item = Range<usize
     (0..len.div_ceil(max)).map(move |i| i * max..((i + 1) * max).min(len))
 }
 
-/// Rank 0 to another rank.
+/// A rank's first message, on [`TAG_CONTROL`]: where it runs. (The
+/// handshake is MPI's own; every message after it is a
+/// [`ToWorker`](coop_worker::protocol::ToWorker) or a
+/// [`FromWorker`](coop_worker::protocol::FromWorker).)
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) enum ToRank {
-    /// Open a job: find its code by its type, map or allocate its input and output.
-    StartJob {
-        /// Job id, unique within the MPI job.
-        job: u64,
-        /// Which registered job (`JobEntry::key`).
-        key: coop_worker::JobKey,
-        /// The job value, encoded with postcard.
-        params: Vec<u8>,
-        /// Input segments, in order.
-        input: Vec<Segment>,
-        /// Length of the output in bytes, if the job has one.
-        output: Option<u64>,
-    },
-    /// Run one task and fold its result into the rank's partial. The bytes of
-    /// `chunks` (parts of in-memory segments the rank does not hold yet)
-    /// follow, in order.
-    Task {
-        /// Job id.
-        job: u64,
-        /// Task index within the job.
-        task: u32,
-        /// The task, encoded with postcard.
-        spec: Vec<u8>,
-        /// Input bytes that follow this message.
-        chunks: Vec<Chunk>,
-    },
-    /// Send the partial folded so far and start a new, empty one.
-    Flush {
-        /// Job id.
-        job: u64,
-    },
-    /// The job failed: skip its remaining tasks and flushes (on [`TAG_CANCEL`]).
-    Cancel {
-        /// Job id.
-        job: u64,
-    },
-    /// Close the job, release its memory, and answer [`FromRank::JobEnded`].
-    EndJob {
-        /// Job id.
-        job: u64,
-    },
-    /// Answer [`FromRank::Bye`] and leave: finalize MPI and exit.
-    Shutdown,
-}
-
-/// One input segment as a rank gets it.
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) enum Segment {
-    /// A file every rank maps itself, by absolute path: nothing of it is sent.
-    File {
-        /// The path's bytes (Unix paths need not be UTF-8).
-        path: Vec<u8>,
-        /// Length rank 0 saw; a rank that sees another refuses the job.
-        len: u64,
-    },
-    /// Bytes in rank 0's memory: the parts each task reads are sent with the
-    /// task, once per rank.
-    Memory {
-        /// Length of the segment.
-        len: u64,
-    },
-}
-
-/// Where an output tile that follows a [`FromRank::TaskDone`] goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct TileHeader {
-    /// Byte offset within the output.
-    pub(super) offset: u64,
-    /// Length in bytes.
-    pub(super) len: u64,
-}
-
-/// Another rank to rank 0.
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) enum FromRank {
-    /// First message of every rank: where it runs.
-    Hello {
-        /// MPI's processor name (the host name).
-        host: String,
-        /// The rank's pid on its host.
-        pid: u32,
-    },
-    /// A task finished; the bytes of its output tile follow, if it wrote one.
-    TaskDone {
-        /// Job id.
-        job: u64,
-        /// Task index.
-        task: u32,
-        /// The tile that follows.
-        tile: Option<TileHeader>,
-    },
-    /// A task panicked or returned an error (`task == u32::MAX`: encoding the partial).
-    TaskFailed {
-        /// Job id.
-        job: u64,
-        /// Task index.
-        task: u32,
-        /// What went wrong.
-        failure: Failure,
-    },
-    /// The rank's partial result, answering [`ToRank::Flush`]: `len` bytes follow.
-    Partial {
-        /// Job id.
-        job: u64,
-        /// Length of the encoded partial.
-        len: u64,
-    },
-    /// The rank could not open the job.
-    JobRejected {
-        /// Job id.
-        job: u64,
-        /// Why.
-        reason: Rejection,
-    },
-    /// Answer to [`ToRank::EndJob`]: the rank runs nothing of the job any more.
-    JobEnded {
-        /// Job id.
-        job: u64,
-    },
-    /// Answer to [`ToRank::Shutdown`].
-    Bye,
-}
-
-impl FromRank {
-    /// Bytes that follow this message on [`TAG_DATA`].
-    pub(super) fn data_len(&self) -> u64 {
-        match self {
-            FromRank::TaskDone { tile: Some(tile), .. } => tile.len,
-            FromRank::Partial { len, .. } => *len,
-            _ => 0,
-        }
-    }
+pub(super) struct RankHello {
+    /// MPI's processor name (the host name).
+    pub(super) host: String,
+    /// The rank's pid on its host.
+    pub(super) pid: u32,
 }
 
 /// Sends a control message to `rank` on `tag`; returns its size in bytes.
@@ -224,20 +99,6 @@ pub(super) fn receive_data(world: &SimpleCommunicator, rank: i32, buf: &mut [u8]
                 received: got,
             });
         }
-    }
-    Ok(())
-}
-
-/// Receives and drops `len` bytes sent with [`send_data`] by `rank`: the
-/// bytes of a message about a job that already ended.
-pub(super) fn discard_data(world: &SimpleCommunicator, rank: i32, len: u64) -> Result<(), MpiError> {
-    let mut left = len;
-    let mut buf = Vec::new();
-    while left > 0 {
-        let piece = left.min(MAX_PIECE as u64) as usize;
-        buf.resize(piece, 0);
-        receive_data(world, rank, &mut buf)?;
-        left -= piece as u64;
     }
     Ok(())
 }
@@ -338,6 +199,8 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
+    use coop_worker::protocol::{Chunk, Payload, ToWorker};
+
     use super::*;
 
     #[test]
@@ -368,32 +231,10 @@ mod tests {
     }
 
     #[test]
-    fn data_length_is_what_follows() {
-        let tile = TileHeader { offset: 8, len: 24 };
-        let done = FromRank::TaskDone {
-            job: 1,
-            task: 2,
-            tile: Some(tile),
-        };
-        assert_eq!(done.data_len(), 24);
-        assert_eq!(FromRank::Partial { job: 1, len: 7 }.data_len(), 7);
-        assert_eq!(FromRank::JobEnded { job: 1 }.data_len(), 0);
-        assert_eq!(
-            FromRank::TaskDone {
-                job: 1,
-                task: 2,
-                tile: None
-            }
-            .data_len(),
-            0
-        );
-    }
-
-    #[test]
     fn codec_errors_are_kept_as_sources() {
         use std::error::Error as _;
 
-        let err = decode::<ToRank>(2, &[0xff, 0xff]).unwrap_err();
+        let err = decode::<ToWorker>(2, &[0xff, 0xff]).unwrap_err();
         assert!(matches!(err, MpiError::Decode { rank: 2, .. }), "{err:?}");
         let codec = err.source().expect("the codec's error is the source");
         assert!(codec.downcast_ref::<postcard::Error>().is_some(), "{codec:?}");
@@ -432,10 +273,10 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        let message = ToRank::Task {
+        let message = ToWorker::Task {
             job: 3,
             task: 4,
-            spec: vec![1, 2, 3],
+            spec: Payload::Inline(vec![1, 2, 3]),
             chunks: vec![Chunk {
                 segment: 1,
                 offset: 4096,
@@ -443,14 +284,14 @@ mod tests {
             }],
         };
         let bytes = postcard::to_allocvec(&message).unwrap();
-        match postcard::from_bytes::<ToRank>(&bytes).unwrap() {
-            ToRank::Task {
+        match postcard::from_bytes::<ToWorker>(&bytes).unwrap() {
+            ToWorker::Task {
                 job: 3,
                 task: 4,
                 spec,
                 chunks,
             } => {
-                assert_eq!(spec, [1, 2, 3]);
+                assert_eq!(spec.bytes(), [1, 2, 3]);
                 assert_eq!(chunks.len(), 1);
                 assert_eq!(chunks[0].offset, 4096);
             }

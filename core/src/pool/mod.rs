@@ -1,12 +1,14 @@
 //! [`Pool`]: the coordinator of a set of worker processes.
 
-mod schedule;
 mod spawn;
+mod transport;
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use std::collections::{HashSet, VecDeque};
 
 use coop_worker::ipc_channel::ipc::{IpcReceiverSet, IpcSelectionResult};
 use coop_worker::protocol::{FromWorker, ToWorker};
@@ -16,8 +18,10 @@ use nix::unistd::Pid;
 use crate::engine::{Engine, Run};
 use crate::error::{Error, Result};
 use crate::job::{Job, check_registered};
+use crate::scheduler::{self, Event, Policy, WorkerId};
 use crate::workers::{check_worker_count, default_workers};
 use spawn::{SpawnConfig, Spawner, Started, Worker};
+use transport::PoolTransport;
 
 /// Default number of times a task is run again after the worker running it died.
 pub const DEFAULT_RETRIES: u32 = 2;
@@ -27,6 +31,9 @@ const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a worker asked to exit gets before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a worker whose channel closed gets to finish exiting before it is killed.
+const EXIT_GRACE: Duration = Duration::from_millis(200);
 
 /// A pool of worker processes, one per core by default (or `COOP_WORKERS`:
 /// see [`default_workers`]), that runs [`Job`]s.
@@ -220,13 +227,15 @@ impl PoolBuilder {
         for attempt in 0..=self.retries {
             for worker in spawner.spawn(missing) {
                 match worker {
-                    Ok(worker) => state.add(worker)?,
+                    Ok(worker) => {
+                        state.add(worker)?;
+                    }
                     // On error, `state` drops and reaps the workers already started.
                     Err(err) if attempt == self.retries => return Err(err),
                     Err(err) => tracing::warn!(%err, "a worker failed to start; trying again"),
                 }
             }
-            missing = workers - state.slots.len();
+            missing = workers - state.members.len();
             if missing == 0 {
                 break;
             }
@@ -261,7 +270,11 @@ impl Pool {
 
     /// The pids of the live workers.
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.lock().slots.iter().map(|slot| slot.worker.pid).collect()
+        self.lock()
+            .members
+            .iter()
+            .map(|member| member.worker.pid)
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -274,7 +287,21 @@ impl Pool {
 impl Engine for Pool {
     fn execute<J: Job>(&self, run: Run<'_, J>) -> Result<J::Partial> {
         let mut state = self.lock();
-        schedule::run_job(&mut state, &self.spawner, &self.config, run)
+        let id = state.next_job;
+        state.next_job += 1;
+        let policy = Policy {
+            workers: self.config.workers,
+            retries: self.config.retries,
+            task_timeout: self.config.task_timeout,
+        };
+        // Feeder threads stream input bytes to workers (message passing); they
+        // borrow the input, hence the scope. The transport, dropped at the end
+        // of the closure, ends them first.
+        let input = run.input;
+        std::thread::scope(|scope| {
+            let mut transport = PoolTransport::new(&mut state, &self.spawner, &self.config, scope, input);
+            scheduler::run_job(&mut transport, policy, id, run)
+        })
     }
 
     fn workers(&self) -> usize {
@@ -282,12 +309,16 @@ impl Engine for Pool {
     }
 }
 
-/// The coordinator's view of its workers.
+/// The coordinator's view of its workers, between jobs and during one.
 struct State {
-    slots: Vec<Slot>,
+    members: Vec<Member>,
     /// Every worker's result channel, polled together.
     set: IpcReceiverSet,
     next_job: u64,
+    next_worker: u64,
+    /// Events read and not yet handed to a job: the rest of a batch that
+    /// came in with the event that failed the job (the next job takes them).
+    pending: VecDeque<(WorkerId, Event)>,
 }
 
 impl std::fmt::Debug for State {
@@ -295,36 +326,22 @@ impl std::fmt::Debug for State {
         f.debug_struct("State")
             .field(
                 "workers",
-                &self.slots.iter().map(|s| s.worker.pid).collect::<Vec<_>>(),
+                &self.members.iter().map(|m| m.worker.pid).collect::<Vec<_>>(),
             )
             .field("next_job", &self.next_job)
             .finish()
     }
 }
 
-/// One worker and what it holds of the current job.
-struct Slot {
+/// One worker of the pool, and what outlives a job about it.
+struct Member {
+    id: WorkerId,
     worker: Worker,
     /// Id of the worker's channel in `State::set`.
     receiver: u64,
-    /// Whether the worker has opened the current job.
-    open: bool,
-    /// Tasks sent and not yet done, in the order the worker runs them.
-    assigned: std::collections::VecDeque<usize>,
-    /// When the first of `assigned` started running or, with none, when the
-    /// flush was sent: the task timeout counts from there.
-    running_since: Option<Instant>,
-    /// Tasks done whose results sit in the worker's unsent partial.
-    folded: Vec<usize>,
-    /// A flush was sent and its partial has not arrived.
-    flushing: bool,
-    /// Why the worker was killed on purpose, if it was.
-    killed: Option<Kill>,
-    /// Input ranges (segment, start, end) the worker holds (message passing).
-    sent: std::collections::HashSet<(usize, usize, usize)>,
     /// Regions the worker keeps mapped: those of the last job it opened
     /// ([`coop_worker::Mappings`]); none believed after a failed job.
-    held: std::collections::HashSet<u64>,
+    held: HashSet<u64>,
     /// Jobs the worker has opened ([`PoolBuilder::max_jobs_per_worker`]).
     jobs: u32,
 }
@@ -332,94 +349,134 @@ struct Slot {
 impl State {
     fn new() -> Result<Self> {
         Ok(State {
-            slots: Vec::new(),
+            members: Vec::new(),
             set: IpcReceiverSet::new().map_err(|source| Error::Os {
                 context: "creating the receiver set",
                 source,
             })?,
             next_job: 0,
+            next_worker: 0,
+            pending: VecDeque::new(),
         })
     }
 
-    fn add(&mut self, (worker, rx): Started) -> Result<()> {
+    fn add(&mut self, (worker, rx): Started) -> Result<WorkerId> {
         let receiver = self.set.add(rx).map_err(|source| Error::Os {
             context: "polling a worker's channel",
             source,
         })?;
-        self.slots.push(Slot {
+        let id = WorkerId {
+            index: self.next_worker,
+            pid: worker.pid,
+        };
+        self.next_worker += 1;
+        self.members.push(Member {
+            id,
             worker,
             receiver,
-            open: false,
-            assigned: Default::default(),
-            running_since: None,
-            folded: Vec::new(),
-            flushing: false,
-            killed: None,
-            sent: Default::default(),
-            held: Default::default(),
+            held: HashSet::new(),
             jobs: 0,
         });
-        Ok(())
+        Ok(id)
     }
 
-    fn slot_of(&self, receiver: u64) -> Option<usize> {
-        self.slots.iter().position(|slot| slot.receiver == receiver)
+    fn member(&self, id: WorkerId) -> Option<&Member> {
+        self.members.iter().find(|member| member.id == id)
     }
 
-    /// Handles worker deaths that happened between jobs: reaps them and starts
-    /// replacements, so every job starts with a full pool.
-    fn resync(&mut self, spawner: &Spawner, config: &Config) -> Result<()> {
-        let target = config.workers;
-        while let Ok(events) = self.set.try_select() {
-            for event in events {
-                // Results of earlier jobs are stale; deaths, and messages that
-                // do not decode or could never be sent, mean a lost worker.
-                let (receiver, problem) = match event {
-                    IpcSelectionResult::ChannelClosed(receiver) => (receiver, None),
-                    IpcSelectionResult::MessageReceived(receiver, message) => {
-                        match message.to::<FromWorker>() {
-                            Ok(FromWorker::Bye) => (receiver, Some("said goodbye unasked".to_string())),
-                            Ok(_) => continue,
-                            Err(err) => (
-                                receiver,
-                                Some(format!("sent a message that does not decode: {err}")),
-                            ),
-                        }
+    fn member_mut(&mut self, id: WorkerId) -> Option<&mut Member> {
+        self.members.iter_mut().find(|member| member.id == id)
+    }
+
+    /// Reads what the workers said, waiting up to `wait` (none: not at all),
+    /// into `pending`. A closed channel is a worker gone: it is reaped and
+    /// removed here, and reported as lost.
+    fn poll(&mut self, wait: Option<Duration>, memory_limit: Option<u64>) -> Result<()> {
+        let events = match wait {
+            Some(wait) => self.set.try_select_timeout(wait),
+            None => self.set.try_select(),
+        };
+        let events = match events {
+            Ok(events) => events,
+            Err(coop_worker::ipc_channel::TrySelectError::Empty) => return Ok(()),
+            Err(coop_worker::ipc_channel::TrySelectError::IoError(err)) => {
+                return Err(Error::Os {
+                    context: "waiting for workers",
+                    source: err,
+                });
+            }
+        };
+        for event in events {
+            match event {
+                // Every message is decoded, even one from a worker already
+                // removed: decoding is what takes over the shared memory a
+                // message may carry (ipc-channel leaks it otherwise).
+                IpcSelectionResult::MessageReceived(receiver, message) => {
+                    let event = transport::decode(message);
+                    if let Some(member) = self.members.iter().find(|m| m.receiver == receiver) {
+                        self.pending.push_back((member.id, event));
                     }
-                };
-                if let Some(index) = self.slot_of(receiver) {
-                    let slot = self.slots.swap_remove(index);
-                    let pid = slot.worker.pid;
-                    if let Some(problem) = &problem {
-                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                        tracing::warn!(pid, problem, "worker killed between jobs");
-                    }
-                    let status = reap(slot.worker, Duration::from_millis(100));
-                    tracing::warn!(pid, status = %describe(status), "worker lost between jobs");
+                }
+                IpcSelectionResult::ChannelClosed(receiver) => {
+                    let Some(index) = self.members.iter().position(|m| m.receiver == receiver) else {
+                        continue;
+                    };
+                    let member = self.members.remove(index);
+                    let status = reap(member.worker, EXIT_GRACE);
+                    self.pending
+                        .push_back((member.id, Event::Lost(describe_death(status, memory_limit))));
                 }
             }
         }
-        if let Some(max) = config.max_jobs_per_worker {
-            let (retired, kept) = std::mem::take(&mut self.slots)
-                .into_iter()
-                .partition(|slot| slot.jobs >= max);
-            self.slots = kept;
-            let retired: Vec<Slot> = retired;
-            // Every worker is told first, so that they exit together.
-            for slot in &retired {
-                let _ = slot.worker.tx.send(ToWorker::Shutdown);
-                tracing::debug!(pid = slot.worker.pid, jobs = slot.jobs, "worker retired");
-            }
-            for slot in retired {
-                reap(slot.worker, SHUTDOWN_GRACE);
+        Ok(())
+    }
+
+    /// Readies the pool for a job: what workers said since the last job is
+    /// stale, but a worker gone or gone wrong is replaced (and one that
+    /// served its jobs retired), so that every job starts with a full pool.
+    fn resync(&mut self, spawner: &Spawner, config: &Config) -> Result<()> {
+        self.poll(None, config.memory_limit)?;
+        while let Some((id, event)) = self.pending.pop_front() {
+            let problem = match event {
+                Event::Lost(status) => {
+                    tracing::warn!(worker = ?id, %status, "worker lost between jobs");
+                    continue;
+                }
+                Event::Message(FromWorker::Bye) => "said goodbye unasked".to_string(),
+                Event::Message(_) => continue,
+                Event::Garbage(problem) => problem,
+            };
+            if let Some(index) = self.members.iter().position(|member| member.id == id) {
+                let member = self.members.remove(index);
+                let pid = member.worker.pid;
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                let status = reap(member.worker, Duration::from_millis(100));
+                tracing::warn!(pid, problem, status = %describe(status), "worker killed between jobs");
             }
         }
-        let missing = target.saturating_sub(self.slots.len());
+        if let Some(max) = config.max_jobs_per_worker {
+            let (retired, kept) = std::mem::take(&mut self.members)
+                .into_iter()
+                .partition(|member| member.jobs >= max);
+            self.members = kept;
+            let retired: Vec<Member> = retired;
+            // Every worker is told first, so that they exit together.
+            for member in &retired {
+                let _ = member.worker.tx.send(ToWorker::Shutdown);
+                tracing::debug!(pid = member.worker.pid, jobs = member.jobs, "worker retired");
+            }
+            for member in retired {
+                reap(member.worker, SHUTDOWN_GRACE);
+            }
+        }
+        let missing = config.workers.saturating_sub(self.members.len());
         if missing > 0 {
             for worker in spawner.spawn(missing) {
                 match worker {
-                    Ok(worker) => self.add(worker)?,
-                    Err(err) if self.slots.is_empty() => return Err(err),
+                    Ok(worker) => {
+                        self.add(worker)?;
+                    }
+                    Err(err) if self.members.is_empty() => return Err(err),
                     Err(err) => tracing::warn!(%err, "could not replace a worker"),
                 }
             }
@@ -430,13 +487,13 @@ impl State {
 
 impl Drop for State {
     fn drop(&mut self) {
-        for slot in &self.slots {
-            let _ = slot.worker.tx.send(ToWorker::Shutdown);
+        for member in &self.members {
+            let _ = member.worker.tx.send(ToWorker::Shutdown);
         }
         let deadline = Instant::now() + SHUTDOWN_GRACE;
-        for slot in self.slots.drain(..) {
+        for member in self.members.drain(..) {
             let left = deadline.saturating_duration_since(Instant::now());
-            reap(slot.worker, left);
+            reap(member.worker, left);
         }
     }
 }
@@ -502,24 +559,6 @@ fn describe(reaped: Reaped) -> String {
             status: Some(status), ..
         } => crate::error::describe_status(status),
         Reaped { status: None, .. } => "ended (status unknown)".to_string(),
-    }
-}
-
-/// Why the coordinator killed a worker.
-#[derive(Debug, Clone)]
-enum Kill {
-    Timeout,
-    Breach(String),
-    Abandoned,
-}
-
-impl std::fmt::Display for Kill {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Kill::Timeout => f.write_str("was killed after its task timed out"),
-            Kill::Breach(what) => write!(f, "was killed for breaking the protocol ({what})"),
-            Kill::Abandoned => f.write_str("was killed because its job failed"),
-        }
     }
 }
 

@@ -1,0 +1,162 @@
+//! What the scheduler asks of a transport: the process pool (ipc-channel and
+//! shared memory) or MPI. A transport moves messages and bytes and owns the
+//! workers' lives; every decision about tasks is the scheduler's.
+//!
+//! A transport is made for one job, over the engine's lasting state, so it
+//! may borrow what the job lends (the input, for threads that stream it).
+
+use std::time::Duration;
+
+use coop_worker::JobKey;
+use coop_worker::protocol::{Chunk, Failure, FromWorker, Rejection};
+
+use crate::error::{Error, Result, TaskIndex};
+use crate::input::{Input, SharedOutput};
+
+/// A worker as its transport names it: the same for the worker's whole
+/// life, and never given to another worker of the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct WorkerId {
+    /// The transport's number for it (the pool's count of workers started,
+    /// an MPI rank).
+    pub(crate) index: u64,
+    /// Its pid on its host, for errors (known after it is gone).
+    pub(crate) pid: u32,
+}
+
+/// How a transport carries a job's data, fixed for the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Carriage {
+    /// For each input segment, whether its bytes go with the tasks that read
+    /// them ([`Chunk`]s, at most once per worker); otherwise workers map it.
+    pub(crate) sent: Vec<bool>,
+    /// Whether output tiles come back in messages ([`FromWorker::TaskDone`]);
+    /// otherwise workers write them in place.
+    pub(crate) tiles: bool,
+}
+
+impl Carriage {
+    /// Whether some task carries input bytes: then no task goes ahead to a
+    /// busy worker, where its bytes would wait behind the running task (and,
+    /// with MPI, hold the coordinator in the send until the worker takes them).
+    pub(crate) fn carries_input(&self) -> bool {
+        self.sent.contains(&true)
+    }
+}
+
+/// What a worker needs to open a job.
+#[derive(Debug)]
+pub(crate) struct JobStart<'a> {
+    pub(crate) id: u64,
+    pub(crate) key: JobKey,
+    /// The job value, encoded.
+    pub(crate) params: &'a [u8],
+    pub(crate) input: &'a Input,
+    pub(crate) output: Option<&'a SharedOutput>,
+}
+
+/// How a job ended for one worker ([`Transport::end_job`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JobEnd {
+    pub(crate) id: u64,
+    /// The job failed (or was stopped): what the worker still runs of it is waste.
+    pub(crate) failed: bool,
+    /// The worker opened the job.
+    pub(crate) opened: bool,
+    /// The worker still has tasks of the job (running or queued).
+    pub(crate) busy: bool,
+}
+
+/// What a transport reports about a worker.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A message; its payloads hold their bytes (never [`Payload::Follows`](coop_worker::protocol::Payload::Follows)).
+    Message(FromWorker),
+    /// Something that is not a message of the protocol.
+    Garbage(String),
+    /// The worker is gone (and reaped): what became of it.
+    Lost(String),
+}
+
+/// Why the scheduler stops listening to a worker and ends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Kill {
+    /// Its task ran past the pool's task timeout.
+    Timeout,
+    /// It broke the protocol.
+    Breach(String),
+}
+
+impl std::fmt::Display for Kill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kill::Timeout => f.write_str("was killed after its task timed out"),
+            Kill::Breach(what) => write!(f, "was killed for breaking the protocol ({what})"),
+        }
+    }
+}
+
+/// A failure a worker reported, which ends the job (user code is not retried).
+#[derive(Debug)]
+pub(crate) enum Reported {
+    /// A task, or encoding the partial (`task` is then none), panicked or
+    /// returned an error.
+    Failed { task: TaskIndex, failure: Failure },
+    /// The worker could not open the job.
+    Rejected(Rejection),
+}
+
+/// The job a [`Reported`] failure belongs to, for the error that names it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JobName {
+    pub(crate) name: &'static str,
+    pub(crate) type_name: &'static str,
+}
+
+/// The operations the scheduler needs. Sends never block on a worker for
+/// long (the pool streams input bytes from threads of its own); a send to a
+/// worker that died is not an error: the death is reported as an event.
+/// An `Err` is one the job cannot outlive, and ends it.
+pub(crate) trait Transport {
+    /// How this job's data travels.
+    fn carriage(&self, input: &Input) -> Carriage;
+
+    /// Gets the workers ready for a new job (deaths between jobs handled,
+    /// workers retired and replaced, answers about earlier jobs taken), and
+    /// names them.
+    fn prepare(&mut self) -> Result<Vec<WorkerId>>;
+
+    /// Opens the job in the worker; comes before its first task.
+    fn start_job(&mut self, worker: WorkerId, job: &JobStart<'_>) -> Result<()>;
+
+    /// Sends one task, with the input bytes of `chunks` (from the job's input).
+    fn send_task(
+        &mut self,
+        worker: WorkerId,
+        job: u64,
+        task: u32,
+        spec: &[u8],
+        chunks: &[Chunk],
+    ) -> Result<()>;
+
+    /// Asks the worker for its partial, behind the tasks it has.
+    fn flush(&mut self, worker: WorkerId, job: u64) -> Result<()>;
+
+    /// Closes the job in the worker.
+    fn end_job(&mut self, worker: WorkerId, end: JobEnd) -> Result<()>;
+
+    /// The next event, waiting at most `wait`.
+    fn next_event(&mut self, wait: Duration) -> Result<Option<(WorkerId, Event)>>;
+
+    /// Ends a worker that is not to be trusted any more; its loss is reported
+    /// as [`Event::Lost`]. A transport that cannot end one worker alone (MPI)
+    /// fails the job instead.
+    fn kill(&mut self, worker: WorkerId, why: &Kill) -> Result<()>;
+
+    /// Starts a worker in place of one lost; `None` if the transport starts
+    /// no workers once the engine runs.
+    fn replace(&mut self) -> Option<Result<WorkerId>>;
+
+    /// The error for a failure the worker reported.
+    fn reported(&self, worker: WorkerId, job: JobName, failure: Reported) -> Error;
+}
