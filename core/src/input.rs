@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytemuck::Pod;
 use coop_worker::ipc_channel::ipc::IpcSharedMemory;
-use coop_worker::protocol::{OutputDesc, SegmentDesc, new_region_id};
+use coop_worker::protocol::{Chunk, OutputDesc, SegmentDesc, new_region_id};
 use coop_worker::{PACK_ALIGN, Pack, Region, release_pages};
 
 use crate::error::{Error, Result};
@@ -232,6 +232,13 @@ impl Input {
                 other => other.to_string(),
             })
         })
+    }
+
+    /// The bytes of a chunk a transport sends with a task (the scheduler
+    /// made it from the job's input ranges, clamped to the segment).
+    pub(crate) fn chunk(&self, chunk: &Chunk) -> &[u8] {
+        let start = chunk.offset as usize;
+        &self.bytes(chunk.segment as usize)[start..start + chunk.len as usize]
     }
 
     #[cfg(any(feature = "mpi", test))]

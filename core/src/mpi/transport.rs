@@ -229,9 +229,7 @@ impl Transport for MpiTransport<'_> {
         };
         wire::send(self.world, rank, TAG_CONTROL, &message)?;
         for chunk in chunks {
-            let start = chunk.offset as usize;
-            let bytes = &self.input.bytes(chunk.segment as usize)[start..start + chunk.len as usize];
-            wire::send_data(self.world, rank, bytes);
+            wire::send_data(self.world, rank, self.input.chunk(chunk));
         }
         Ok(())
     }

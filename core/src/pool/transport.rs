@@ -67,7 +67,7 @@ impl<'p, 'scope, 'env> PoolTransport<'p, 'scope, 'env> {
             .name("coop-feeder".into())
             .spawn_scoped(self.scope, move || {
                 for chunk in incoming {
-                    if send_chunk(&bulk, chunk_bytes(input, &chunk)).is_err() {
+                    if send_chunk(&bulk, input.chunk(&chunk)).is_err() {
                         break; // the worker is dead: its death is handled by the scheduler
                     }
                 }
@@ -80,11 +80,6 @@ impl<'p, 'scope, 'env> PoolTransport<'p, 'scope, 'env> {
             }
         }
     }
-}
-
-fn chunk_bytes<'i>(input: &'i Input, chunk: &Chunk) -> &'i [u8] {
-    let start = chunk.offset as usize;
-    &input.bytes(chunk.segment as usize)[start..start + chunk.len as usize]
 }
 
 /// A worker's message as the scheduler takes it.
@@ -198,7 +193,7 @@ impl Transport for PoolTransport<'_, '_, '_> {
                     let _ = feed.send(*chunk);
                 }
                 None => {
-                    let _ = send_chunk(&bulk, chunk_bytes(self.input, chunk));
+                    let _ = send_chunk(&bulk, self.input.chunk(chunk));
                 }
             }
         }
