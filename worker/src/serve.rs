@@ -1,330 +1,247 @@
-//! The life of a worker process: handshake, the task loop, and exit.
+//! The task loop every worker runs, pool worker or MPI rank: [`serve`], over
+//! a [`Link`] that carries its messages.
 
-use std::ffi::OsString;
 use std::panic::{self, AssertUnwindSafe};
-use std::{env, process};
 
-use ipc_channel::IpcError;
-use ipc_channel::ipc::{self, IpcBytesReceiver, IpcReceiver, IpcSender};
-use nix::sys::signal::{self, SigHandler, Signal};
-use nix::unistd::{Pid, getppid};
-
-use crate::fault::{self, Aftermath, Fault, Garbage, Point};
 use crate::job::{InstanceError, JobEntry, JobInstance, JobKey};
+use crate::link::{Link, PayloadKind};
 use crate::mappings::Mappings;
-use crate::panic::{capture_panics, panic_message};
+use crate::output::Output;
+use crate::panic::panic_message;
 use crate::protocol::{
-    Chunk, ENV_PARENT, ENV_SERVER, ENV_TOKEN, Failure, FromWorker, Hello, Outbox, OutputDesc, Payload,
-    Rejection, SegmentDesc, Tile, ToWorker,
+    Chunk, Failure, FromWorker, OutputDesc, Payload, Rejection, SegmentDesc, Tile, ToWorker,
 };
 
-/// Exit status of a worker whose coordinator went away or broke the protocol.
-const EXIT_PROTOCOL: i32 = 3;
-
-/// Whether this process was started as a worker (by a coordinator's pool).
-pub fn is_worker() -> bool {
-    env::var_os(ENV_SERVER).is_some()
+/// Why [`serve`] stopped before the coordinator said
+/// [`ToWorker::Shutdown`] or hung up: the link failed. `E` is the link's
+/// error, kept as the [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError<E: std::error::Error + 'static> {
+    /// A message from the coordinator could not be received.
+    #[error("receiving a message from the coordinator")]
+    Receive(#[source] E),
+    /// The input bytes sent with a task could not be received.
+    #[error("receiving the input of task {task} of job {job}")]
+    ReceiveChunk {
+        /// The job.
+        job: u64,
+        /// The task.
+        task: u32,
+        /// Why.
+        #[source]
+        source: E,
+    },
+    /// The coordinator's cancellations could not be read.
+    #[error("reading the coordinator's cancellations")]
+    Cancellations(#[source] E),
+    /// A message could not be sent to the coordinator.
+    #[error("sending {kind} to the coordinator")]
+    Send {
+        /// What the message was ([`FromWorker::kind`]).
+        kind: &'static str,
+        /// Why.
+        #[source]
+        source: E,
+    },
 }
 
-/// If this process was started as a worker, serves its coordinator and exits;
-/// otherwise returns at once. Call it first in `main`, before any thread starts.
-pub fn run_if_worker(jobs: &[JobEntry]) {
-    let Some(server) = env::var_os(ENV_SERVER) else {
-        return;
+/// Serves a coordinator over `link` with the registered `jobs`: opens the
+/// jobs it starts, runs their tasks and sends their partials, until it says
+/// [`ToWorker::Shutdown`] (answered [`FromWorker::Bye`]) or hangs up
+/// (`Ok` both), or the link fails.
+///
+/// What a job does wrong (a task or a flush that fails or panics, input
+/// that does not fit, a tile out of bounds) is answered to the coordinator
+/// and fails the job, never the loop; the job's remaining tasks and flushes
+/// are then skipped until the coordinator ends it.
+///
+/// The input and output a job is lent stay mapped after it ends, for the
+/// next job to name them by id (see [`Mappings`]).
+pub fn serve<L: Link>(jobs: &[JobEntry], link: &mut L) -> Result<(), ServeError<L::Error>> {
+    let mut worker = Worker {
+        jobs,
+        current: None,
+        mappings: Mappings::default(),
+        more_input: None,
     };
-    let parent = env::var(ENV_PARENT).ok().and_then(|p| p.parse::<i32>().ok());
-    let token = env::var(ENV_TOKEN).unwrap_or_default();
-    let faults = Faults(Fault::from_env());
-    // SAFETY: we are at the top of `main` (documented contract of `coop::init`),
-    // so no other thread reads the environment concurrently. The variables are
-    // removed so that programs the job itself starts are not taken for workers.
-    unsafe {
-        env::remove_var(ENV_SERVER);
-        env::remove_var(ENV_PARENT);
-        env::remove_var(ENV_TOKEN);
-        env::remove_var(fault::ENV_FAULT);
-    }
-    let code = match serve(server, parent, token, jobs, &faults) {
-        Ok(()) => 0,
-        // The coordinator hung up on this worker (it is dropping it, or is
-        // gone): nothing went wrong here worth a line on the terminal.
-        Err(err) if is_hangup(&*err) => EXIT_PROTOCOL,
-        Err(err) => {
-            eprintln!("coop worker {}: {err}", process::id());
-            EXIT_PROTOCOL
-        }
-    };
-    process::exit(code);
-}
-
-type WorkerError = Box<dyn std::error::Error>;
-
-/// Whether `err` says the coordinator's end of a channel is closed.
-fn is_hangup(err: &(dyn std::error::Error + 'static)) -> bool {
-    let io = match err.downcast_ref::<IpcError>() {
-        Some(IpcError::Disconnected) => return true,
-        Some(IpcError::Io(io)) => Some(io),
-        _ => err.downcast_ref::<std::io::Error>(),
-    };
-    io.is_some_and(|io| {
-        matches!(
-            io.kind(),
-            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-        )
-    })
-}
-
-/// The fault this worker was started with, if any (tests only).
-struct Faults(Option<Fault>);
-
-impl Faults {
-    /// Strikes if the fault fires here; returns what is left to do with the channel.
-    fn at(&self, point: Point, task: Option<u32>) -> Option<Aftermath> {
-        let fault = self.0.as_ref()?;
-        fault
-            .fires(point, task)
-            .then(|| fault::strike(point, fault.behaviour))
-    }
-}
-
-fn serve(
-    server: OsString,
-    parent: Option<i32>,
-    token: String,
-    jobs: &[JobEntry],
-    faults: &Faults,
-) -> Result<(), WorkerError> {
-    die_with_parent(parent)?;
-    // Ctrl-C reaches the whole foreground process group; the coordinator
-    // decides what happens to its workers (they die with it in any case).
-    // SAFETY: SIG_IGN installs no handler code, so no async-signal-safety concern.
-    unsafe { signal::signal(Signal::SIGINT, SigHandler::SigIgn) }?;
-    capture_panics();
-
-    let server = server.into_string().map_err(|_| "rendezvous name is not UTF-8")?;
-    let early = faults.at(Point::BeforeConnect, None);
-    let rendezvous = IpcSender::<Hello>::connect(server)?;
-    let (to_coordinator, from_worker) = ipc::channel::<FromWorker>()?;
-    if let Some(aftermath) = early.or_else(|| faults.at(Point::Handshake, None)) {
-        match aftermath {
-            Aftermath::SendGarbage => {
-                rendezvous.to_opaque().to::<Garbage>().send(Garbage::new())?;
-                fault::idle()
-            }
-            Aftermath::CloseChannel => {
-                drop(rendezvous);
-                fault::idle()
-            }
-        }
-    }
-    let (to_worker, from_coordinator) = ipc::channel::<ToWorker>()?;
-    let (bulk, bulk_in) = ipc::bytes_channel()?;
-    rendezvous.send(Hello {
-        pid: process::id(),
-        token,
-        to_worker,
-        bulk,
-        from_worker,
-    })?;
-    let channels = Channels {
-        rx: from_coordinator,
-        bulk: bulk_in,
-        tx: to_coordinator,
-    };
-    task_loop(jobs, channels, faults)
-}
-
-/// The rest of a fault that leaves the worker running: garbage on the channel
-/// (then the worker goes on, until the coordinator kills it), or a closed
-/// channel and an idle process.
-fn carry_out(aftermath: Aftermath, tx: IpcSender<FromWorker>) -> Result<IpcSender<FromWorker>, WorkerError> {
-    match aftermath {
-        Aftermath::SendGarbage => {
-            tx.clone().to_opaque().to::<Garbage>().send(Garbage::new())?;
-            Ok(tx)
-        }
-        Aftermath::CloseChannel => {
-            drop(tx);
-            fault::idle()
-        }
-    }
-}
-
-/// Makes the kernel kill this process when the thread that spawned it exits,
-/// and exits now if that already happened (the window between fork and prctl).
-fn die_with_parent(parent: Option<i32>) -> Result<(), WorkerError> {
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-    if let Some(parent) = parent
-        && getppid() != Pid::from_raw(parent)
-    {
-        return Err(format!("coordinator (pid {parent}) exited before this worker started").into());
-    }
-    Ok(())
-}
-
-struct OpenJob {
-    id: u64,
-    instance: Box<dyn JobInstance>,
-    /// Set after a task failed: the partial may be half-updated, so the rest of
-    /// the job's tasks are ignored until the coordinator ends it.
-    failed: bool,
-}
-
-/// Closes the open job, if any, taking back the input and output it was lent.
-fn close(current: &mut Option<OpenJob>, mappings: &mut Mappings) {
-    if let Some(mut open) = current.take() {
-        mappings.reclaim(open.instance.as_mut());
-    }
-}
-
-/// A worker's three channels to its coordinator.
-struct Channels {
-    /// Control messages and tasks.
-    rx: IpcReceiver<ToWorker>,
-    /// The bytes of input chunks sent with tasks.
-    bulk: IpcBytesReceiver,
-    /// Everything the worker says.
-    tx: IpcSender<FromWorker>,
-}
-
-fn task_loop(jobs: &[JobEntry], channels: Channels, faults: &Faults) -> Result<(), WorkerError> {
-    let Channels { rx, bulk, mut tx } = channels;
-    let mut current: Option<OpenJob> = None;
-    let mut mappings = Mappings::default();
-    let mut outbox = Outbox::default();
-    // The segments of `MoreInput` messages, for the job they name.
-    let mut more_input: Option<(u64, Vec<SegmentDesc>)> = None;
-    loop {
-        let message = match rx.recv() {
-            Ok(message) => message,
-            // The coordinator is gone: nothing left to do.
-            Err(IpcError::Disconnected) => return Ok(()),
-            Err(err) => return Err(err.into()),
-        };
+    while let Some(message) = link.receive().map_err(ServeError::Receive)? {
         match message {
-            ToWorker::MoreInput { job, input } => match &mut more_input {
-                Some((id, segments)) if *id == job => segments.extend(input),
-                // A job that never started (its coordinator gave up) leaves
-                // its segments here: the next job's replace them.
-                _ => more_input = Some((job, input)),
-            },
+            ToWorker::MoreInput { job, input } => worker.more_input(job, input),
             ToWorker::StartJob {
                 job,
                 key,
                 params,
                 input,
                 output,
-            } => {
-                close(&mut current, &mut mappings);
-                let input = match more_input.take() {
-                    Some((id, mut segments)) if id == job => {
-                        segments.extend(input);
-                        segments
-                    }
-                    _ => input,
-                };
-                match open_job(jobs, &key, params.bytes(), input, output, &mut mappings) {
-                    Ok(instance) => {
-                        current = Some(OpenJob {
-                            id: job,
-                            instance,
-                            failed: false,
-                        })
-                    }
-                    Err(reason) => tx.send(FromWorker::JobRejected { job, reason })?,
-                }
-            }
+            } => worker.start(link, job, &key, &params, input, output)?,
             ToWorker::Task {
                 job,
                 task,
                 spec,
                 chunks,
-            } => {
-                // The chunks' bytes are read whatever happens next: left unread,
-                // they would be taken for the next task's.
-                let mut data = Vec::with_capacity(chunks.len());
-                for chunk in &chunks {
-                    data.push((chunk, receive_chunk(&bulk, chunk.len)?));
-                }
-                // A task of a job that was ended or failed is stale: skip it.
-                let Some(open) = current.as_mut().filter(|o| o.id == job && !o.failed) else {
-                    continue;
-                };
-                let (reply, aftermath) = match receive_chunks(open.instance.as_mut(), &data) {
-                    Err(err) => (failed(open, task, Failure::Error(err.to_string())), None),
-                    Ok(()) => run_task(open, task, spec.bytes(), faults),
-                };
-                match aftermath {
-                    Some(aftermath) => tx = carry_out(aftermath, tx)?,
-                    None => tx.send(reply)?,
-                }
-            }
-            ToWorker::Flush { job } => {
-                let Some(open) = current.as_mut().filter(|o| o.id == job && !o.failed) else {
-                    continue;
-                };
-                let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-                    let bytes = open.instance.take_partial()?;
-                    Ok::<_, InstanceError>((bytes, faults.at(Point::Partial, None)))
-                }));
-                let reply = match outcome {
-                    Ok(Ok((bytes, aftermath))) => {
-                        let bytes = match aftermath {
-                            Some(Aftermath::SendGarbage) => fault::GARBAGE_PARTIAL.to_vec(),
-                            Some(Aftermath::CloseChannel) => {
-                                drop(tx);
-                                fault::idle()
-                            }
-                            None => bytes,
-                        };
-                        FromWorker::Partial {
-                            job,
-                            data: outbox.payload(bytes),
-                        }
-                    }
-                    Ok(Err(err)) => flush_failed(open, Failure::Error(err.to_string())),
-                    Err(payload) => flush_failed(open, Failure::Panic(panic_message(&*payload))),
-                };
-                let sent_partial = matches!(reply, FromWorker::Partial { .. });
-                tx.send(reply)?;
-                if sent_partial && let Some(aftermath) = faults.at(Point::AfterPartial, None) {
-                    tx = carry_out(aftermath, tx)?;
-                }
-            }
+            } => worker.task(link, job, task, &spec, &chunks)?,
+            ToWorker::Flush { job } => worker.flush(link, job)?,
             ToWorker::Cancel { job } => {
-                if let Some(open) = current.as_mut().filter(|o| o.id == job) {
+                if let Some(open) = worker.current.as_mut().filter(|open| open.id == job) {
                     open.failed = true;
                 }
             }
             ToWorker::EndJob { job } => {
-                if current.as_ref().is_some_and(|o| o.id == job) {
-                    close(&mut current, &mut mappings);
+                if worker.current.as_ref().is_some_and(|open| open.id == job) {
+                    worker.close();
                 }
-                tx.send(FromWorker::JobEnded { job })?;
+                // Answered whether or not the job was open here (it may have
+                // been rejected): the coordinator may wait for it.
+                send(link, FromWorker::JobEnded { job })?;
             }
             ToWorker::Shutdown => {
-                let _ = tx.send(FromWorker::Bye);
+                // The coordinator may be gone already; this is the end anyway.
+                let _ = link.send(FromWorker::Bye);
                 return Ok(());
             }
         }
     }
+    Ok(())
 }
 
-/// The pieces of one chunk of `len` bytes from the bulk channel (see
-/// [`send_chunk`](crate::protocol::send_chunk)): messages until `len` bytes
-/// came, or one that is empty or goes past them.
-fn receive_chunk(bulk: &IpcBytesReceiver, len: u64) -> Result<Vec<Vec<u8>>, WorkerError> {
-    let (mut pieces, mut received) = (Vec::new(), 0u64);
-    while received < len {
-        let piece = bulk.recv()?;
-        received += piece.len() as u64;
-        let wrong = piece.is_empty() || received > len;
-        pieces.push(piece);
-        if wrong {
-            break; // `receive_chunks` reports the mismatch
+/// What the loop keeps between messages.
+struct Worker<'a> {
+    jobs: &'a [JobEntry],
+    current: Option<OpenJob>,
+    /// One for the worker's life: it carries mappings from a job to the next.
+    mappings: Mappings,
+    /// The segments of `MoreInput` messages, for the job they name.
+    more_input: Option<(u64, Vec<SegmentDesc>)>,
+}
+
+struct OpenJob {
+    id: u64,
+    instance: Box<dyn JobInstance>,
+    /// Set after a task or flush failed, or the coordinator cancelled the
+    /// job: the partial may be half-updated, so the rest of the job's tasks
+    /// and flushes are skipped until the coordinator ends it.
+    failed: bool,
+}
+
+impl Worker<'_> {
+    fn more_input(&mut self, job: u64, input: Vec<SegmentDesc>) {
+        match &mut self.more_input {
+            Some((id, segments)) if *id == job => segments.extend(input),
+            // A job that never started (its coordinator gave up) leaves its
+            // segments here: the next job's replace them.
+            _ => self.more_input = Some((job, input)),
         }
     }
-    Ok(pieces)
+
+    fn start<L: Link>(
+        &mut self,
+        link: &mut L,
+        job: u64,
+        key: &JobKey,
+        params: &Payload,
+        input: Vec<SegmentDesc>,
+        output: Option<OutputDesc>,
+    ) -> Result<(), ServeError<L::Error>> {
+        // Before opening the next: its input may name what this one holds.
+        self.close();
+        let input = match self.more_input.take() {
+            Some((id, mut segments)) if id == job => {
+                segments.extend(input);
+                segments
+            }
+            _ => input,
+        };
+        match open_job(self.jobs, key, params.bytes(), input, output, &mut self.mappings) {
+            Ok(instance) => {
+                self.current = Some(OpenJob {
+                    id: job,
+                    instance: link.wrap(instance),
+                    failed: false,
+                });
+                Ok(())
+            }
+            Err(reason) => send(link, FromWorker::JobRejected { job, reason }),
+        }
+    }
+
+    /// Closes the open job, if any, taking back the input and output it was lent.
+    fn close(&mut self) {
+        if let Some(mut open) = self.current.take() {
+            self.mappings.reclaim(open.instance.as_mut());
+        }
+    }
+
+    /// The open job if it is `job` and still runs: a task or flush of
+    /// another job, or of a failed one, is stale.
+    fn runnable(&mut self, job: u64) -> Option<&mut OpenJob> {
+        self.current
+            .as_mut()
+            .filter(|open| open.id == job && !open.failed)
+    }
+
+    /// Fails the open job if the coordinator cancelled it (or a later one).
+    fn take_cancelled<L: Link>(&mut self, link: &mut L) -> Result<(), ServeError<L::Error>> {
+        let cancelled = link.take_cancelled().map_err(ServeError::Cancellations)?;
+        if let (Some(cancelled), Some(open)) = (cancelled, self.current.as_mut())
+            && cancelled >= open.id
+        {
+            open.failed = true;
+        }
+        Ok(())
+    }
+
+    fn task<L: Link>(
+        &mut self,
+        link: &mut L,
+        job: u64,
+        task: u32,
+        spec: &Payload,
+        chunks: &[Chunk],
+    ) -> Result<(), ServeError<L::Error>> {
+        // The chunks' bytes are read whatever happens next: left unread,
+        // they would be taken for the next task's.
+        let mut data = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let pieces = (link.receive_chunk(chunk.len)).map_err(|source| ServeError::ReceiveChunk {
+                job,
+                task,
+                source,
+            })?;
+            data.push((chunk, pieces));
+        }
+        self.take_cancelled(link)?;
+        let Some(open) = self.runnable(job) else {
+            return Ok(());
+        };
+        let reply = match receive_chunks(open.instance.as_mut(), &data) {
+            Err(err) => failed(open, task, Failure::Error(err.to_string())),
+            Ok(()) => run_task(open, task, spec.bytes(), link),
+        };
+        send(link, reply)
+    }
+
+    fn flush<L: Link>(&mut self, link: &mut L, job: u64) -> Result<(), ServeError<L::Error>> {
+        self.take_cancelled(link)?;
+        let Some(open) = self.runnable(job) else {
+            return Ok(());
+        };
+        let reply = match panic::catch_unwind(AssertUnwindSafe(|| open.instance.take_partial())) {
+            Ok(Ok(bytes)) => FromWorker::Partial {
+                job,
+                data: link.payload(PayloadKind::Partial, bytes),
+            },
+            Ok(Err(err)) => flush_failed(open, Failure::Error(err.to_string())),
+            Err(payload) => flush_failed(open, Failure::Panic(panic_message(&*payload))),
+        };
+        send(link, reply)
+    }
+}
+
+fn send<L: Link>(link: &mut L, message: FromWorker) -> Result<(), ServeError<L::Error>> {
+    let kind = message.kind();
+    link.send(message)
+        .map_err(|source| ServeError::Send { kind, source })
 }
 
 /// Why the input bytes sent with a task could not be taken: the task fails.
@@ -363,50 +280,37 @@ fn receive_chunks(instance: &mut dyn JobInstance, data: &[(&Chunk, Vec<Vec<u8>>)
 }
 
 /// Runs one task, catching panics; with a private output, the reply carries
-/// the tile the task wrote. An injected fault in the task leaves the rest of
-/// it to the caller.
-fn run_task(open: &mut OpenJob, task: u32, spec: &[u8], faults: &Faults) -> (FromWorker, Option<Aftermath>) {
-    let mut aftermath = None;
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        let range = open.instance.run_task(spec)?;
-        aftermath = faults.at(Point::Task, Some(task));
-        if let Some(fault) = &faults.0
-            && fault.fires(Point::Tile, Some(task))
-        {
-            scribble(open.instance.as_mut(), range.clone());
-            aftermath = Some(fault::strike(Point::Tile, fault.behaviour));
-        }
-        Ok::<_, InstanceError>(range)
-    }));
-    let reply = match outcome {
-        Ok(Ok(range)) => {
-            let output = open.instance.output();
-            let tile = output.is_private().then(|| Tile {
-                offset: range.start as u64,
-                bytes: Payload::new(output.bytes()[range].to_vec()),
-            });
-            FromWorker::TaskDone {
-                job: open.id,
-                task,
-                tile,
-            }
-        }
-        Ok(Err(err)) => failed(open, task, Failure::Error(err.to_string())),
-        Err(payload) => failed(open, task, Failure::Panic(panic_message(&*payload))),
+/// the tile the task wrote.
+fn run_task<L: Link>(open: &mut OpenJob, task: u32, spec: &[u8], link: &mut L) -> FromWorker {
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| open.instance.run_task(spec)));
+    let tile = match outcome {
+        Ok(Ok(range)) => tile_bytes(open.instance.output(), range),
+        Ok(Err(err)) => Err(Failure::Error(err.to_string())),
+        Err(payload) => Err(Failure::Panic(panic_message(&*payload))),
     };
-    (reply, aftermath)
+    match tile {
+        Ok(tile) => FromWorker::TaskDone {
+            job: open.id,
+            task,
+            tile: tile.map(|(offset, bytes)| Tile {
+                offset,
+                bytes: link.payload(PayloadKind::Tile, bytes),
+            }),
+        },
+        Err(failure) => failed(open, task, failure),
+    }
 }
 
-/// A worker dying while writing a tile: the first half of the task's tile is
-/// overwritten with garbage, as if the worker died halfway through it.
-fn scribble(instance: &mut dyn JobInstance, range: std::ops::Range<usize>) {
-    // SAFETY: `range` is this task's own output range, which the coordinator
-    // checked is disjoint from every other task's; the task has just written
-    // it and nothing else touches it until the task is reported done.
-    let bytes = unsafe { instance.output_mut().bytes_mut() };
-    if let Some(tile) = bytes.get_mut(range) {
-        let half = tile.len() / 2;
-        tile[..half].fill(0xEE);
+/// The offset and bytes of the tile a task wrote in `range` of `output`,
+/// if the coordinator needs them: only a private output's, and only a
+/// non-empty range (the coordinator expects no tile for an empty one).
+fn tile_bytes(output: &Output, range: std::ops::Range<usize>) -> Result<Option<(u64, Vec<u8>)>, Failure> {
+    if !output.is_private() || range.is_empty() {
+        return Ok(None);
+    }
+    match output.bytes().get(range.clone()) {
+        Some(bytes) => Ok(Some((range.start as u64, bytes.to_vec()))),
+        None => Err(Failure::Error(InstanceError::OutOfBounds { range }.to_string())),
     }
 }
 
@@ -455,8 +359,7 @@ fn cut(mut message: String) -> String {
 
 /// Opens the job `key` names from the registered `jobs` with its encoded parameters,
 /// input segments and output, those kept from the last job from `mappings`: what
-/// a worker does when a job starts, whatever carries its messages
-/// (ipc-channel here, MPI in `coop`).
+/// a worker does when a job starts ([`serve`] does it on [`ToWorker::StartJob`]).
 pub fn open_job(
     jobs: &[JobEntry],
     key: &JobKey,
@@ -484,7 +387,24 @@ pub fn open_job(
 
 #[cfg(test)]
 mod tests {
+    use ipc_channel::ipc::IpcSharedMemory;
+
     use super::*;
+    use crate::protocol::new_region_id;
+    use crate::testing::{
+        CLAIM, ENTRY, ERR, FLUSH_ERR, FLUSH_PANIC, FakeLink, PANIC, TILE, WRITE, private, start, summary,
+        task,
+    };
+
+    /// Serves `inbox` (then a hang-up) and returns what the worker said.
+    fn served(link: &mut FakeLink) -> Vec<String> {
+        serve(&[ENTRY], link).expect("the fake link never fails");
+        summary(&link.sent)
+    }
+
+    fn chunk(segment: u32, offset: u64, len: u64) -> Chunk {
+        Chunk { segment, offset, len }
+    }
 
     #[test]
     fn long_failure_messages_are_cut_on_a_character_boundary() {
@@ -494,5 +414,260 @@ mod tests {
         assert!(sent.len() < MESSAGE_MAX + 64, "{} bytes", sent.len());
         assert!(sent.starts_with(&long[..MESSAGE_MAX]));
         assert!(sent.ends_with(&format!("... ({} more bytes not sent)", long.len() - MESSAGE_MAX)));
+    }
+
+    #[test]
+    fn a_hang_up_ends_the_loop_quietly() {
+        assert!(served(&mut FakeLink::new([])).is_empty());
+    }
+
+    #[test]
+    fn shutdown_is_answered_bye_and_ends_the_loop() {
+        let mut link = FakeLink::new([ToWorker::Shutdown, ToWorker::EndJob { job: 1 }]);
+        assert_eq!(served(&mut link), ["bye"]);
+        assert_eq!(link.inbox.len(), 1, "nothing read after the shutdown");
+    }
+
+    #[test]
+    fn a_cancelled_jobs_tasks_and_flushes_are_skipped_and_its_end_answered() {
+        let mut link = FakeLink::new([
+            start(1, 0, vec![], None),
+            task(1, 0, [WRITE, 0, 0], vec![]),
+            ToWorker::Flush { job: 1 },
+            ToWorker::EndJob { job: 1 },
+        ]);
+        link.cancels.push_back(Some(1));
+        assert_eq!(served(&mut link), ["ended 1"]);
+
+        // A cancellation of an earlier job leaves this one running.
+        let mut link = FakeLink::new([
+            start(2, 0, vec![], None),
+            task(2, 0, [WRITE, 0, 0], vec![]),
+            ToWorker::EndJob { job: 2 },
+        ]);
+        link.cancels.push_back(Some(1));
+        assert_eq!(served(&mut link), ["done 2/0", "ended 2"]);
+
+        // A cancellation in the stream of messages, too.
+        let mut link = FakeLink::new([
+            start(3, 0, vec![], None),
+            ToWorker::Cancel { job: 3 },
+            task(3, 0, [WRITE, 0, 0], vec![]),
+            ToWorker::Flush { job: 3 },
+        ]);
+        assert!(served(&mut link).is_empty());
+    }
+
+    #[test]
+    fn end_job_is_answered_for_a_job_that_is_not_open() {
+        let mut link = FakeLink::new([ToWorker::EndJob { job: 4 }, start(5, 0, vec![], None)]);
+        link.inbox.push_back(ToWorker::EndJob { job: 4 });
+        assert_eq!(served(&mut link), ["ended 4", "ended 4"]);
+    }
+
+    #[test]
+    fn tiles_go_back_only_for_a_private_output_and_a_nonempty_range() {
+        let shared = Some(OutputDesc::Shared {
+            id: new_region_id(),
+            region: IpcSharedMemory::from_byte(0, 8),
+        });
+        let mut link = FakeLink::new([
+            start(1, 0, vec![], private(8)),
+            task(1, 0, [WRITE, 2, 5], vec![]),
+            task(1, 1, [WRITE, 5, 5], vec![]),
+            start(2, 0, vec![], shared),
+            task(2, 0, [WRITE, 0, 4], vec![]),
+            ToWorker::Flush { job: 2 },
+            start(3, 0, vec![], None),
+            task(3, 0, [CLAIM, 0, 0], vec![]),
+        ]);
+        let t = TILE;
+        assert_eq!(
+            served(&mut link),
+            [
+                format!("done 1/0 tile@2 [{t}, {t}, {t}]"),
+                "done 1/1".to_string(),
+                "done 2/0".to_string(),
+                format!("partial 2 [{t}, {t}, {t}, {t}, 0, 0, 0, 0, 1]"),
+                "done 3/0".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_tile_out_of_bounds_fails_the_task_and_stops_the_job() {
+        let mut link = FakeLink::new([
+            start(1, 0, vec![], private(4)),
+            task(1, 0, [CLAIM, 2, 9], vec![]),
+            task(1, 1, [WRITE, 0, 1], vec![]),
+            ToWorker::Flush { job: 1 },
+            ToWorker::EndJob { job: 1 },
+        ]);
+        assert_eq!(
+            served(&mut link),
+            [
+                r#"failed 1/0 Error("output range 2..9 is out of bounds")"#,
+                "ended 1"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failing_task_is_reported_and_stops_the_job() {
+        for (command, failure) in [
+            (PANIC, "Panic(\"task asked to panic"),
+            (ERR, "Error(\"the job writes output but was given none\")"),
+        ] {
+            let mut link = FakeLink::new([
+                start(1, 0, vec![], None),
+                task(1, 0, [command, 0, 0], vec![]),
+                task(1, 1, [WRITE, 0, 0], vec![]),
+                ToWorker::Flush { job: 1 },
+            ]);
+            let sent = served(&mut link);
+            assert_eq!(sent.len(), 1, "{sent:?}");
+            assert!(sent[0].starts_with(&format!("failed 1/0 {failure}")), "{sent:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_flush_answers_flush_failed_and_stops_the_job() {
+        for (flags, failure) in [
+            (FLUSH_ERR, "Error(\"the job writes output but was given none\")"),
+            (FLUSH_PANIC, "Panic(\"flush asked to panic"),
+        ] {
+            let mut link = FakeLink::new([
+                start(1, flags, vec![], None),
+                task(1, 0, [WRITE, 0, 0], vec![]),
+                ToWorker::Flush { job: 1 },
+                task(1, 1, [WRITE, 0, 0], vec![]),
+                ToWorker::Flush { job: 1 },
+            ]);
+            let sent = served(&mut link);
+            assert_eq!(sent.len(), 2, "{sent:?}");
+            assert_eq!(sent[0], "done 1/0");
+            assert!(
+                sent[1].starts_with(&format!("flush failed 1 {failure}")),
+                "{sent:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunks_fill_private_segments_after_more_input() {
+        let mut link = FakeLink::new([
+            ToWorker::MoreInput {
+                job: 1,
+                input: vec![SegmentDesc::Private { len: 2 }],
+            },
+            start(1, 0, vec![SegmentDesc::Private { len: 4 }], None),
+            task(1, 0, [WRITE, 0, 0], vec![chunk(0, 1, 1), chunk(1, 1, 3)]),
+            ToWorker::Flush { job: 1 },
+        ]);
+        link.chunks.extend([vec![9], vec![1, 2, 3]]);
+        assert_eq!(served(&mut link), ["done 1/0", "partial 1 [0, 9, 0, 1, 2, 3, 1]"]);
+    }
+
+    #[test]
+    fn a_skipped_tasks_chunks_are_read_all_the_same() {
+        let mut link = FakeLink::new([
+            start(1, 0, vec![SegmentDesc::Private { len: 1 }], None),
+            task(7, 0, [WRITE, 0, 0], vec![chunk(0, 0, 1)]),
+            task(1, 0, [WRITE, 0, 0], vec![chunk(0, 0, 1)]),
+            ToWorker::Flush { job: 1 },
+        ]);
+        link.chunks.extend([vec![7], vec![1]]);
+        assert_eq!(served(&mut link), ["done 1/0", "partial 1 [1, 1]"]);
+    }
+
+    #[test]
+    fn a_bad_chunk_fails_the_task() {
+        for (chunk, bytes, failure) in [
+            (chunk(0, 0, 2), vec![1], "chunk of 2 bytes announced, 1 received"),
+            (
+                chunk(3, 0, 1),
+                vec![1],
+                "chunk for segment 3, which does not exist",
+            ),
+            (
+                chunk(0, 1, 2),
+                vec![1, 2],
+                "segment 0: 2 bytes at offset 1 do not fit the segment",
+            ),
+        ] {
+            let mut link = FakeLink::new([
+                start(1, 0, vec![SegmentDesc::Private { len: 2 }], None),
+                task(1, 0, [WRITE, 0, 0], vec![chunk]),
+            ]);
+            link.chunks.push_back(bytes);
+            assert_eq!(served(&mut link), [format!("failed 1/0 Error({failure:?})")]);
+        }
+    }
+
+    #[test]
+    fn a_link_that_fails_stops_the_loop_with_its_error() {
+        let mut link = FakeLink::new([task(1, 4, [WRITE, 0, 0], vec![chunk(0, 0, 1)])]);
+        let err = serve(&[ENTRY], &mut link).unwrap_err();
+        assert!(
+            matches!(err, ServeError::ReceiveChunk { job: 1, task: 4, .. }),
+            "{err:?}"
+        );
+        let source = std::error::Error::source(&err).expect("the link's error is the source");
+        assert_eq!(
+            source.downcast_ref::<std::io::Error>().map(std::io::Error::kind),
+            Some(std::io::ErrorKind::UnexpectedEof)
+        );
+    }
+
+    #[test]
+    fn an_unknown_job_is_rejected_and_its_tasks_skipped() {
+        let mut link = FakeLink::new([
+            ToWorker::StartJob {
+                job: 1,
+                key: crate::JobKey {
+                    type_name: "other".to_string(),
+                    type_hash: 1,
+                },
+                params: Payload::Inline(vec![]),
+                input: vec![],
+                output: None,
+            },
+            task(1, 0, [WRITE, 0, 0], vec![]),
+            ToWorker::EndJob { job: 1 },
+        ]);
+        let sent = served(&mut link);
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert!(sent[0].starts_with("rejected 1 UnknownJob"), "{sent:?}");
+        assert!(sent[0].contains("coop_worker::testing::TestJob"), "{sent:?}");
+        assert_eq!(sent[1], "ended 1");
+    }
+
+    #[test]
+    fn mappings_are_kept_from_one_job_to_the_next() {
+        let id = new_region_id();
+        let mut link = FakeLink::new([
+            start(
+                1,
+                0,
+                vec![SegmentDesc::Shared {
+                    id,
+                    region: IpcSharedMemory::from_bytes(&[4, 2]),
+                }],
+                None,
+            ),
+            ToWorker::EndJob { job: 1 },
+            start(2, 0, vec![SegmentDesc::Held { id }], None),
+            ToWorker::Flush { job: 2 },
+            // Job 2 is closed by the next start, which names what it held.
+            start(3, 0, vec![SegmentDesc::Held { id }], None),
+            ToWorker::Flush { job: 3 },
+            start(4, 0, vec![SegmentDesc::Held { id: id + 1000 }], None),
+        ]);
+        let sent = served(&mut link);
+        assert_eq!(
+            sent[..3],
+            ["ended 1", "partial 2 [4, 2, 0]", "partial 3 [4, 2, 0]"]
+        );
+        assert!(sent[3].starts_with("rejected 4 Setup"), "{sent:?}");
     }
 }

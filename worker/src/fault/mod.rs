@@ -9,6 +9,10 @@
 //! - [`Point`]: where in the worker's life the fault fires.
 //! - [`Behaviour`]: what the worker does then.
 //! - [`Fault`]: the two, which task, and whether it fires once per test.
+//!
+//! The handshake points fire in the pool's handshake; the others in a layer
+//! around the worker's [`Link`](crate::Link) and its job instances
+//! (`layer`), so that the task loop itself knows nothing of faults.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -16,6 +20,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+mod layer;
+
+pub(crate) use layer::{Breakable, FaultyLink};
 
 /// Environment variable carrying a worker's [`Fault`], in its text form.
 pub const ENV_FAULT: &str = "COOP_WORKER_FAULT";
@@ -250,7 +258,7 @@ impl FromStr for Fault {
 }
 
 /// What the worker must do after a fault that leaves it running.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Aftermath {
     /// Send a message that does not decode.
     SendGarbage,
