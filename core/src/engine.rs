@@ -105,7 +105,9 @@ pub struct JobStats {
     /// Bytes of messages received from workers (partials, and output tiles
     /// with [`Ipc::Messages`](crate::Ipc::Messages)).
     pub bytes_from_workers: u64,
-    /// Tasks run again because their worker died.
+    /// Attempts lost with a worker that died: its running task, or, for a
+    /// worker that died sending its partial, each task the partial held.
+    /// (The other tasks it held run again too, uncharged.)
     pub retries: u32,
 }
 
@@ -273,10 +275,10 @@ impl<J: Job> Plan<J> {
     /// Encodes `job` and every task, for engines whose workers are other processes.
     pub(crate) fn encode(&self, job: &J) -> Result<Encoded> {
         let codec = |what| {
-            move |err: postcard::Error| Error::Codec {
+            move |source: postcard::Error| Error::Codec {
                 job: J::NAME,
                 what,
-                message: err.to_string(),
+                source,
             }
         };
         Ok(Encoded {

@@ -255,14 +255,14 @@ pub enum Error {
     },
 
     /// Encoding or decoding a job, task or partial failed.
-    #[error("job `{job}`: could not {what}: {message}")]
+    #[error("job `{job}`: could not {what}: {source}")]
     Codec {
         /// The job's name.
         job: &'static str,
         /// What was being encoded or decoded.
         what: &'static str,
-        /// The codec's message.
-        message: String,
+        /// The codec's error.
+        source: postcard::Error,
     },
 
     /// A worker sent something that breaks the protocol; it is treated as dead.

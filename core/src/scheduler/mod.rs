@@ -201,11 +201,12 @@ struct JobState<'a, J: Job> {
 impl<J: Job> JobState<'_, J> {
     fn drive(&mut self, transport: &mut impl Transport) -> Result<J::Partial> {
         loop {
+            // Checked first: a job stopped before it starts sends nothing.
+            (self.stop).check(J::NAME, self.done_count, self.specs.len())?;
             self.dispatch(transport)?;
             if self.finished() {
                 return Ok(self.result.take().unwrap_or_default());
             }
-            (self.stop).check(J::NAME, self.done_count, self.specs.len())?;
             self.kill_overdue(transport)?;
             if let Some((worker, event)) = transport.next_event(POLL)? {
                 self.on_event(transport, worker, event)?;
@@ -412,15 +413,20 @@ impl<J: Job> JobState<'_, J> {
                 slot.flushing = false;
                 slot.running_since = (!slot.assigned.is_empty()).then(Instant::now);
             }
+            // A worker that reports a failure skips the rest of the job: it
+            // is idle (not killed as busy at the end).
             FromWorker::TaskFailed { job, task, failure } if job == self.id => {
+                slot.assigned.clear();
                 let task = TaskIndex(Some(task as usize));
                 return Err(transport.reported(slot.worker, name, Reported::Failed { task, failure }));
             }
             FromWorker::FlushFailed { job, failure } if job == self.id => {
+                slot.assigned.clear();
                 let task = TaskIndex(None);
                 return Err(transport.reported(slot.worker, name, Reported::Failed { task, failure }));
             }
             FromWorker::JobRejected { job, reason } if job == self.id => {
+                slot.assigned.clear();
                 return Err(transport.reported(slot.worker, name, Reported::Rejected(reason)));
             }
             FromWorker::JobEnded { job } if job == self.id => {
