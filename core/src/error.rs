@@ -76,8 +76,9 @@ pub enum Error {
     Handshake {
         /// The worker's pid.
         pid: u32,
-        /// What happened, e.g. "exited with status 1 before connecting".
-        cause: String,
+        /// What happened.
+        #[source]
+        cause: HandshakeFailure,
     },
 
     /// A task failed on every attempt because the worker running it died.
@@ -93,8 +94,8 @@ pub enum Error {
         attempts: u32,
         /// The worker that ran the last attempt.
         pid: u32,
-        /// How that worker ended, e.g. "was killed by signal 9 (SIGKILL)".
-        status: String,
+        /// How that worker ended.
+        status: WorkerExit,
     },
 
     /// A task ran past the job's timeout on every attempt.
@@ -393,22 +394,120 @@ impl std::fmt::Display for TaskIndex {
     }
 }
 
+/// How a worker process ended, as its coordinator saw it ([`Error::TaskLost`],
+/// [`HandshakeFailure::Exited`]). Shown as a phrase about the worker:
 /// "exited with status 1", "was killed by signal 9 (SIGKILL)".
-pub(crate) fn describe_status(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    if let Some(code) = status.code() {
-        return format!("exited with status {code}");
-    }
-    match status.signal() {
-        Some(signal) => {
-            let name = nix::sys::signal::Signal::try_from(signal)
-                .map(|s| s.as_str())
-                .unwrap_or("unknown signal");
-            let core = if status.core_dumped() { ", core dumped" } else { "" };
-            format!("was killed by signal {signal} ({name}{core})")
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerExit {
+    /// It exited with this status.
+    Exited {
+        /// The exit status.
+        code: i32,
+    },
+    /// A signal ended it.
+    Signaled {
+        /// The signal's number.
+        signal: i32,
+        /// Whether it dumped core.
+        core_dumped: bool,
+    },
+    /// It aborted under its memory limit ([`PoolBuilder::memory_limit`](crate::PoolBuilder::memory_limit)):
+    /// an allocation past the limit failed, and Rust's allocation-failure
+    /// handler aborts.
+    OverMemoryLimit {
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// It closed its channel but kept running, and was killed.
+    KeptRunning,
+    /// The coordinator killed it: its task ran past the task timeout.
+    TimedOut,
+    /// The coordinator killed it for breaking the protocol.
+    BrokeProtocol {
+        /// What it did.
+        problem: String,
+    },
+    /// It ended, but how could not be read.
+    Unknown,
+}
+
+impl WorkerExit {
+    /// How a process with this status ended.
+    pub(crate) fn of(status: ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => WorkerExit::Exited { code },
+            (None, Some(signal)) => WorkerExit::Signaled {
+                signal,
+                core_dumped: status.core_dumped(),
+            },
+            (None, None) => WorkerExit::Unknown,
         }
-        None => format!("ended with {status}"),
     }
+}
+
+impl std::fmt::Display for WorkerExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorkerExit::Exited { code } => write!(f, "exited with status {code}"),
+            WorkerExit::Signaled { signal, core_dumped } => {
+                let name = nix::sys::signal::Signal::try_from(*signal)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown signal");
+                let core = if *core_dumped { ", core dumped" } else { "" };
+                write!(f, "was killed by signal {signal} ({name}{core})")
+            }
+            WorkerExit::OverMemoryLimit { limit } => write!(
+                f,
+                "exceeded its memory limit of {limit} bytes (an allocation failed, and it aborted)"
+            ),
+            WorkerExit::KeptRunning => f.write_str("closed its channel but kept running, and was killed"),
+            WorkerExit::TimedOut => f.write_str("was killed after its task timed out"),
+            WorkerExit::BrokeProtocol { problem } => {
+                write!(f, "was killed for breaking the protocol ({problem})")
+            }
+            WorkerExit::Unknown => f.write_str("ended (status unknown)"),
+        }
+    }
+}
+
+/// Why a worker failed to start ([`Error::Handshake`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeFailure {
+    /// It did not connect in time ([`PoolBuilder::handshake_timeout`](crate::PoolBuilder::handshake_timeout)).
+    #[error("did not connect within {timeout:?}")]
+    TimedOut {
+        /// The time it had.
+        timeout: std::time::Duration,
+    },
+    /// Another process connected in its place, without its token.
+    #[error("a process (pid {pid}) connected in its place without its token; it was dropped")]
+    WrongToken {
+        /// That process's pid, as it claimed.
+        pid: u32,
+    },
+    /// Its hello did not decode.
+    #[error("sent an unreadable hello ({source})")]
+    UnreadableHello {
+        /// The channel's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// It closed the connection without a hello, and did not exit.
+    #[error("hung up without a hello ({source})")]
+    HungUp {
+        /// The channel's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// It ended before its hello.
+    #[error("{exit} before completing its handshake{}", .hint.as_deref().unwrap_or(""))]
+    Exited {
+        /// How it ended.
+        exit: WorkerExit,
+        /// What most likely went wrong, when something can be said.
+        hint: Option<String>,
+    },
 }
 
 /// What failed on a rank, in an [`Error::Rank`].

@@ -225,7 +225,7 @@ pub use crate::error::{MpiError, RankFailure};
 pub use crate::mpi::Mpi;
 pub use any_engine::{AnyEngine, AnyEngineBuilder, EngineKind};
 pub use engine::{DEFAULT_TASKS_PER_WORKER, Engine, JobStats, Progress, Run, Sequential, Threads};
-pub use error::{Error, Result, TaskIndex};
+pub use error::{Error, HandshakeFailure, Result, TaskIndex, WorkerExit};
 pub use input::{Input, SharedOutput, SliceError};
 pub use job::{Job, JobEntry, TaskError, init, register};
 pub use pool::{DEFAULT_RETRIES, Ipc, Pool, PoolBuilder};

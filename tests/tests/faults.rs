@@ -362,7 +362,8 @@ fn check_error(expect: &Expect, behaviour: Behaviour, point: Point, err: &Error)
     }
 }
 
-fn check_cause(cause: &str, behaviour: Behaviour, err: &Error) -> Result<(), Failed> {
+fn check_cause(cause: &dyn std::fmt::Display, behaviour: Behaviour, err: &Error) -> Result<(), Failed> {
+    let cause = cause.to_string();
     let words = cause_words(behaviour);
     check(
         words.iter().any(|w| cause.contains(w)),

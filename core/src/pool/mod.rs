@@ -16,7 +16,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::engine::{Engine, Run};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, WorkerExit};
 use crate::job::{Job, check_registered};
 use crate::scheduler::{self, Event, Policy, WorkerId};
 use crate::workers::{check_worker_count, default_workers};
@@ -424,7 +424,7 @@ impl State {
                     let member = self.members.remove(index);
                     let status = reap(member.worker, EXIT_GRACE);
                     self.pending
-                        .push_back((member.id, Event::Lost(describe_death(status, memory_limit))));
+                        .push_back((member.id, Event::Lost(exit_of(status, memory_limit))));
                 }
             }
         }
@@ -451,7 +451,7 @@ impl State {
                 let pid = member.worker.pid;
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 let status = reap(member.worker, Duration::from_millis(100));
-                tracing::warn!(pid, problem, status = %describe(status), "worker killed between jobs");
+                tracing::warn!(pid, problem, status = %exit_of(status, None), "worker killed between jobs");
             }
         }
         if let Some(max) = config.max_jobs_per_worker {
@@ -535,30 +535,21 @@ fn reap(mut worker: Worker, grace: Duration) -> Reaped {
     }
 }
 
-/// [`describe`], and for a worker that aborted under a memory limit, what
-/// almost surely happened: an allocation past the limit failed, and Rust's
-/// allocation-failure handler aborts.
-fn describe_death(reaped: Reaped, memory_limit: Option<u64>) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    let aborted = reaped.status.and_then(|status| status.signal()) == Some(Signal::SIGABRT as i32);
-    match memory_limit {
-        Some(limit) if aborted => format!(
-            "exceeded its memory limit of {limit} bytes (an allocation failed, and it {})",
-            describe(reaped)
-        ),
-        _ => describe(reaped),
-    }
-}
-
-/// What became of a worker whose channel closed without the coordinator
-/// killing it.
-fn describe(reaped: Reaped) -> String {
+/// How a worker whose channel closed ended; under a memory limit, a worker
+/// that aborted almost surely failed an allocation past it (Rust's
+/// allocation-failure handler aborts).
+fn exit_of(reaped: Reaped, memory_limit: Option<u64>) -> WorkerExit {
     match reaped {
-        Reaped { overstayed: true, .. } => "closed its channel but kept running, and was killed".to_string(),
+        Reaped { overstayed: true, .. } => WorkerExit::KeptRunning,
+        Reaped { status: None, .. } => WorkerExit::Unknown,
         Reaped {
             status: Some(status), ..
-        } => crate::error::describe_status(status),
-        Reaped { status: None, .. } => "ended (status unknown)".to_string(),
+        } => match (WorkerExit::of(status), memory_limit) {
+            (WorkerExit::Signaled { signal, .. }, Some(limit)) if signal == Signal::SIGABRT as i32 => {
+                WorkerExit::OverMemoryLimit { limit }
+            }
+            (exit, _) => exit,
+        },
     }
 }
 
@@ -587,18 +578,30 @@ mod tests {
     fn exit_statuses_are_described() {
         use std::os::unix::process::ExitStatusExt;
         let ended = |status, overstayed| Reaped { status, overstayed };
+        let describe = |reaped, limit| exit_of(reaped, limit).to_string();
         assert_eq!(
-            describe(ended(Some(ExitStatus::from_raw(7 << 8)), false)),
+            describe(ended(Some(ExitStatus::from_raw(7 << 8)), false), None),
             "exited with status 7"
         );
         assert_eq!(
-            describe(ended(Some(ExitStatus::from_raw(9)), false)),
+            describe(ended(Some(ExitStatus::from_raw(9)), false), None),
             "was killed by signal 9 (SIGKILL)"
         );
-        assert_eq!(describe(ended(None, false)), "ended (status unknown)");
+        assert_eq!(describe(ended(None, false), None), "ended (status unknown)");
         assert_eq!(
-            describe(ended(Some(ExitStatus::from_raw(9)), true)),
+            describe(ended(Some(ExitStatus::from_raw(9)), true), None),
             "closed its channel but kept running, and was killed"
         );
+        // An abort under a memory limit is the limit; without one, a signal.
+        let aborted = || ended(Some(ExitStatus::from_raw(6)), false);
+        assert_eq!(
+            exit_of(aborted(), Some(1 << 20)),
+            WorkerExit::OverMemoryLimit { limit: 1 << 20 }
+        );
+        assert_eq!(
+            describe(aborted(), Some(1 << 20)),
+            "exceeded its memory limit of 1048576 bytes (an allocation failed, and it aborted)"
+        );
+        assert_eq!(describe(aborted(), None), "was killed by signal 6 (SIGABRT)");
     }
 }

@@ -16,7 +16,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 
-use crate::error::{Error, Result, describe_status};
+use crate::error::{Error, HandshakeFailure, Result, WorkerExit};
 
 /// A started worker whose handshake succeeded.
 pub(crate) struct Worker {
@@ -306,7 +306,7 @@ fn handshake(pending: Pending, config: &SpawnConfig) -> Result<Started> {
     finished.store(true, Ordering::Release);
     let verdict = watchdog.join().unwrap_or(None);
 
-    let failure = |child: &mut Child, cause: String| {
+    let failure = |child: &mut Child, cause: HandshakeFailure| {
         let _ = child.kill();
         let _ = child.wait();
         Error::Handshake { pid, cause }
@@ -339,21 +339,19 @@ fn handshake(pending: Pending, config: &SpawnConfig) -> Result<Started> {
             );
             Err(failure(
                 &mut child,
-                format!(
-                    "a process (pid {hello_pid}) connected in its place without its token; it was dropped"
-                ),
+                HandshakeFailure::WrongToken { pid: hello_pid },
             ))
         }
         Err(err) => {
             let cause = match verdict {
-                Some(Verdict::TimedOut) => format!("did not connect within {timeout:?}"),
+                Some(Verdict::TimedOut) => HandshakeFailure::TimedOut { timeout },
                 _ if matches!(err, IpcError::SerializationError(_)) => {
-                    format!("sent an unreadable hello ({err})")
+                    HandshakeFailure::UnreadableHello { source: err.into() }
                 }
                 // Its end of the socket closes a moment before it can be reaped.
                 _ => match wait_briefly(&mut child, Duration::from_millis(200)) {
                     Some(status) => early_exit(status, config.test_entry),
-                    None => format!("hung up without a hello ({err})"),
+                    None => HandshakeFailure::HungUp { source: err.into() },
                 },
             };
             Err(failure(&mut child, cause))
@@ -364,22 +362,26 @@ fn handshake(pending: Pending, config: &SpawnConfig) -> Result<Started> {
 /// Why a worker that ended before its handshake did, as far as the
 /// coordinator can tell: most often, code in `main` before `coop::init`,
 /// which workers run too.
-fn early_exit(status: std::process::ExitStatus, test_entry: Option<&str>) -> String {
-    let status_text = format!("{} before completing its handshake", describe_status(status));
-    match (status.code(), test_entry) {
+fn early_exit(status: std::process::ExitStatus, test_entry: Option<&str>) -> HandshakeFailure {
+    let hint = match (status.code(), test_entry) {
         // Killed by a signal: the signal says it.
-        (None, _) => status_text,
+        (None, _) => None,
         // A program that ran to a clean end never became a worker.
-        (Some(0), None) => format!("{status_text} (does main call coop::init first?)"),
-        (Some(0), Some(entry)) => format!(
-            "{status_text}: it ran no test named {entry}, coop's worker entry (is it a test binary with coop::test_workers!?)"
+        (Some(0), None) => Some(" (does main call coop::init first?)".to_string()),
+        (Some(0), Some(entry)) => Some(format!(
+            ": it ran no test named {entry}, coop's worker entry (is it a test binary with coop::test_workers!?)"
+        )),
+        (Some(_), None) => Some(
+            ": workers are this program re-executed without arguments; does main do anything (parse arguments?) before coop::init?"
+                .to_string(),
         ),
-        (Some(_), None) => format!(
-            "{status_text}: workers are this program re-executed without arguments; does main do anything (parse arguments?) before coop::init?"
-        ),
-        (Some(_), Some(entry)) => format!(
-            "{status_text}: workers are this test binary re-executed to run only {entry}, coop's worker entry (coop::test_workers!)"
-        ),
+        (Some(_), Some(entry)) => Some(format!(
+            ": workers are this test binary re-executed to run only {entry}, coop's worker entry (coop::test_workers!)"
+        )),
+    };
+    HandshakeFailure::Exited {
+        exit: WorkerExit::of(status),
+        hint,
     }
 }
 
@@ -508,6 +510,7 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         let exited = |code: i32| std::process::ExitStatus::from_raw(code << 8);
         let entry = Some("tests::__coop_worker_entry");
+        let early_exit = |status, entry| early_exit(status, entry).to_string();
         assert_eq!(
             early_exit(exited(2), None),
             "exited with status 2 before completing its handshake: workers are this program \

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use coop_worker::protocol::{Chunk, FromWorker, Tile};
 
 use crate::engine::{Encoded, JobStats, Progress, Run, report};
-use crate::error::{Error, Result, TaskIndex};
+use crate::error::{Error, Result, TaskIndex, WorkerExit};
 use crate::input::{Input, SharedOutput};
 use crate::job::{Job, absorb_partial};
 use crate::stop::Stop;
@@ -463,11 +463,11 @@ impl<J: Job> JobState<'_, J> {
     /// A worker is gone. Its running task and the results folded in its
     /// partial are lost: they go back to the queue, the task charged an
     /// attempt, and a replacement starts.
-    fn on_death(&mut self, transport: &mut impl Transport, index: usize, status: String) -> Result<()> {
+    fn on_death(&mut self, transport: &mut impl Transport, index: usize, status: WorkerExit) -> Result<()> {
         let slot = self.slots.remove(index);
         let pid = slot.worker.pid;
         let cause = match &slot.killed {
-            Some(kill) => kill.to_string(),
+            Some(kill) => WorkerExit::from(kill.clone()),
             None => status,
         };
         for &task in &slot.folded {

@@ -10,6 +10,12 @@ use serde::{Deserialize, Serialize};
 use super::*;
 use crate::job::TaskError;
 
+/// How the fake's workers die when a test kills them from outside.
+const SIGKILLED: WorkerExit = WorkerExit::Signaled {
+    signal: 9,
+    core_dumped: false,
+};
+
 /// The job id every test runs under.
 const JOB: u64 = 7;
 
@@ -148,7 +154,7 @@ enum Act {
 
 impl Act {
     fn dies() -> Act {
-        Act::Reply(vec![Event::Lost("was killed by signal 9 (SIGKILL)".into())])
+        Act::Reply(vec![Event::Lost(SIGKILLED)])
     }
 
     fn says(message: FromWorker) -> Act {
@@ -696,8 +702,7 @@ impl Transport for Fake {
                 data: partial,
             }),
         ));
-        self.outbox
-            .push_back((worker, Event::Lost("was killed by signal 9 (SIGKILL)".into())));
+        self.outbox.push_back((worker, Event::Lost(SIGKILLED)));
         Ok(())
     }
 
@@ -1124,7 +1129,7 @@ fn a_task_lost_more_often_than_allowed_fails_the_job_naming_it() {
             status,
         }) => {
             assert_eq!(lost_on, pid);
-            assert_eq!(status, "was killed by signal 9 (SIGKILL)");
+            assert_eq!(status, SIGKILLED);
         }
         other => panic!("{other:?}"),
     }
@@ -1149,7 +1154,9 @@ fn a_task_whose_worker_always_breaks_the_protocol_fails_the_job_saying_so() {
             ..
         }) => assert_eq!(
             status,
-            "was killed for breaking the protocol (undecodable message: junk)"
+            WorkerExit::BrokeProtocol {
+                problem: "undecodable message: junk".into()
+            }
         ),
         other => panic!("{other:?}"),
     }
@@ -1247,10 +1254,10 @@ fn events_of_a_lost_worker_or_of_a_stranger_are_ignored() {
             }),
         )
         .inject(stranger, Event::Garbage("noise".into()))
-        .inject(stranger, Event::Lost("exited with status 1".into()))
+        .inject(stranger, Event::Lost(WorkerExit::Exited { code: 1 }))
         .behaving(|step| match (step.worker, step.answered, step.task()) {
             (0, 1, Some(task)) => Act::Reply(vec![
-                Event::Lost("exited with status 1".into()),
+                Event::Lost(WorkerExit::Exited { code: 1 }),
                 message(FromWorker::TaskDone {
                     job: JOB,
                     task,
@@ -1265,7 +1272,7 @@ fn events_of_a_lost_worker_or_of_a_stranger_are_ignored() {
                     task,
                     failure: Failure::Error("too late".into()),
                 }),
-                Event::Lost("exited with status 1".into()),
+                Event::Lost(WorkerExit::Exited { code: 1 }),
             ]),
             _ => Act::Honest,
         });

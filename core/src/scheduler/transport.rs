@@ -10,7 +10,7 @@ use std::time::Duration;
 use coop_worker::JobKey;
 use coop_worker::protocol::{Chunk, Failure, FromWorker, Rejection};
 
-use crate::error::{Error, Result, TaskIndex};
+use crate::error::{Error, Result, TaskIndex, WorkerExit};
 use crate::input::{Input, SharedOutput};
 
 /// A worker as its transport names it: the same for the worker's whole
@@ -74,8 +74,8 @@ pub(crate) enum Event {
     Message(FromWorker),
     /// Something that is not a message of the protocol.
     Garbage(String),
-    /// The worker is gone (and reaped): what became of it.
-    Lost(String),
+    /// The worker is gone (and reaped): how it ended.
+    Lost(WorkerExit),
 }
 
 /// Why the scheduler stops listening to a worker and ends it.
@@ -87,11 +87,20 @@ pub(crate) enum Kill {
     Breach(String),
 }
 
+impl From<Kill> for WorkerExit {
+    fn from(kill: Kill) -> Self {
+        match kill {
+            Kill::Timeout => WorkerExit::TimedOut,
+            Kill::Breach(problem) => WorkerExit::BrokeProtocol { problem },
+        }
+    }
+}
+
 impl std::fmt::Display for Kill {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Kill::Timeout => f.write_str("was killed after its task timed out"),
-            Kill::Breach(what) => write!(f, "was killed for breaking the protocol ({what})"),
+            Kill::Timeout => f.write_str("its task timed out"),
+            Kill::Breach(problem) => f.write_str(problem),
         }
     }
 }
