@@ -8,14 +8,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use coop_worker::protocol::{
-    Chunk, Failure, FromWorker, OutputDesc, Payload, Rejection, SegmentDesc, ToWorker, new_region_id,
+    Failure, FromWorker, OutputDesc, Payload, Rejection, SegmentDesc, ToWorker, new_region_id,
 };
 use mpi::topology::SimpleCommunicator;
 
 use super::wire::{self, TAG_CANCEL, TAG_CONTROL};
 use crate::error::{Error, MpiError, RankFailure, Result};
 use crate::input::Input;
-use crate::scheduler::{Carriage, Event, JobEnd, JobName, JobStart, Kill, Reported, Transport, WorkerId};
+use crate::scheduler::{
+    Carriage, Event, JobEnd, JobName, JobStart, Kill, Reported, TaskSend, Transport, WorkerId,
+};
 
 /// Rank 0's view of the other ranks, between jobs and during one.
 #[derive(Debug)]
@@ -212,23 +214,11 @@ impl Transport for MpiTransport<'_> {
         Ok(())
     }
 
-    fn send_task(
-        &mut self,
-        worker: WorkerId,
-        job: u64,
-        task: u32,
-        spec: &[u8],
-        chunks: &[Chunk],
-    ) -> Result<()> {
+    fn send_task(&mut self, worker: WorkerId, send: TaskSend<'_>) -> Result<()> {
         let rank = worker.index as i32;
-        let message = ToWorker::Task {
-            job,
-            task,
-            spec: Payload::Inline(spec.to_vec()),
-            chunks: chunks.to_vec(),
-        };
+        let message = send.message(Payload::Inline(send.spec.to_vec()));
         wire::send(self.world, rank, TAG_CONTROL, &message)?;
-        for chunk in chunks {
+        for chunk in send.chunks {
             wire::send_data(self.world, rank, self.input.chunk(chunk));
         }
         Ok(())

@@ -9,17 +9,16 @@ use std::time::Duration;
 
 use coop_worker::ipc_channel::ipc::{IpcBytesSender, IpcMessage};
 use coop_worker::protocol::{
-    Chunk, Failure, FromWorker, OutputDesc, Payload, Rejection, SegmentDesc, ToWorker, input_batches,
-    send_chunk,
+    Chunk, FromWorker, OutputDesc, Payload, SegmentDesc, ToWorker, input_batches, send_chunk,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::spawn::Spawner;
 use super::{Config, Ipc, State};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::input::Input;
-use crate::scheduler::{Carriage, Event, JobEnd, JobName, JobStart, Kill, Reported, Transport, WorkerId};
+use crate::scheduler::{Carriage, Event, JobEnd, JobStart, Kill, TaskSend, Transport, WorkerId};
 
 /// The pool, for one job.
 pub(super) struct PoolTransport<'p, 'scope, 'env> {
@@ -162,24 +161,12 @@ impl Transport for PoolTransport<'_, '_, '_> {
         Ok(())
     }
 
-    fn send_task(
-        &mut self,
-        worker: WorkerId,
-        job: u64,
-        task: u32,
-        spec: &[u8],
-        chunks: &[Chunk],
-    ) -> Result<()> {
+    fn send_task(&mut self, worker: WorkerId, send: TaskSend<'_>) -> Result<()> {
         let Some(member) = self.state.member(worker) else {
             return Ok(());
         };
-        let sent = member.worker.tx.send(ToWorker::Task {
-            job,
-            task,
-            spec: Payload::new(spec.to_vec()),
-            chunks: chunks.to_vec(),
-        });
-        if sent.is_err() || chunks.is_empty() {
+        let sent = (member.worker.tx).send(send.message(Payload::new(send.spec.to_vec())));
+        if sent.is_err() || send.chunks.is_empty() {
             return Ok(());
         }
         let bulk = member.worker.bulk.clone();
@@ -187,7 +174,7 @@ impl Transport for PoolTransport<'_, '_, '_> {
             let feeder = self.start_feeder(bulk.clone());
             self.feeders.insert(worker, feeder);
         }
-        for chunk in chunks {
+        for chunk in send.chunks {
             match &self.feeders[&worker] {
                 Some(feed) => {
                     let _ = feed.send(*chunk);
@@ -254,40 +241,5 @@ impl Transport for PoolTransport<'_, '_, '_> {
     fn replace(&mut self) -> Option<Result<WorkerId>> {
         let started = self.spawner.spawn(1).pop()?;
         Some(started.and_then(|started| self.state.add(started)))
-    }
-
-    fn reported(&self, worker: WorkerId, job: JobName, failure: Reported) -> Error {
-        let pid = worker.pid;
-        match failure {
-            Reported::Failed {
-                task,
-                failure: Failure::Panic(message),
-            } => Error::TaskPanicked {
-                job: job.name,
-                task,
-                pid,
-                message,
-            },
-            Reported::Failed {
-                task,
-                failure: Failure::Error(message),
-            } => Error::TaskFailed {
-                job: job.name,
-                task,
-                pid,
-                message,
-            },
-            Reported::Rejected(Rejection::UnknownJob { registered }) => Error::UnknownJob {
-                job: job.name,
-                type_name: job.type_name,
-                pid,
-                registered,
-            },
-            Reported::Rejected(Rejection::Setup(message)) => Error::JobSetup {
-                job: job.name,
-                pid,
-                message,
-            },
-        }
     }
 }

@@ -35,7 +35,9 @@ use crate::error::{Error, Result, TaskIndex, WorkerExit};
 use crate::input::{Input, SharedOutput};
 use crate::job::{Job, absorb_partial};
 use crate::stop::Stop;
-pub(crate) use transport::{Carriage, Event, JobEnd, JobName, JobStart, Kill, Reported, Transport, WorkerId};
+pub(crate) use transport::{
+    Carriage, Event, JobEnd, JobName, JobStart, Kill, Reported, TaskSend, Transport, WorkerId,
+};
 
 /// Tasks sent ahead to each worker: one running, one waiting, so that a busy
 /// worker does not idle for a round trip between tasks.
@@ -315,7 +317,13 @@ impl<J: Job> JobState<'_, J> {
         let slot = &mut self.slots[index];
         tracing::trace!(task, worker = ?slot.worker, chunks = chunks.len(), "dispatch");
         let spec = &self.specs[task];
-        transport.send_task(slot.worker, self.id, task as u32, spec, &chunks)?;
+        let send = TaskSend {
+            job: self.id,
+            task: task as u32,
+            spec,
+            chunks: &chunks,
+        };
+        transport.send_task(slot.worker, send)?;
         self.stats.bytes_to_workers += spec.len() as u64 + chunks.iter().map(|chunk| chunk.len).sum::<u64>();
         if slot.assigned.is_empty() {
             slot.running_since = Some(Instant::now());

@@ -616,14 +616,13 @@ impl Transport for Fake {
         Ok(())
     }
 
-    fn send_task(
-        &mut self,
-        worker: WorkerId,
-        job: u64,
-        task: u32,
-        spec: &[u8],
-        chunks: &[Chunk],
-    ) -> Result<()> {
+    fn send_task(&mut self, worker: WorkerId, send: TaskSend<'_>) -> Result<()> {
+        let TaskSend {
+            job,
+            task,
+            spec,
+            chunks,
+        } = send;
         assert_eq!(job, JOB);
         self.log.push(Call::Task {
             worker: worker.index,
@@ -724,42 +723,6 @@ impl Transport for Fake {
             worker: Some(worker.index),
         });
         Some(Ok(worker))
-    }
-
-    /// As the pool says it.
-    fn reported(&self, worker: WorkerId, job: JobName, failure: Reported) -> Error {
-        let pid = worker.pid;
-        match failure {
-            Reported::Failed {
-                task,
-                failure: Failure::Panic(message),
-            } => Error::TaskPanicked {
-                job: job.name,
-                task,
-                pid,
-                message,
-            },
-            Reported::Failed {
-                task,
-                failure: Failure::Error(message),
-            } => Error::TaskFailed {
-                job: job.name,
-                task,
-                pid,
-                message,
-            },
-            Reported::Rejected(Rejection::UnknownJob { registered }) => Error::UnknownJob {
-                job: job.name,
-                type_name: job.type_name,
-                pid,
-                registered,
-            },
-            Reported::Rejected(Rejection::Setup(message)) => Error::JobSetup {
-                job: job.name,
-                pid,
-                message,
-            },
-        }
     }
 }
 

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use coop_worker::JobKey;
-use coop_worker::protocol::{Chunk, Failure, FromWorker, Rejection};
+use coop_worker::protocol::{Chunk, Failure, FromWorker, Payload, Rejection, ToWorker};
 
 use crate::error::{Error, Result, TaskIndex, WorkerExit};
 use crate::input::{Input, SharedOutput};
@@ -115,6 +115,68 @@ pub(crate) enum Reported {
     Rejected(Rejection),
 }
 
+impl Reported {
+    /// The error naming the job, and the worker by its pid.
+    pub(crate) fn into_error(self, pid: u32, job: JobName) -> Error {
+        match self {
+            Reported::Failed {
+                task,
+                failure: Failure::Panic(message),
+            } => Error::TaskPanicked {
+                job: job.name,
+                task,
+                pid,
+                message,
+            },
+            Reported::Failed {
+                task,
+                failure: Failure::Error(message),
+            } => Error::TaskFailed {
+                job: job.name,
+                task,
+                pid,
+                message,
+            },
+            Reported::Rejected(Rejection::UnknownJob { registered }) => Error::UnknownJob {
+                job: job.name,
+                type_name: job.type_name,
+                pid,
+                registered,
+            },
+            Reported::Rejected(Rejection::Setup(message)) => Error::JobSetup {
+                job: job.name,
+                pid,
+                message,
+            },
+        }
+    }
+}
+
+/// One task as the scheduler sends it ([`Transport::send_task`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TaskSend<'a> {
+    pub(crate) job: u64,
+    pub(crate) task: u32,
+    /// The task, encoded.
+    pub(crate) spec: &'a [u8],
+    /// The input it reads that the worker does not hold yet, whose bytes
+    /// go with it.
+    pub(crate) chunks: &'a [Chunk],
+}
+
+impl TaskSend<'_> {
+    /// The task's message, its spec carried as `spec` (a transport's own
+    /// form of [`TaskSend::spec`]).
+    pub(crate) fn message(&self, spec: Payload) -> ToWorker {
+        ToWorker::Task {
+            job: self.job,
+            task: self.task,
+            spec,
+            chunks: self.chunks.to_vec(),
+        }
+    }
+}
+
 /// The job a [`Reported`] failure belongs to, for the error that names it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct JobName {
@@ -138,15 +200,8 @@ pub(crate) trait Transport {
     /// Opens the job in the worker; comes before its first task.
     fn start_job(&mut self, worker: WorkerId, job: &JobStart<'_>) -> Result<()>;
 
-    /// Sends one task, with the input bytes of `chunks` (from the job's input).
-    fn send_task(
-        &mut self,
-        worker: WorkerId,
-        job: u64,
-        task: u32,
-        spec: &[u8],
-        chunks: &[Chunk],
-    ) -> Result<()>;
+    /// Sends one task, with the input bytes of its chunks (from the job's input).
+    fn send_task(&mut self, worker: WorkerId, task: TaskSend<'_>) -> Result<()>;
 
     /// Asks the worker for its partial, behind the tasks it has.
     fn flush(&mut self, worker: WorkerId, job: u64) -> Result<()>;
@@ -166,6 +221,9 @@ pub(crate) trait Transport {
     /// no workers once the engine runs.
     fn replace(&mut self) -> Option<Result<WorkerId>>;
 
-    /// The error for a failure the worker reported.
-    fn reported(&self, worker: WorkerId, job: JobName, failure: Reported) -> Error;
+    /// The error for a failure the worker reported; by default, that of a
+    /// worker process known by its pid.
+    fn reported(&self, worker: WorkerId, job: JobName, failure: Reported) -> Error {
+        failure.into_error(worker.pid, job)
+    }
 }
