@@ -278,7 +278,7 @@ impl<J: Job> Plan<J> {
             move |source: postcard::Error| Error::Codec {
                 job: J::NAME,
                 what,
-                source,
+                source: source.into(),
             }
         };
         Ok(Encoded {

@@ -263,7 +263,7 @@ pub enum Error {
         /// What was being encoded or decoded.
         what: &'static str,
         /// The codec's error.
-        source: postcard::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// A worker sent something that breaks the protocol; it is treated as dead.

@@ -7,7 +7,7 @@
 //! - [`Region`]: an input segment (shared memory, a mapped file, or private memory).
 //! - [`Pack`]: many small input segments in one shared region.
 //! - [`Output`]: where a worker writes output tiles (shared or private).
-//! - [`Mappings`]: the input and output a worker keeps mapped between jobs.
+//! - `Mappings`: the input and output a worker keeps mapped between jobs.
 //! - [`JobInstance`], [`JobEntry`]: the type-erased job a worker runs.
 //! - [`fault`]: fault injection for tests (feature `fault-injection`).
 //! - [`serve()`]: the task loop every worker runs, over a [`Link`] that
@@ -34,14 +34,13 @@ mod testing;
 
 pub use job::{InstanceError, JobEntry, JobInstance, JobKey, OpenJob, error_chain};
 pub use link::{Link, PayloadKind};
-pub use mappings::Mappings;
 pub use output::Output;
 pub use pack::{PACK_ALIGN, Pack};
 pub use panic::{capture_panics, panic_message};
 pub use pool::{is_worker, run_if_worker};
 pub use region::{Region, describe_input};
 pub use release::release_pages;
-pub use serve::{ServeError, open_job, serve};
+pub use serve::{ServeError, serve};
 
 /// Re-exported so that `coop` and its workers agree on one version.
 pub use ipc_channel;

@@ -26,7 +26,7 @@ use crate::region::{Region, not_held};
 /// region it drops is freed at once ([`release_pages`](crate::release_pages)),
 /// whoever still maps it.
 #[derive(Debug, Default)]
-pub struct Mappings {
+pub(crate) struct Mappings {
     held: HashMap<u64, Kept>,
 }
 

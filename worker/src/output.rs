@@ -27,7 +27,7 @@ pub enum Output {
 
 impl Output {
     /// Maps the output a coordinator described; a shared region named by id
-    /// alone is refused: only [`Mappings`](crate::Mappings) holds those.
+    /// alone is refused: only `Mappings` holds those.
     pub fn open(desc: Option<OutputDesc>) -> io::Result<Self> {
         Ok(match desc {
             None => Output::None,

@@ -50,7 +50,7 @@ pub fn send_chunk(bulk: &IpcBytesSender, bytes: &[u8]) -> std::io::Result<()> {
 /// process (never 0): how a coordinator names a region its workers keep.
 ///
 /// Workers keep the input segments and output of their last job mapped (see
-/// [`Mappings`](crate::Mappings)), and the coordinator knows which each one
+/// `Mappings`), and the coordinator knows which each one
 /// holds: it names those by id alone ([`SegmentDesc::Held`],
 /// [`OutputDesc::Held`]), and a job on the same input then starts with its
 /// pages mapped already, where a fresh mapping costs a page fault for every
@@ -93,7 +93,7 @@ pub enum SegmentDesc {
     },
     /// A regular file the worker maps itself (the page cache is the shared memory).
     File {
-        /// The mapping's id ([`new_region_id`]).
+        /// The mapping's id ([`new_region_id`]); 0: not kept once the job ends.
         id: u64,
         /// Absolute path.
         #[serde(with = "path_bytes")]

@@ -73,7 +73,7 @@ impl Region {
 
     /// A worker's mapping of a coordinator's segment, handed back when the
     /// job that used it closes, to be kept for the next (see
-    /// [`Mappings`](crate::Mappings)); `None`, and the region unchanged, for
+    /// `Mappings`); `None`, and the region unchanged, for
     /// private memory and the regions a coordinator owns.
     pub(crate) fn take_kept(&mut self) -> Option<Region> {
         if self.owned || self.id == 0 {
@@ -279,7 +279,7 @@ impl Region {
 
     /// Maps a segment described by a coordinator. A file whose length changed
     /// since the coordinator mapped it is refused, and so is a segment named
-    /// by id alone: only [`Mappings`](crate::Mappings) holds those.
+    /// by id alone: only `Mappings` holds those.
     pub fn open(desc: SegmentDesc) -> io::Result<Self> {
         let (mut region, id) = match desc {
             // Never `Region::shared`, whose drop would free the coordinator's memory.
@@ -351,7 +351,7 @@ pub(crate) fn not_held(id: u64) -> io::Error {
 impl Drop for Region {
     /// A shared region this process owns is emptied before it is unmapped:
     /// its pages are freed now, not when the last worker that kept it mapped
-    /// (see [`Mappings`](crate::Mappings)) unmaps it at its next job. Nothing
+    /// (see `Mappings`) unmaps it at its next job. Nothing
     /// reads it any more: jobs borrow their input for as long as they run,
     /// and a worker never touches a kept region outside a job that uses it.
     fn drop(&mut self) {

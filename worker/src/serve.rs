@@ -57,7 +57,7 @@ pub enum ServeError<E: std::error::Error + 'static> {
 /// are then skipped until the coordinator ends it.
 ///
 /// The input and output a job is lent stay mapped after it ends, for the
-/// next job to name them by id (see [`Mappings`]).
+/// next job to name them by id (see `Mappings`).
 pub fn serve<L: Link>(jobs: &[JobEntry], link: &mut L) -> Result<(), ServeError<L::Error>> {
     let mut worker = Worker {
         jobs,
@@ -360,7 +360,7 @@ fn cut(mut message: String) -> String {
 /// Opens the job `key` names from the registered `jobs` with its encoded parameters,
 /// input segments and output, those kept from the last job from `mappings`: what
 /// a worker does when a job starts ([`serve`] does it on [`ToWorker::StartJob`]).
-pub fn open_job(
+pub(crate) fn open_job(
     jobs: &[JobEntry],
     key: &JobKey,
     params: &[u8],

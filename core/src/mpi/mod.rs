@@ -206,11 +206,13 @@ impl Engine for Mpi {
             retries: 0,
             task_timeout: None,
         };
+        let tile_max = run.output.as_ref().map_or(0, |output| output.len() as u64);
         let mut transport = MpiTransport {
             state: &mut state,
             world: &self.world,
             input: run.input,
             start: None,
+            tile_max,
         };
         scheduler::run_job(&mut transport, policy, id, run)
     }
@@ -242,7 +244,7 @@ impl Drop for Mpi {
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         let mut left: Vec<i32> = state.ranks.iter().map(|rank| rank.rank).collect();
         while !left.is_empty() {
-            match state.receive(world, Some(deadline)) {
+            match state.receive(world, Some(deadline), u64::MAX) {
                 Ok(Some((rank, FromWorker::Bye))) => left.retain(|&r| r != rank),
                 Ok(Some(_)) => {}
                 Ok(None) => {

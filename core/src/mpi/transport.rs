@@ -7,9 +7,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use coop_worker::protocol::{
-    Failure, FromWorker, OutputDesc, Payload, Rejection, SegmentDesc, ToWorker, new_region_id,
-};
+use coop_worker::protocol::{Failure, FromWorker, OutputDesc, Payload, Rejection, SegmentDesc, ToWorker};
 use mpi::topology::SimpleCommunicator;
 
 use super::wire::{self, TAG_CANCEL, TAG_CONTROL};
@@ -84,10 +82,13 @@ impl Rank {
 impl State {
     /// Receives the next message from any rank, with the bytes that follow
     /// it (as [`Payload::Inline`]); gives up at `deadline`, if there is one.
+    /// A tile longer than `tile_max` (the output's length) is not received:
+    /// it is a breach.
     pub(super) fn receive(
         &mut self,
         world: &SimpleCommunicator,
         deadline: Option<Instant>,
+        tile_max: u64,
     ) -> Result<Option<(i32, FromWorker)>> {
         let received = match deadline {
             Some(deadline) => wire::receive_until::<FromWorker>(world, None, TAG_CONTROL, deadline)?,
@@ -96,8 +97,19 @@ impl State {
         let Some((from, mut message)) = received else {
             return Ok(None);
         };
+        let max = match message {
+            FromWorker::TaskDone { .. } => tile_max,
+            _ => u64::MAX,
+        };
         for payload in message.payloads_mut() {
             if let Payload::Follows { len } = *payload {
+                if len > max {
+                    wire::discard_data(world, from, len)?;
+                    let rank = self.rank_mut(from)?;
+                    return Err(rank.breach(format!(
+                        "announced a tile of {len} bytes, more than the output's {max}"
+                    )));
+                }
                 let len = usize::try_from(len).map_err(|_| {
                     self.rank_mut(from).map_or_else(
                         |err| err,
@@ -133,7 +145,8 @@ impl State {
             rank.end(world, true)?;
         }
         while self.ranks.iter().any(|rank| rank.ending.is_some()) {
-            let Some((from, message)) = self.receive(world, None)? else {
+            // What ranks still send about the jobs is dropped, whatever its size.
+            let Some((from, message)) = self.receive(world, None, u64::MAX)? else {
                 continue;
             };
             let rank = self.rank_mut(from)?;
@@ -154,6 +167,8 @@ pub(super) struct MpiTransport<'a> {
     pub(super) input: &'a Input,
     /// The job's [`ToWorker::StartJob`], encoded once for every rank.
     pub(super) start: Option<Vec<u8>>,
+    /// The longest tile a rank may send: the output's length.
+    pub(super) tile_max: u64,
 }
 
 impl MpiTransport<'_> {
@@ -187,8 +202,11 @@ impl Transport for MpiTransport<'_> {
                 .map(|region| {
                     let len = region.bytes().len() as u64;
                     match region.path() {
+                        // Id 0: a rank keeps no mapping once the job ends
+                        // (ranks share no memory; a kept mapping would only
+                        // hold a deleted file's space).
                         Some(path) => SegmentDesc::File {
-                            id: new_region_id(),
+                            id: 0,
                             path: PathBuf::from(path.as_os_str()),
                             len,
                         },
@@ -240,7 +258,8 @@ impl Transport for MpiTransport<'_> {
     }
 
     fn next_event(&mut self, wait: Duration) -> Result<Option<(WorkerId, Event)>> {
-        let Some((from, message)) = self.state.receive(self.world, Some(Instant::now() + wait))? else {
+        let deadline = Some(Instant::now() + wait);
+        let Some((from, message)) = self.state.receive(self.world, deadline, self.tile_max)? else {
             return Ok(None);
         };
         let id = self.state.rank_mut(from)?.id();

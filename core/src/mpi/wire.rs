@@ -103,6 +103,20 @@ pub(super) fn receive_data(world: &SimpleCommunicator, rank: i32, buf: &mut [u8]
     Ok(())
 }
 
+/// Receives and drops `len` bytes sent with [`send_data`] by `rank`, in
+/// pieces: bytes that announce more than their message may carry.
+pub(super) fn discard_data(world: &SimpleCommunicator, rank: i32, len: u64) -> Result<(), MpiError> {
+    let mut left = len;
+    let mut buf = Vec::new();
+    while left > 0 {
+        let piece = left.min(MAX_PIECE as u64) as usize;
+        buf.resize(piece, 0);
+        receive_data(world, rank, &mut buf)?;
+        left -= piece as u64;
+    }
+    Ok(())
+}
+
 /// Waits for the next control message on `tag` from `from` (any rank if
 /// `None`). Polls rather than blocks in MPI, so that an idle rank sleeps
 /// instead of spinning a core that a busy rank on the same host could use.

@@ -340,10 +340,20 @@ struct Member {
     /// Id of the worker's channel in `State::set`.
     receiver: u64,
     /// Regions the worker keeps mapped: those of the last job it opened
-    /// ([`coop_worker::Mappings`]); none believed after a failed job.
+    /// (the worker's `Mappings`); none believed after a failed job.
     held: HashSet<u64>,
     /// Jobs the worker has opened ([`PoolBuilder::max_jobs_per_worker`]).
     jobs: u32,
+    /// It was sent SIGKILL: it is never given another job, even if its
+    /// channel has not closed yet.
+    killed: bool,
+}
+
+impl Member {
+    fn kill(&mut self) {
+        let _ = kill(Pid::from_raw(self.worker.pid as i32), Signal::SIGKILL);
+        self.killed = true;
+    }
 }
 
 impl State {
@@ -376,6 +386,7 @@ impl State {
             receiver,
             held: HashSet::new(),
             jobs: 0,
+            killed: false,
         });
         Ok(id)
     }
@@ -446,13 +457,22 @@ impl State {
                 Event::Message(_) => continue,
                 Event::Garbage(problem) => problem,
             };
-            if let Some(index) = self.members.iter().position(|member| member.id == id) {
-                let member = self.members.remove(index);
-                let pid = member.worker.pid;
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                let status = reap(member.worker, Duration::from_millis(100));
-                tracing::warn!(pid, problem, status = %exit_of(status, None), "worker killed between jobs");
+            if let Some(member) = self.member_mut(id) {
+                tracing::warn!(pid = member.worker.pid, problem, "killing worker between jobs");
+                member.kill();
             }
+        }
+        // Workers killed (in the last job, or just now) whose channel has
+        // not closed yet: reaped here, so that no job is sent to them.
+        let (killed, live) = std::mem::take(&mut self.members)
+            .into_iter()
+            .partition(|member| member.killed);
+        self.members = live;
+        let killed: Vec<Member> = killed;
+        for member in killed {
+            let pid = member.worker.pid;
+            let status = reap(member.worker, Duration::from_millis(100));
+            tracing::debug!(pid, status = %exit_of(status, None), "killed worker reaped");
         }
         if let Some(max) = config.max_jobs_per_worker {
             let (retired, kept) = std::mem::take(&mut self.members)

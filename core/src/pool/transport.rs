@@ -11,8 +11,6 @@ use coop_worker::ipc_channel::ipc::{IpcBytesSender, IpcMessage};
 use coop_worker::protocol::{
     Chunk, FromWorker, OutputDesc, Payload, SegmentDesc, ToWorker, input_batches, send_chunk,
 };
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 use super::spawn::Spawner;
 use super::{Config, Ipc, State};
@@ -204,7 +202,7 @@ impl Transport for PoolTransport<'_, '_, '_> {
         };
         if end.failed && end.busy {
             tracing::warn!(pid = worker.pid, "killing worker: its job failed");
-            let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGKILL);
+            member.kill();
         }
         // A worker that could not open the job keeps less than it was named,
         // and its refusal may not have been read: after a failure, every
@@ -232,8 +230,8 @@ impl Transport for PoolTransport<'_, '_, '_> {
     }
 
     fn kill(&mut self, worker: WorkerId, _why: &Kill) -> Result<()> {
-        if self.state.member(worker).is_some() {
-            let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGKILL);
+        if let Some(member) = self.state.member_mut(worker) {
+            member.kill();
         }
         Ok(())
     }

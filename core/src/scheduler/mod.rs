@@ -203,15 +203,22 @@ struct JobState<'a, J: Job> {
 impl<J: Job> JobState<'_, J> {
     fn drive(&mut self, transport: &mut impl Transport) -> Result<J::Partial> {
         loop {
-            // Checked first: a job stopped before it starts sends nothing.
-            (self.stop).check(J::NAME, self.done_count, self.specs.len())?;
-            self.dispatch(transport)?;
+            // A finished job is done, whenever its deadline; a stopped one
+            // sends nothing more (nor anything at all, stopped before it
+            // started).
             if self.finished() {
                 return Ok(self.result.take().unwrap_or_default());
             }
+            (self.stop).check(J::NAME, self.done_count, self.specs.len())?;
+            self.dispatch(transport)?;
             self.kill_overdue(transport)?;
-            if let Some((worker, event)) = transport.next_event(POLL)? {
+            // Everything that arrived is taken before the next dispatch: a
+            // worker's death may be behind its last report, and a task sent
+            // to it in between would be charged for it.
+            let mut wait = POLL;
+            while let Some((worker, event)) = transport.next_event(wait)? {
                 self.on_event(transport, worker, event)?;
+                wait = Duration::ZERO;
             }
         }
     }

@@ -997,6 +997,44 @@ fn tiles_sent_back_fill_the_output() {
 // Workers lost
 // ---------------------------------------------------------------------------
 
+/// A worker's last report and its death, arriving together, are both taken
+/// before the next dispatch: no task goes to a worker already known dead
+/// (it would be charged for the death in place of the one it ran).
+#[test]
+fn a_report_and_a_death_that_arrive_together_are_taken_before_the_next_dispatch() {
+    let mut fake = Fake::new(2).behaving(|step| match (step.worker, step.task()) {
+        (0, Some(task)) if step.answered == 0 => Act::Reply(vec![
+            message(FromWorker::TaskDone {
+                job: JOB,
+                task,
+                tile: None,
+            }),
+            Event::Lost(SIGKILLED),
+        ]),
+        _ => Act::Honest,
+    });
+    let (outcome, _) = run(&mut fake, policy(2, 1), &Collect::new(8));
+    assert_exact(outcome, 8);
+    let reported = (fake.position(|c| {
+        matches!(
+            c,
+            Call::Event {
+                worker: 0,
+                kind: "TaskDone",
+                ..
+            }
+        )
+    }))
+    .expect("worker 0 reported a task");
+    assert!(
+        !fake.log[reported..]
+            .iter()
+            .any(|c| matches!(c, Call::Task { worker: 0, .. })),
+        "{:#?}",
+        fake.log
+    );
+}
+
 #[test]
 fn a_worker_lost_mid_task_has_its_running_and_folded_tasks_run_again() {
     // Worker 0 dies on its third task, with two folded in its partial.
