@@ -222,11 +222,15 @@ impl Transport for PoolTransport<'_, '_, '_> {
         if self.state.pending.is_empty() {
             self.state.poll(Some(wait), self.config.memory_limit)?;
         }
+        Ok(self.buffered_event())
+    }
+
+    fn buffered_event(&mut self) -> Option<(WorkerId, Event)> {
         let event = self.state.pending.pop_front();
         if let Some((worker, Event::Lost(_))) = &event {
             self.feeders.remove(worker);
         }
-        Ok(event)
+        event
     }
 
     fn kill(&mut self, worker: WorkerId, _why: &Kill) -> Result<()> {

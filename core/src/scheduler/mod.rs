@@ -212,13 +212,14 @@ impl<J: Job> JobState<'_, J> {
             (self.stop).check(J::NAME, self.done_count, self.specs.len())?;
             self.dispatch(transport)?;
             self.kill_overdue(transport)?;
-            // Everything that arrived is taken before the next dispatch: a
-            // worker's death may be behind its last report, and a task sent
-            // to it in between would be charged for it.
-            let mut wait = POLL;
-            while let Some((worker, event)) = transport.next_event(wait)? {
+            if let Some((worker, event)) = transport.next_event(POLL)? {
                 self.on_event(transport, worker, event)?;
-                wait = Duration::ZERO;
+                // The rest of the batch before the next dispatch: a worker's
+                // death may be behind its last report, and a task sent to it
+                // in between would be charged for it.
+                while let Some((worker, event)) = transport.buffered_event() {
+                    self.on_event(transport, worker, event)?;
+                }
             }
         }
     }

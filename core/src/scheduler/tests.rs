@@ -662,7 +662,7 @@ impl Transport for Fake {
             &self.log[..100]
         );
         while self.outbox.is_empty() && self.answer_one() {}
-        let Some((worker, event)) = self.outbox.pop_front() else {
+        if self.outbox.is_empty() {
             self.idle += 1;
             assert!(
                 self.idle < MAX_IDLE,
@@ -671,8 +671,14 @@ impl Transport for Fake {
             );
             std::thread::sleep(wait.min(IDLE));
             return Ok(None);
-        };
+        }
         self.idle = 0;
+        Ok(self.buffered_event())
+    }
+
+    /// The events of one answer (and of a kill) come as one batch.
+    fn buffered_event(&mut self) -> Option<(WorkerId, Event)> {
+        let (worker, event) = self.outbox.pop_front()?;
         let (kind, done, bytes) = describe(&event);
         self.log.push(Call::Event {
             worker: worker.index,
@@ -680,7 +686,7 @@ impl Transport for Fake {
             done,
             bytes,
         });
-        Ok(Some((worker, event)))
+        Some((worker, event))
     }
 
     fn kill(&mut self, worker: WorkerId, why: &Kill) -> Result<()> {

@@ -212,6 +212,14 @@ pub(crate) trait Transport {
     /// The next event, waiting at most `wait`.
     fn next_event(&mut self, wait: Duration) -> Result<Option<(WorkerId, Event)>>;
 
+    /// An event read with the last one (the rest of its batch), if there is
+    /// one; never waits nor reads. The scheduler takes these before it
+    /// dispatches again, so that a worker's death read behind its last
+    /// report is known before another task is sent to it. By default none.
+    fn buffered_event(&mut self) -> Option<(WorkerId, Event)> {
+        None
+    }
+
     /// Ends a worker that is not to be trusted any more; its loss is reported
     /// as [`Event::Lost`]. A transport that cannot end one worker alone (MPI)
     /// fails the job instead.
