@@ -36,7 +36,9 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     const NAME: &'static str;
 
     /// One subtask: small (ranges, indices), sent to a worker as a message.
-    type Task: Serialize + DeserializeOwned + Send + Sync;
+    /// A [`Span`](crate::split::Span) of [`Records::split`](crate::split::Records::split)
+    /// is one, and names the bytes it reads.
+    type Task: Serialize + DeserializeOwned + Send + Sync + 'static;
 
     /// The per-worker result that tasks fold into; `Default` is the empty result.
     type Partial: Serialize + DeserializeOwned + Send + Default;
@@ -61,10 +63,13 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// The input bytes `task` reads, as (segment, byte range) pairs. Used only
     /// by [`Ipc::Messages`](crate::Ipc::Messages), which copies exactly these
-    /// bytes to the worker; the default, every byte of every segment, is
+    /// bytes to the worker. The default: a [`Span`](crate::split::Span)'s
+    /// own range; for any other task, every byte of every segment, which is
     /// correct but costly.
     fn input_ranges(&self, task: &Self::Task, input: &Input) -> Vec<(usize, Range<usize>)> {
-        let _ = task;
+        if let Some(span) = (task as &dyn std::any::Any).downcast_ref::<crate::split::Span>() {
+            return vec![(span.segment, span.range.clone())];
+        }
         (0..input.len())
             .map(|segment| (segment, 0..input.bytes(segment).len()))
             .collect()

@@ -215,6 +215,7 @@ mod job;
 pub mod mpi;
 mod pool;
 mod scheduler;
+pub mod split;
 mod stop;
 mod testing;
 mod workers;

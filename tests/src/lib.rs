@@ -28,6 +28,7 @@ pub fn jobs() -> Vec<JobEntry> {
         coop::register::<SumFloats>(),
         coop::register::<SumSegments>(),
         coop::register::<Hog>(),
+        coop::register::<RecordTally>(),
         coop_examples::wordcount::register(),
         coop_examples::matmul::register(),
     ]
@@ -509,5 +510,43 @@ impl Job for BigValue {
 
     fn merge(&self, into: &mut u64, other: u64) {
         *into += other;
+    }
+}
+
+/// Counts each distinct record of the input, records cut by
+/// [`coop::split::Records`]: a job of the library's splitting, whose tasks are
+/// the spans it makes (no `input_ranges` written here).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RecordTally {
+    /// What a record is.
+    pub records: coop::split::Records,
+}
+
+impl Job for RecordTally {
+    const NAME: &'static str = "test-record-tally";
+    type Task = coop::split::Span;
+    type Partial = std::collections::BTreeMap<Vec<u8>, u64>;
+
+    fn split(&self, input: &Input, hint: usize) -> Result<Vec<coop::split::Span>, TaskError> {
+        Ok(self.records.split(input, hint)?)
+    }
+
+    fn map(
+        &self,
+        span: &coop::split::Span,
+        input: &Input,
+        _: &mut [u8],
+        tally: &mut Self::Partial,
+    ) -> Result<(), TaskError> {
+        for record in self.records.iter(span.bytes(input)) {
+            *tally.entry(record.to_vec()).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    fn merge(&self, into: &mut Self::Partial, other: Self::Partial) {
+        for (record, count) in other {
+            *into.entry(record).or_default() += count;
+        }
     }
 }

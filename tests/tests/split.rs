@@ -1,0 +1,186 @@
+//! The library's record splitting (`coop::split`) on every engine, against a
+//! plain count of each segment's records: lines, delimited records, words
+//! and fixed-size records; empty inputs and segments, a last record without
+//! its terminator, records longer than a task.
+
+use std::collections::BTreeMap;
+
+use coop::prelude::*;
+use coop::split::Records;
+use coop::{AnyEngine, EngineKind, Ipc, JobStats};
+use coop_tests::RecordTally;
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn main() {
+    coop_tests::init();
+    let tests = vec![
+        Trial::test(
+            "records_are_counted_alike_on_every_engine",
+            records_are_counted_alike_on_every_engine,
+        ),
+        Trial::test(
+            "over_messages_a_span_task_copies_only_its_bytes",
+            over_messages_a_span_task_copies_only_its_bytes,
+        ),
+        Trial::test(
+            "a_partial_fixed_record_is_refused_on_every_engine",
+            a_partial_fixed_record_is_refused,
+        ),
+    ];
+    libtest_mimic::run(&Arguments::from_args(), tests).exit();
+}
+
+/// Each record of `segment`, the plain way (no splitting).
+fn plain(records: Records, segment: &[u8]) -> Vec<Vec<u8>> {
+    let is_space = |b: &u8| b" \t\n\x0b\x0c\r".contains(b);
+    let terminated = |end: u8| {
+        let mut all: Vec<Vec<u8>> = segment.split(|&b| b == end).map(<[u8]>::to_vec).collect();
+        // What follows the last terminator is a record only if not empty.
+        if all.last().is_some_and(Vec::is_empty) {
+            all.pop();
+        }
+        all
+    };
+    match records {
+        Records::Lines => terminated(b'\n'),
+        Records::Delimited(end) => terminated(end),
+        Records::Whitespace => segment
+            .split(is_space)
+            .filter(|word| !word.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect(),
+        Records::Fixed(size) => segment.chunks(size).map(<[u8]>::to_vec).collect(),
+        other => unreachable!("{other:?} is not tested here"),
+    }
+}
+
+fn tally(records: Records, segments: &[Vec<u8>]) -> BTreeMap<Vec<u8>, u64> {
+    let mut tally = BTreeMap::new();
+    for segment in segments {
+        for record in plain(records, segment) {
+            *tally.entry(record).or_default() += 1;
+        }
+    }
+    tally
+}
+
+/// Inputs that stress the cuts: empty, no terminator at the end, empty
+/// segments, empty records, a record far longer than a task, many segments.
+fn inputs() -> Vec<Vec<Vec<u8>>> {
+    let long: Vec<u8> = [vec![b'x'; 300_000], b"\ny,z\n".to_vec()].concat();
+    let mut log = Vec::new();
+    for i in 0..20_000u32 {
+        let code = [200, 404, 500, 301][(i % 7 % 4) as usize];
+        log.extend_from_slice(format!("10.0.0.{} GET /p{} {code}\n", i % 13, i % 101).as_bytes());
+    }
+    vec![
+        vec![],
+        vec![Vec::new(), Vec::new()],
+        vec![b"one\ntwo\nthree".to_vec()],
+        vec![b"a\n\n\nb\n".to_vec(), Vec::new(), b"c,d e\tf".to_vec()],
+        vec![long],
+        vec![log.clone(), log[..log.len() / 3 + 5].to_vec()],
+        (0..40)
+            .map(|i| format!("s{i} w\nx,{i}\n").repeat(i).into_bytes())
+            .collect(),
+    ]
+}
+
+/// Every engine this machine has, by name.
+fn engines() -> Result<Vec<(&'static str, AnyEngine)>, Failed> {
+    let start = |kind, ipc| AnyEngine::builder(kind).workers(2).ipc(ipc).build();
+    Ok(vec![
+        ("sequential", start(EngineKind::Sequential, Ipc::SharedMemory)?),
+        ("threads", start(EngineKind::Threads, Ipc::SharedMemory)?),
+        ("processes", start(EngineKind::Processes, Ipc::SharedMemory)?),
+        ("processes/messages", start(EngineKind::Processes, Ipc::Messages)?),
+    ])
+}
+
+fn records_are_counted_alike_on_every_engine() -> Result<(), Failed> {
+    let engines = engines()?;
+    for segments in inputs() {
+        let mut input = Input::new();
+        for segment in &segments {
+            input.push_bytes(segment);
+        }
+        for records in [Records::Lines, Records::Delimited(b','), Records::Whitespace] {
+            let expected = tally(records, &segments);
+            for (name, engine) in &engines {
+                let got = engine.run(&RecordTally { records }, &input)?;
+                if got != expected {
+                    return Err(format!(
+                        "{records:?} on {name}, segments of {:?} bytes: {} distinct records, {} expected",
+                        segments.iter().map(Vec::len).collect::<Vec<_>>(),
+                        got.len(),
+                        expected.len()
+                    )
+                    .into());
+                }
+            }
+        }
+    }
+    // Fixed-size records: rows of 3 bytes.
+    let rows: Vec<u8> = (0..3 * 5_000u32).map(|i| (i % 3 + i / 3 % 11) as u8).collect();
+    let mut input = Input::new();
+    input.push_bytes(&rows);
+    input.push_bytes(&[]);
+    input.push_bytes(&rows[..30]);
+    let expected = tally(
+        Records::Fixed(3),
+        &[rows.clone(), Vec::new(), rows[..30].to_vec()],
+    );
+    for (name, engine) in &engines {
+        let got = engine.run(
+            &RecordTally {
+                records: Records::Fixed(3),
+            },
+            &input,
+        )?;
+        assert_eq!(got, expected, "fixed records on {name}");
+    }
+    Ok(())
+}
+
+fn over_messages_a_span_task_copies_only_its_bytes() -> Result<(), Failed> {
+    let pool = Pool::builder().workers(2).ipc(Ipc::Messages).build()?;
+    let text = "a line of a log\n".repeat(200_000).into_bytes();
+    let mut input = Input::new();
+    input.push_bytes(&text);
+    input.push_bytes(&text);
+    let mut stats = JobStats::default();
+    let job = RecordTally {
+        records: Records::Lines,
+    };
+    let tally = Run::new(&job, &input).stats(&mut stats).on(&pool)?;
+    assert_eq!(tally.get(&b"a line of a log"[..]), Some(&400_000));
+    assert!(stats.tasks > 4, "{} tasks", stats.tasks);
+    // Every byte once, plus the job and its tasks: without the span's own
+    // range, each task would carry both segments whole.
+    let total = 2 * text.len() as u64;
+    assert!(
+        stats.bytes_to_workers < total + 64 * 1024,
+        "{} bytes sent for {total} bytes of input in {} tasks",
+        stats.bytes_to_workers,
+        stats.tasks
+    );
+    Ok(())
+}
+
+fn a_partial_fixed_record_is_refused() -> Result<(), Failed> {
+    let mut input = Input::new();
+    input.push_bytes(&[1; 10]);
+    let job = RecordTally {
+        records: Records::Fixed(4),
+    };
+    for (name, engine) in &engines()? {
+        match engine.run(&job, &input) {
+            Err(coop::Error::Split { message, .. }) => assert!(
+                message.contains("segment 0 is 10 bytes, not a whole number of 4-byte records"),
+                "{name}: {message}"
+            ),
+            other => return Err(format!("{name}: {other:?}").into()),
+        }
+    }
+    Ok(())
+}
