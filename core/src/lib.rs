@@ -213,6 +213,7 @@ mod input;
 mod job;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+pub mod partial;
 mod pool;
 mod scheduler;
 pub mod split;

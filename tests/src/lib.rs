@@ -29,6 +29,7 @@ pub fn jobs() -> Vec<JobEntry> {
         coop::register::<SumSegments>(),
         coop::register::<Hog>(),
         coop::register::<RecordTally>(),
+        coop::register::<ByteHistogram>(),
         coop_examples::wordcount::register(),
         coop_examples::matmul::register(),
     ]
@@ -548,5 +549,37 @@ impl Job for RecordTally {
         for (record, count) in other {
             *into.entry(record).or_default() += count;
         }
+    }
+}
+
+/// Counts each byte value of the input in a 256-bin histogram: a job of the
+/// library's [`coop::partial::Dense`] partial, over plain byte spans.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ByteHistogram;
+
+impl Job for ByteHistogram {
+    const NAME: &'static str = "test-byte-histogram";
+    type Task = coop::split::Span;
+    type Partial = coop::partial::Dense<u64>;
+
+    fn split(&self, input: &Input, hint: usize) -> Result<Vec<coop::split::Span>, TaskError> {
+        Ok(coop::split::Records::Bytes.split(input, hint)?)
+    }
+
+    fn map(
+        &self,
+        span: &coop::split::Span,
+        input: &Input,
+        _: &mut [u8],
+        bins: &mut Self::Partial,
+    ) -> Result<(), TaskError> {
+        for &byte in span.bytes(input) {
+            bins.add(usize::from(byte), 1);
+        }
+        Ok(())
+    }
+
+    fn merge(&self, into: &mut Self::Partial, other: Self::Partial) {
+        into.merge(other);
     }
 }

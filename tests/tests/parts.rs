@@ -1,14 +1,15 @@
-//! The library's record splitting (`coop::split`) on every engine, against a
-//! plain count of each segment's records: lines, delimited records, words
-//! and fixed-size records; empty inputs and segments, a last record without
-//! its terminator, records longer than a task.
+//! The library's parts on every engine, against plain computations: record
+//! splitting (`coop::split`: lines, delimited records, words and fixed-size
+//! records; empty inputs and segments, a last record without its
+//! terminator, records longer than a task) and array partials
+//! (`coop::partial::Dense`).
 
 use std::collections::BTreeMap;
 
 use coop::prelude::*;
 use coop::split::Records;
 use coop::{AnyEngine, EngineKind, Ipc, JobStats};
-use coop_tests::RecordTally;
+use coop_tests::{ByteHistogram, RecordTally};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn main() {
@@ -21,6 +22,10 @@ fn main() {
         Trial::test(
             "over_messages_a_span_task_copies_only_its_bytes",
             over_messages_a_span_task_copies_only_its_bytes,
+        ),
+        Trial::test(
+            "a_histogram_adds_up_bin_by_bin_on_every_engine",
+            a_histogram_adds_up_bin_by_bin_on_every_engine,
         ),
         Trial::test(
             "a_partial_fixed_record_is_refused_on_every_engine",
@@ -180,6 +185,32 @@ fn a_partial_fixed_record_is_refused() -> Result<(), Failed> {
                 "{name}: {message}"
             ),
             other => return Err(format!("{name}: {other:?}").into()),
+        }
+    }
+    Ok(())
+}
+
+fn a_histogram_adds_up_bin_by_bin_on_every_engine() -> Result<(), Failed> {
+    let engines = engines()?;
+    let data: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for segments in [vec![], vec![&data[..1]], vec![&data[..], &[][..], &data[..777]]] {
+        let mut expected = vec![0u64; 256];
+        let mut input = Input::new();
+        for segment in &segments {
+            input.push_bytes(segment);
+            for &byte in *segment {
+                expected[usize::from(byte)] += 1;
+            }
+        }
+        for (name, engine) in &engines {
+            let mut bins = engine.run(&ByteHistogram, &input)?.into_vec();
+            // Bins past the largest byte seen were never touched: zeros.
+            bins.resize(256, 0);
+            if bins != expected {
+                return Err(format!("{name}: {bins:?}").into());
+            }
         }
     }
     Ok(())
