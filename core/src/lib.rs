@@ -71,6 +71,15 @@
 //!    options; [`Run`] sets the others (output, progress callback, tasks per
 //!    worker, stats): `Run::new(&job, &input).output(&mut out).on(&engine)`.
 //!
+//! # Library parts
+//!
+//! - [`split`]: tasks cut at record boundaries ([`split::Records`]: lines,
+//!   a delimiter byte, ASCII whitespace, fixed-size records, plain bytes),
+//!   as [`split::Span`]s that name the bytes they read; a record never spans
+//!   two segments.
+//! - [`partial`]: partials to use as they are: [`partial::Dense`], numbers
+//!   merged element by element (histograms, per-class sums).
+//!
 //! # Choosing the engine at run time
 //!
 //! [`EngineKind`] names an engine (`processes`, `threads`, `sequential`,
