@@ -434,7 +434,7 @@ pub struct Sequential;
 impl Engine for Sequential {
     fn execute<J: Job>(&self, run: Run<'_, J>) -> Result<J::Partial> {
         in_process(run, 1, |local, work| {
-            let mut partial = J::Partial::default();
+            let mut partial = local.job.new_partial();
             for (index, task, tile) in work {
                 local.map(index, task, tile, &mut partial)?;
             }
@@ -496,7 +496,7 @@ impl Engine for Threads {
                     let Some((index, task, tile)) = taken else {
                         continue;
                     };
-                    let partial = partial.get_or_insert_with(J::Partial::default);
+                    let partial = partial.get_or_insert_with(|| local.job.new_partial());
                     if let Err(err) = local.map(index, task, tile, partial) {
                         failed.store(true, Ordering::Relaxed);
                         return Err(err);
@@ -513,7 +513,7 @@ impl Engine for Threads {
                     });
                 }
             }
-            Ok(merged.unwrap_or_default())
+            Ok(merged.unwrap_or_else(|| local.job.new_partial()))
         })
     }
 

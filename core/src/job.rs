@@ -40,8 +40,17 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// is one, and names the bytes it reads.
     type Task: Serialize + DeserializeOwned + Send + Sync + 'static;
 
-    /// The per-worker result that tasks fold into; `Default` is the empty result.
+    /// The per-worker result that tasks fold into; [`new_partial`](Job::new_partial)
+    /// makes an empty one (by default, `Default`'s).
     type Partial: Serialize + DeserializeOwned + Send + Default;
+
+    /// An empty partial, which each worker folds its tasks into, and the
+    /// result of a job with no task. It sees the job's parameters: a
+    /// histogram of `self.bins` bins is sized here. The default is
+    /// `Partial::default()`.
+    fn new_partial(&self) -> Self::Partial {
+        Self::Partial::default()
+    }
 
     /// Cuts the input into tasks. `hint` is how many tasks the engine would like
     /// (a few per worker, so that idle workers can take over from slow ones);
@@ -321,10 +330,10 @@ fn open<J: Job>(
 ) -> Result<Box<dyn JobInstance>, InstanceError> {
     let job: J = postcard::from_bytes(params).map_err(InstanceError::DecodeJob)?;
     Ok(Box::new(Instance {
-        job,
         input: Input::from_regions(input),
         output,
-        partial: J::Partial::default(),
+        partial: job.new_partial(),
+        job,
     }))
 }
 
@@ -371,7 +380,8 @@ impl<J: Job> JobInstance for Instance<J> {
     }
 
     fn take_partial(&mut self) -> Result<Vec<u8>, InstanceError> {
-        let partial = std::mem::take(&mut self.partial);
+        // A new empty one for the tasks after the flush (a dead worker's).
+        let partial = std::mem::replace(&mut self.partial, self.job.new_partial());
         postcard::to_allocvec(&partial).map_err(InstanceError::EncodePartial)
     }
 }

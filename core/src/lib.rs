@@ -224,6 +224,7 @@ mod job;
 pub mod mpi;
 pub mod partial;
 mod pool;
+mod record_job;
 mod scheduler;
 pub mod split;
 mod stop;
@@ -240,6 +241,7 @@ pub use error::{Error, HandshakeFailure, Result, TaskIndex, WorkerExit};
 pub use input::{Input, SharedOutput, SliceError};
 pub use job::{Job, JobEntry, TaskError, init, register};
 pub use pool::{DEFAULT_RETRIES, Ipc, Pool, PoolBuilder};
+pub use record_job::RecordJob;
 pub use stop::CancelToken;
 #[doc(hidden)]
 pub use testing::__private;
@@ -254,5 +256,5 @@ pub mod fault {
 
 /// The names most programs need: `use coop::prelude::*;`.
 pub mod prelude {
-    pub use crate::{Engine, Input, Job, Pool, Progress, Run, SharedOutput, TaskError};
+    pub use crate::{Engine, Input, Job, Pool, Progress, RecordJob, Run, SharedOutput, TaskError};
 }

@@ -1,8 +1,10 @@
-//! Partials a job can use as they are: [`Dense`], numbers merged element by
-//! element (a histogram, per-class sums).
+//! Partials a job can use as they are, and [`Combine`], how two partials of
+//! one kind combine (Phoenix++'s combiners): sums for numbers, [`Dense`] arrays merged element by
+//! element (a histogram, per-class sums), maps merged key by key, [`Min`]
+//! and [`Max`], and tuples of these.
 //!
 //! ```
-//! use coop::partial::Dense;
+//! use coop::partial::{Dense, Combine};
 //!
 //! // Two workers' histograms of byte values...
 //! let mut a = Dense::<u64>::new(256);
@@ -10,14 +12,131 @@
 //! for &byte in b"hello" { a.add(byte as usize, 1) }
 //! for &byte in b"world" { b.add(byte as usize, 1) }
 //! // ...merge bin by bin.
-//! a.merge(b);
+//! a.combine(b);
 //! assert_eq!(a[b'l' as usize], 3);
 //! assert_eq!(a.iter().sum::<u64>(), 10);
 //! ```
 
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash};
 use std::ops::{AddAssign, Deref, DerefMut};
 
 use serde::{Deserialize, Serialize};
+
+/// How two partials of one kind combine into one: associative and
+/// commutative, as [`Job::merge`](crate::Job::merge) must be. A job over
+/// records ([`RecordJob`](crate::RecordJob)) whose partial combines need not
+/// write its own merge.
+pub trait Combine {
+    /// Folds `other` into `self`.
+    fn combine(&mut self, other: Self);
+}
+
+macro_rules! combine_by_adding {
+    ($($number:ty),*) => {$(
+        /// Sums.
+        impl Combine for $number {
+            fn combine(&mut self, other: $number) {
+                *self += other;
+            }
+        }
+    )*};
+}
+
+combine_by_adding!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64
+);
+
+/// Key by key: a key in both merges its values.
+impl<K: Ord, V: Combine> Combine for BTreeMap<K, V> {
+    fn combine(&mut self, other: BTreeMap<K, V>) {
+        for (key, value) in other {
+            match self.entry(key) {
+                std::collections::btree_map::Entry::Occupied(mut entry) => entry.get_mut().combine(value),
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    entry.insert(value);
+                }
+            }
+        }
+    }
+}
+
+/// Key by key: a key in both merges its values.
+impl<K: Eq + Hash, V: Combine, S: BuildHasher> Combine for HashMap<K, V, S> {
+    fn combine(&mut self, other: HashMap<K, V, S>) {
+        for (key, value) in other {
+            match self.entry(key) {
+                std::collections::hash_map::Entry::Occupied(mut entry) => entry.get_mut().combine(value),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    entry.insert(value);
+                }
+            }
+        }
+    }
+}
+
+/// Each with its own.
+impl<A: Combine, B: Combine> Combine for (A, B) {
+    fn combine(&mut self, other: (A, B)) {
+        self.0.combine(other.0);
+        self.1.combine(other.1);
+    }
+}
+
+/// Each with its own.
+impl<A: Combine, B: Combine, C: Combine> Combine for (A, B, C) {
+    fn combine(&mut self, other: (A, B, C)) {
+        self.0.combine(other.0);
+        self.1.combine(other.1);
+        self.2.combine(other.2);
+    }
+}
+
+/// The least value seen, if any: a partial that starts empty, without a
+/// hand-written "infinity".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Min<T>(pub Option<T>);
+
+/// The greatest value seen, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Max<T>(pub Option<T>);
+
+impl<T: PartialOrd> Min<T> {
+    /// Keeps `value` if it is less than the least so far (or the first).
+    /// A value that compares with nothing (NaN) is kept only first.
+    pub fn add(&mut self, value: T) {
+        if self.0.as_ref().is_none_or(|least| value < *least) {
+            self.0 = Some(value);
+        }
+    }
+}
+
+impl<T: PartialOrd> Max<T> {
+    /// Keeps `value` if it is greater than the greatest so far (or the first).
+    pub fn add(&mut self, value: T) {
+        if self.0.as_ref().is_none_or(|most| value > *most) {
+            self.0 = Some(value);
+        }
+    }
+}
+
+impl<T: PartialOrd> Combine for Min<T> {
+    fn combine(&mut self, other: Min<T>) {
+        if let Some(value) = other.0 {
+            self.add(value);
+        }
+    }
+}
+
+impl<T: PartialOrd> Combine for Max<T> {
+    fn combine(&mut self, other: Max<T>) {
+        if let Some(value) = other.0 {
+            self.add(value);
+        }
+    }
+}
 
 /// A fixed-size array of numbers (counters, sums) that merges element by
 /// element: as a [`Job::Partial`](crate::Job::Partial), each worker fills its
@@ -50,18 +169,6 @@ impl<T: Copy + Default + AddAssign> Dense<T> {
         self.values[index] += value;
     }
 
-    /// Adds `other` element by element; the result is as long as the longer
-    /// of the two.
-    pub fn merge(&mut self, other: Dense<T>) {
-        if other.values.len() > self.values.len() {
-            let mut other = other;
-            other.add_all(&self.values);
-            *self = other;
-        } else {
-            self.add_all(&other.values);
-        }
-    }
-
     fn add_all(&mut self, values: &[T]) {
         for (into, &value) in self.values.iter_mut().zip(values) {
             *into += value;
@@ -71,6 +178,19 @@ impl<T: Copy + Default + AddAssign> Dense<T> {
     /// The numbers.
     pub fn into_vec(self) -> Vec<T> {
         self.values
+    }
+}
+
+/// Element by element; the result is as long as the longer of the two.
+impl<T: Copy + Default + AddAssign> Combine for Dense<T> {
+    fn combine(&mut self, other: Dense<T>) {
+        if other.values.len() > self.values.len() {
+            let mut other = other;
+            other.add_all(&self.values);
+            *self = other;
+        } else {
+            self.add_all(&other.values);
+        }
     }
 }
 
@@ -96,18 +216,42 @@ impl<T> DerefMut for Dense<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
     use super::*;
 
     #[test]
     fn arrays_merge_element_by_element_and_the_empty_one_is_zeros() {
         let mut sums = Dense::<f64>::default();
-        sums.merge(Dense::from(vec![1.5, 2.0]));
-        sums.merge(Dense::from(vec![0.5, 1.0, 4.0]));
-        sums.merge(Dense::default());
+        sums.combine(Dense::from(vec![1.5, 2.0]));
+        sums.combine(Dense::from(vec![0.5, 1.0, 4.0]));
+        sums.combine(Dense::default());
         assert_eq!(&*sums, &[2.0, 3.0, 4.0]);
         let mut grown = Dense::<u32>::default();
         grown.add(3, 2);
         assert_eq!(grown.into_vec(), [0, 0, 0, 2]);
+    }
+
+    #[test]
+    fn maps_merge_key_by_key_and_extremes_keep_theirs() {
+        let mut a = BTreeMap::from([("x", 1u64), ("y", 2)]);
+        a.combine(BTreeMap::from([("y", 3), ("z", 4)]));
+        assert_eq!(a, BTreeMap::from([("x", 1), ("y", 5), ("z", 4)]));
+        let mut h: HashMap<u16, (u64, Max<f64>)> = HashMap::new();
+        h.combine(HashMap::from([(200, (1, Max(Some(0.5))))]));
+        h.combine(HashMap::from([
+            (200, (2, Max(Some(0.25)))),
+            (404, (1, Max(None))),
+        ]));
+        assert_eq!(h[&200], (3, Max(Some(0.5))));
+        assert_eq!(h[&404], (1, Max(None)));
+        let mut least = Min::default();
+        for value in [3, 1, 2] {
+            least.add(value);
+        }
+        least.combine(Min(Some(0)));
+        least.combine(Min(None));
+        assert_eq!(least, Min(Some(0)));
     }
 
     #[test]

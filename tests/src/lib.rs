@@ -30,6 +30,7 @@ pub fn jobs() -> Vec<JobEntry> {
         coop::register::<Hog>(),
         coop::register::<RecordTally>(),
         coop::register::<ByteHistogram>(),
+        coop::register::<LineLengths>(),
         coop_examples::wordcount::register(),
         coop_examples::matmul::register(),
     ]
@@ -515,40 +516,51 @@ impl Job for BigValue {
 }
 
 /// Counts each distinct record of the input, records cut by
-/// [`coop::split::Records`]: a job of the library's splitting, whose tasks are
-/// the spans it makes (no `input_ranges` written here).
+/// [`coop::split::Records`]: the short form of a job ([`RecordJob`]), whose
+/// tasks are spans (no `input_ranges` written here).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RecordTally {
     /// What a record is.
     pub records: coop::split::Records,
 }
 
-impl Job for RecordTally {
+impl RecordJob for RecordTally {
     const NAME: &'static str = "test-record-tally";
-    type Task = coop::split::Span;
     type Partial = std::collections::BTreeMap<Vec<u8>, u64>;
 
-    fn split(&self, input: &Input, hint: usize) -> Result<Vec<coop::split::Span>, TaskError> {
-        Ok(self.records.split(input, hint)?)
+    fn records(&self) -> coop::split::Records {
+        self.records
     }
 
-    fn map(
-        &self,
-        span: &coop::split::Span,
-        input: &Input,
-        _: &mut [u8],
-        tally: &mut Self::Partial,
-    ) -> Result<(), TaskError> {
-        for record in self.records.iter(span.bytes(input)) {
-            *tally.entry(record.to_vec()).or_default() += 1;
-        }
+    fn fold(&self, record: &[u8], tally: &mut Self::Partial) -> Result<(), TaskError> {
+        *tally.entry(record.to_vec()).or_default() += 1;
         Ok(())
     }
+}
 
-    fn merge(&self, into: &mut Self::Partial, other: Self::Partial) {
-        for (record, count) in other {
-            *into.entry(record).or_default() += count;
-        }
+/// A histogram of line lengths in `bins` bins (the last one for every longer
+/// line), and the longest line: a partial sized from the job's parameters.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LineLengths {
+    /// Number of bins.
+    pub bins: usize,
+}
+
+impl RecordJob for LineLengths {
+    const NAME: &'static str = "test-line-lengths";
+    type Partial = (coop::partial::Dense<u64>, coop::partial::Max<usize>);
+
+    fn new_partial(&self) -> Self::Partial {
+        (
+            coop::partial::Dense::new(self.bins),
+            coop::partial::Max::default(),
+        )
+    }
+
+    fn fold(&self, line: &[u8], (bins, longest): &mut Self::Partial) -> Result<(), TaskError> {
+        bins.add(line.len().min(self.bins - 1), 1);
+        longest.add(line.len());
+        Ok(())
     }
 }
 
@@ -580,6 +592,6 @@ impl Job for ByteHistogram {
     }
 
     fn merge(&self, into: &mut Self::Partial, other: Self::Partial) {
-        into.merge(other);
+        coop::partial::Combine::combine(into, other);
     }
 }

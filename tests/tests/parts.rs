@@ -1,15 +1,16 @@
 //! The library's parts on every engine, against plain computations: record
 //! splitting (`coop::split`: lines, delimited records, words and fixed-size
 //! records; empty inputs and segments, a last record without its
-//! terminator, records longer than a task) and array partials
-//! (`coop::partial::Dense`).
+//! terminator, records longer than a task), the short form of a job
+//! (`RecordJob`), and partials (`coop::partial`: arrays, maps, extremes, a
+//! partial sized from the job's parameters).
 
 use std::collections::BTreeMap;
 
 use coop::prelude::*;
 use coop::split::Records;
 use coop::{AnyEngine, EngineKind, Ipc, JobStats};
-use coop_tests::{ByteHistogram, RecordTally};
+use coop_tests::{ByteHistogram, LineLengths, RecordTally};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn main() {
@@ -26,6 +27,10 @@ fn main() {
         Trial::test(
             "a_histogram_adds_up_bin_by_bin_on_every_engine",
             a_histogram_adds_up_bin_by_bin_on_every_engine,
+        ),
+        Trial::test(
+            "a_partial_sized_from_the_job_is_that_size_on_every_engine",
+            a_partial_sized_from_the_job_is_that_size_on_every_engine,
         ),
         Trial::test(
             "a_partial_fixed_record_is_refused_on_every_engine",
@@ -210,6 +215,32 @@ fn a_histogram_adds_up_bin_by_bin_on_every_engine() -> Result<(), Failed> {
             bins.resize(256, 0);
             if bins != expected {
                 return Err(format!("{name}: {bins:?}").into());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn a_partial_sized_from_the_job_is_that_size_on_every_engine() -> Result<(), Failed> {
+    let engines = engines()?;
+    let job = LineLengths { bins: 40 };
+    for text in [&b""[..], b"\n", b"short\nlonger line\n\nlast without newline"] {
+        let long = [text, &b"x".repeat(100)[..], b"\n"].concat();
+        for text in [text, &long[..]] {
+            let mut expected = vec![0u64; 40];
+            let mut longest = None;
+            for line in text.split_inclusive(|&b| b == b'\n') {
+                let line = line.strip_suffix(b"\n").unwrap_or(line);
+                expected[line.len().min(39)] += 1;
+                longest = longest.max(Some(line.len()));
+            }
+            let mut input = Input::new();
+            input.push_bytes(text);
+            for (name, engine) in &engines {
+                let (bins, max) = engine.run(&job, &input)?;
+                // Sized by the job even where no line was seen.
+                assert_eq!(&*bins, &expected[..], "{name}, {text:?}");
+                assert_eq!(max.0, longest, "{name}, {text:?}");
             }
         }
     }

@@ -109,7 +109,7 @@ pub(crate) fn run_job<J: Job, T: Transport>(
         },
     };
     let outcome = if total == 0 {
-        Ok(J::Partial::default())
+        Ok(job.new_partial())
     } else {
         let outcome = state.drive(transport);
         // A failure to close the job in a worker is worse than the job's own
@@ -207,7 +207,7 @@ impl<J: Job> JobState<'_, J> {
             // sends nothing more (nor anything at all, stopped before it
             // started).
             if self.finished() {
-                return Ok(self.result.take().unwrap_or_default());
+                return Ok(self.result.take().unwrap_or_else(|| self.job.new_partial()));
             }
             (self.stop).check(J::NAME, self.done_count, self.specs.len())?;
             self.dispatch(transport)?;

@@ -1,0 +1,101 @@
+//! [`RecordJob`]: the short form of the everyday job, "for each record,
+//! fold into this partial".
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::input::Input;
+use crate::job::{Job, TaskError};
+use crate::partial::Combine;
+use crate::split::{Records, Span};
+
+/// A job that folds each record of its input (each line, by default) into a
+/// partial that [combines](Combine): the whole of a [`Job`] but the fold,
+/// which is all it asks for. Every `RecordJob` is a `Job`: register it and
+/// run it like any other.
+///
+/// ```rust,standalone_crate
+/// use std::collections::BTreeMap;
+/// use coop::prelude::*;
+///
+/// /// How many lines of a web server's log have each status code.
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct StatusCodes;
+///
+/// impl RecordJob for StatusCodes {
+///     const NAME: &'static str = "status-codes";
+///     type Partial = BTreeMap<u16, u64>;
+///     fn fold(&self, line: &[u8], counts: &mut BTreeMap<u16, u64>) -> Result<(), TaskError> {
+///         // `10.0.0.1 - - [..] "GET / HTTP/1.1" 200 512`: the status is second to last.
+///         let status = line.rsplit(|&b| b == b' ').nth(1).and_then(|s| std::str::from_utf8(s).ok());
+///         if let Some(status) = status.and_then(|s| s.parse().ok()) {
+///             *counts.entry(status).or_default() += 1;
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// fn main() -> coop::Result<()> {
+///     coop::init(&[coop::register::<StatusCodes>()])?;
+///     let mut input = Input::new();
+///     input.push_bytes(b"a - - [x] \"GET / HTTP/1.1\" 200 5\nb - - [x] \"GET /x HTTP/1.1\" 404 0\n");
+///     let counts = Pool::builder().workers(2).build()?.run(&StatusCodes, &input)?;
+///     assert_eq!(counts, BTreeMap::from([(200, 1), (404, 1)]));
+///     Ok(())
+/// }
+/// ```
+///
+/// Tasks are [`Span`]s of about equal length cut at record boundaries
+/// ([`Records::split`]): a record never spans two segments, and the last
+/// one counts without its terminator.
+pub trait RecordJob: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The job's name for people ([`Job::NAME`]).
+    const NAME: &'static str;
+
+    /// What each worker folds its records into.
+    type Partial: Serialize + DeserializeOwned + Send + Default + Combine;
+
+    /// What a record is; lines by default.
+    fn records(&self) -> Records {
+        Records::Lines
+    }
+
+    /// An empty partial ([`Job::new_partial`]); `Default`'s by default.
+    fn new_partial(&self) -> Self::Partial {
+        Self::Partial::default()
+    }
+
+    /// Folds one record into the partial. An error fails the job.
+    fn fold(&self, record: &[u8], partial: &mut Self::Partial) -> Result<(), TaskError>;
+}
+
+impl<R: RecordJob> Job for R {
+    const NAME: &'static str = R::NAME;
+    type Task = Span;
+    type Partial = R::Partial;
+
+    fn new_partial(&self) -> R::Partial {
+        RecordJob::new_partial(self)
+    }
+
+    fn split(&self, input: &Input, hint: usize) -> Result<Vec<Span>, TaskError> {
+        Ok(self.records().split(input, hint)?)
+    }
+
+    fn map(
+        &self,
+        span: &Span,
+        input: &Input,
+        _: &mut [u8],
+        partial: &mut R::Partial,
+    ) -> Result<(), TaskError> {
+        for record in self.records().iter(span.bytes(input)) {
+            self.fold(record, partial)?;
+        }
+        Ok(())
+    }
+
+    fn merge(&self, into: &mut R::Partial, other: R::Partial) {
+        into.combine(other);
+    }
+}
