@@ -75,21 +75,23 @@ impl<K: Eq + Hash, V: Combine, S: BuildHasher> Combine for HashMap<K, V, S> {
     }
 }
 
-/// Each with its own.
-impl<A: Combine, B: Combine> Combine for (A, B) {
-    fn combine(&mut self, other: (A, B)) {
-        self.0.combine(other.0);
-        self.1.combine(other.1);
-    }
+macro_rules! combine_each {
+    ($(($($name:ident $index:tt),+))*) => {$(
+        /// Each with its own.
+        impl<$($name: Combine),+> Combine for ($($name,)+) {
+            fn combine(&mut self, other: ($($name,)+)) {
+                $(self.$index.combine(other.$index);)+
+            }
+        }
+    )*};
 }
 
-/// Each with its own.
-impl<A: Combine, B: Combine, C: Combine> Combine for (A, B, C) {
-    fn combine(&mut self, other: (A, B, C)) {
-        self.0.combine(other.0);
-        self.1.combine(other.1);
-        self.2.combine(other.2);
-    }
+combine_each! {
+    (A 0, B 1)
+    (A 0, B 1, C 2)
+    (A 0, B 1, C 2, D 3)
+    (A 0, B 1, C 2, D 3, E 4)
+    (A 0, B 1, C 2, D 3, E 4, F 5)
 }
 
 /// The least value seen, if any: a partial that starts empty, without a
