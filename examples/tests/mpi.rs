@@ -1,7 +1,8 @@
 //! `--engine mpi` end to end: `wordcount` and `matmul` under `mpirun -n 1`,
 //! `-n 2` and `-n 4` (oversubscribed) on this host, byte for byte against
-//! `--engine sequential`; failures that end the whole MPI job quickly with
-//! the rank, host and cause. Run with `cargo test -p coop-examples --features
+//! `--engine sequential`; the library's parts (records, `RecordJob`,
+//! partials) against the sequential engine; failures that end the whole MPI
+//! job quickly with the rank, host and cause. Run with `cargo test -p coop-examples --features
 //! mpi --test mpi` (needs Open MPI's `mpirun`). Without the feature, only the
 //! refusal of `--engine mpi` is tested.
 
@@ -560,6 +561,109 @@ mod with_mpi {
             assert!(stdout.contains(expected), "no {expected:?}\n{}", job.describe());
         }
         assert!(job.elapsed < Duration::from_secs(60), "{}", job.describe());
+    }
+
+    /// Counts each distinct line, with a histogram of line lengths in as
+    /// many bins as the job says: the library's parts (records, a
+    /// `RecordJob`, combining partials, a partial sized by the job).
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Lines {
+        bins: usize,
+    }
+
+    impl coop::RecordJob for Lines {
+        const NAME: &'static str = "tests/lines";
+        type Partial = (
+            std::collections::BTreeMap<Vec<u8>, u64>,
+            coop::partial::Dense<u64>,
+        );
+
+        fn new_partial(&self) -> Self::Partial {
+            (Default::default(), coop::partial::Dense::new(self.bins))
+        }
+
+        fn fold(&self, line: &[u8], (tally, lengths): &mut Self::Partial) -> Result<(), coop::TaskError> {
+            *tally.entry(line.to_vec()).or_default() += 1;
+            lengths.add(line.len().min(self.bins - 1), 1);
+            Ok(())
+        }
+    }
+
+    /// Set for the copies of this test binary that
+    /// [`library_parts_on_mpi_match_sequential`] starts under mpirun.
+    const PARTS_UNDER_MPIRUN: &str = "COOP_TEST_PARTS_UNDER_MPIRUN";
+
+    /// The MPI program of the test below: [`Lines`] over no input, over
+    /// segments in rank 0's memory (sent in the chunks tasks read: a last
+    /// line without its newline, an empty segment, a line longer than a
+    /// task), and over a file every rank maps; each against the sequential
+    /// engine in the same process.
+    #[test]
+    #[ignore = "an MPI program: run under mpirun by the test below"]
+    fn mpi_program_with_library_parts() {
+        use coop::Engine;
+        let file = std::env::var_os(PARTS_UNDER_MPIRUN)
+            .expect("run by library_parts_on_mpi_match_sequential, under mpirun");
+        coop::init(&[coop::register::<Lines>()]).unwrap();
+        let mpi = coop::Mpi::init().unwrap(); // ranks 1 and 2 serve and exit here
+        let job = Lines { bins: 12 };
+        let long = [vec![b'y'; 100_000], b"\nafter\n".to_vec()].concat();
+        let mut in_memory = coop::Input::new();
+        for segment in [
+            &b"a\nbb\n\nccc\nbb"[..],
+            b"",
+            &long,
+            &"x\n".repeat(5_000).into_bytes(),
+        ] {
+            in_memory.push_bytes(segment);
+        }
+        let mut mapped = coop::Input::new();
+        mapped.push_file(&file).unwrap();
+        for (name, input) in [
+            ("no input", coop::Input::new()),
+            ("memory", in_memory),
+            ("file", mapped),
+        ] {
+            let expected = coop::Sequential.run(&job, &input).unwrap();
+            let got = mpi.run(&job, &input).unwrap();
+            assert_eq!(got, expected, "{name}");
+            assert_eq!(got.1.len(), 12, "{name}: the job's bins, even with no line");
+            println!("{name}: {} distinct lines", got.0.len());
+        }
+        println!("library parts: as sequential on ranks {:?}", mpi.hosts());
+    }
+
+    #[test]
+    fn library_parts_on_mpi_match_sequential() {
+        let _one = one_at_a_time();
+        let dir = std::env::temp_dir().join(format!("coop-parts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("lines.txt");
+        std::fs::write(&file, corpus::generate(2 << 20, 1_000, 3)).unwrap();
+        let job = run_to_end(
+            mpirun()
+                .env(PARTS_UNDER_MPIRUN, &file)
+                .args(["-n", "3"])
+                .arg(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "with_mpi::mpi_program_with_library_parts",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ]),
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_job_success(&job);
+        let stdout = text(&job.stdout);
+        for expected in [
+            "no input: 0 distinct lines",
+            "memory: ",
+            "file: ",
+            "library parts: as sequential",
+        ] {
+            assert!(stdout.contains(expected), "no {expected:?}\n{}", job.describe());
+        }
     }
 
     #[test]
