@@ -77,8 +77,10 @@
 //!   a delimiter byte, ASCII whitespace, fixed-size records, plain bytes),
 //!   as [`split::Span`]s that name the bytes they read; a record never spans
 //!   two segments.
-//! - [`partial`]: partials to use as they are: [`partial::Dense`], numbers
-//!   merged element by element (histograms, per-class sums).
+//! - [`RecordJob`]: the short form of a job, the fold of one record.
+//! - [`partial`]: partials that combine as they are ([`partial::Combine`]):
+//!   [`partial::Keyed`] tables (reduce by key), [`partial::Dense`] arrays
+//!   (histograms, per-class sums), maps, [`partial::Min`], [`partial::Max`].
 //!
 //! # Choosing the engine at run time
 //!

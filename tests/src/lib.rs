@@ -31,6 +31,7 @@ pub fn jobs() -> Vec<JobEntry> {
         coop::register::<RecordTally>(),
         coop::register::<ByteHistogram>(),
         coop::register::<LineLengths>(),
+        coop::register::<WordTally>(),
         coop_examples::wordcount::register(),
         coop_examples::matmul::register(),
     ]
@@ -593,5 +594,24 @@ impl Job for ByteHistogram {
 
     fn merge(&self, into: &mut Self::Partial, other: Self::Partial) {
         coop::partial::Combine::combine(into, other);
+    }
+}
+
+/// Counts each word (runs between ASCII whitespace) in a keyed partial, the
+/// library's reduce-by-key table.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WordTally;
+
+impl RecordJob for WordTally {
+    const NAME: &'static str = "test-word-tally";
+    type Partial = coop::partial::Keyed<Vec<u8>, u64>;
+
+    fn records(&self) -> coop::split::Records {
+        coop::split::Records::Whitespace
+    }
+
+    fn fold(&self, word: &[u8], tally: &mut Self::Partial) -> Result<(), TaskError> {
+        *tally.get_or_insert_with(word.to_vec(), || 0) += 1;
+        Ok(())
     }
 }

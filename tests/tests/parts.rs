@@ -2,15 +2,15 @@
 //! splitting (`coop::split`: lines, delimited records, words and fixed-size
 //! records; empty inputs and segments, a last record without its
 //! terminator, records longer than a task), the short form of a job
-//! (`RecordJob`), and partials (`coop::partial`: arrays, maps, extremes, a
-//! partial sized from the job's parameters).
+//! (`RecordJob`), and partials (`coop::partial`: arrays, maps, keyed tables,
+//! extremes, a partial sized from the job's parameters).
 
 use std::collections::BTreeMap;
 
 use coop::prelude::*;
 use coop::split::Records;
 use coop::{AnyEngine, EngineKind, Ipc, JobStats};
-use coop_tests::{ByteHistogram, LineLengths, RecordTally};
+use coop_tests::{ByteHistogram, LineLengths, RecordTally, WordTally};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn main() {
@@ -31,6 +31,10 @@ fn main() {
         Trial::test(
             "a_partial_sized_from_the_job_is_that_size_on_every_engine",
             a_partial_sized_from_the_job_is_that_size_on_every_engine,
+        ),
+        Trial::test(
+            "a_keyed_table_reduces_by_key_on_every_engine",
+            a_keyed_table_reduces_by_key_on_every_engine,
         ),
         Trial::test(
             "a_partial_fixed_record_is_refused_on_every_engine",
@@ -244,5 +248,35 @@ fn a_partial_sized_from_the_job_is_that_size_on_every_engine() -> Result<(), Fai
             }
         }
     }
+    Ok(())
+}
+
+fn a_keyed_table_reduces_by_key_on_every_engine() -> Result<(), Failed> {
+    let engines = engines()?;
+    // 60,000 distinct words (tables large enough to merge on every core),
+    // some many times, and a word at the very end without whitespace.
+    let mut text = Vec::new();
+    for i in 0..200_000u32 {
+        let word = if i % 3 == 0 { i % 17 } else { i * 7 % 60_000 };
+        text.extend_from_slice(format!("w{word}").as_bytes());
+        text.push(if i % 11 == 0 { b'\n' } else { b' ' });
+    }
+    text.extend_from_slice(b"last");
+    let mut input = Input::new();
+    input.push_bytes(&text);
+    input.push_bytes(b"");
+    input.push_bytes(b"w1 w1 last");
+    let expected = tally(
+        Records::Whitespace,
+        &[text.clone(), Vec::new(), b"w1 w1 last".to_vec()],
+    );
+    for (name, engine) in &engines {
+        let table = engine.run(&WordTally, &input)?;
+        let got: BTreeMap<Vec<u8>, u64> = table.into_sorted_vec().into_iter().collect();
+        if got != expected {
+            return Err(format!("{name}: {} keys, {} expected", got.len(), expected.len()).into());
+        }
+    }
+    assert!(engines[0].1.run(&WordTally, &Input::new())?.is_empty());
     Ok(())
 }

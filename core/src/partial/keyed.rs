@@ -1,0 +1,269 @@
+//! [`Keyed`]: values combined per key (reduce by key), in shards by hash.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+
+use rayon::prelude::*;
+use rustc_hash::FxBuildHasher;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::Combine;
+
+/// Number of shards: enough for every core of a large machine to merge its
+/// own share, few enough that a small table stays small.
+const SHARDS: usize = 64;
+
+/// Keys past which two tables merge shard by shard on every core, rather
+/// than in the calling thread.
+const PARALLEL_FROM: usize = 1 << 14;
+
+/// A reduce-by-key partial: for each key, its values [combined](Combine)
+/// (counts add up, [`Min`](super::Min) keeps the least, ...). Keys are any
+/// hashable type: byte strings (`Vec<u8>`, `Box<[u8]>`), integers, the
+/// user's own.
+///
+/// The table is cut into shards by the keys' hash, so that two tables
+/// merge shard by shard, on every core when they are large: what the
+/// coordinator does with each worker's partial.
+///
+/// ```
+/// use coop::partial::{Combine, Keyed};
+///
+/// let mut a = Keyed::new();
+/// a.add(b"GET".to_vec(), 2u64);
+/// let mut b = Keyed::new();
+/// b.add(b"GET".to_vec(), 1);
+/// b.add(b"POST".to_vec(), 1);
+/// a.combine(b);
+/// assert_eq!(a.get(&b"GET".to_vec()), Some(&3));
+/// assert_eq!(a.len(), 2);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Keyed<K, V> {
+    shards: Vec<HashMap<K, V, FxBuildHasher>>,
+}
+
+impl<K, V> Default for Keyed<K, V> {
+    fn default() -> Self {
+        Keyed {
+            shards: (0..SHARDS).map(|_| HashMap::default()).collect(),
+        }
+    }
+}
+
+/// The shard of a key. The maps hash keys with the same hasher: the shard is
+/// taken from the top bits of the hash mixed once more, so that the keys of
+/// one shard still spread over their map's buckets.
+fn shard_of<K: Hash>(key: &K) -> usize {
+    let hash = FxBuildHasher.hash_one(key);
+    (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARDS.trailing_zeros())) as usize
+}
+
+impl<K: Hash + Eq, V: Combine> Keyed<K, V> {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Combines `value` into the key's value, or makes it the key's value.
+    pub fn add(&mut self, key: K, value: V) {
+        let shard = &mut self.shards[shard_of(&key)];
+        match shard.get_mut(&key) {
+            Some(into) => into.combine(value),
+            None => {
+                shard.insert(key, value);
+            }
+        }
+    }
+
+    /// The value of `key`, if it has one.
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.shards[shard_of(key)].get(key)
+    }
+
+    /// The value of `key`, made with `empty` if it has none: to fold into in
+    /// place, where [`add`](Keyed::add) would build a value to combine.
+    pub fn get_or_insert_with(&mut self, key: K, empty: impl FnOnce() -> V) -> &mut V {
+        self.shards[shard_of(&key)].entry(key).or_insert_with(empty)
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(HashMap::len).sum()
+    }
+
+    /// Whether there is no key.
+    pub fn is_empty(&self) -> bool {
+        self.shards.iter().all(HashMap::is_empty)
+    }
+
+    /// Every key and its value, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.shards.iter().flatten()
+    }
+
+    /// Every key and its value, sorted by key.
+    pub fn into_sorted_vec(self) -> Vec<(K, V)>
+    where
+        K: Ord,
+    {
+        let mut all: Vec<(K, V)> = self.into_iter().collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+impl<K, V> IntoIterator for Keyed<K, V> {
+    type Item = (K, V);
+    type IntoIter = std::iter::Flatten<std::vec::IntoIter<HashMap<K, V, FxBuildHasher>>>;
+
+    /// Every key and its value, in no order.
+    fn into_iter(self) -> Self::IntoIter {
+        self.shards.into_iter().flatten()
+    }
+}
+
+impl<K: Hash + Eq, V: Combine> FromIterator<(K, V)> for Keyed<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        let mut table = Keyed::new();
+        for (key, value) in pairs {
+            table.add(key, value);
+        }
+        table
+    }
+}
+
+impl<K: Hash + Eq, V: PartialEq> PartialEq for Keyed<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.shards == other.shards
+    }
+}
+
+/// Shard by shard, on every core when the tables are large.
+impl<K: Hash + Eq + Send, V: Combine + Send> Combine for Keyed<K, V> {
+    fn combine(&mut self, other: Keyed<K, V>) {
+        let merge = |(into, from): (&mut HashMap<K, V, FxBuildHasher>, HashMap<K, V, FxBuildHasher>)| {
+            // The larger of the two takes the other's keys.
+            let (mut into_map, from) = match into.len() < from.len() {
+                true => (from, std::mem::take(into)),
+                false => (std::mem::take(into), from),
+            };
+            for (key, value) in from {
+                match into_map.get_mut(&key) {
+                    Some(mine) => mine.combine(value),
+                    None => {
+                        into_map.insert(key, value);
+                    }
+                }
+            }
+            *into = into_map;
+        };
+        let large = self.len().max(other.len()) >= PARALLEL_FROM;
+        let pairs = self.shards.iter_mut().zip(other.shards);
+        if large {
+            pairs.collect::<Vec<_>>().into_par_iter().for_each(merge);
+        } else {
+            pairs.for_each(merge);
+        }
+    }
+}
+
+/// As a sequence of (key, value) pairs; decoded keys find their own shard,
+/// so a table decodes alike in any process.
+impl<K: Serialize, V: Serialize> Serialize for Keyed<K, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        // The length first: postcard needs it.
+        let mut seq = serializer.serialize_seq(Some(self.shards.iter().map(HashMap::len).sum()))?;
+        for pair in self.shards.iter().flatten() {
+            seq.serialize_element(&pair)?;
+        }
+        seq.end()
+    }
+}
+
+/// A key met twice in one encoded table is refused: no table makes that.
+impl<'de, K, V> Deserialize<'de> for Keyed<K, V>
+where
+    K: DeserializeOwned + Hash + Eq,
+    V: DeserializeOwned + Combine,
+{
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let pairs: Vec<(K, V)> = Vec::deserialize(deserializer)?;
+        let mut table = Keyed::new();
+        for (key, value) in pairs {
+            let shard = &mut table.shards[shard_of(&key)];
+            if shard.insert(key, value).is_some() {
+                return Err(serde::de::Error::custom("a key appears twice"));
+            }
+        }
+        Ok(table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::partial::Max;
+
+    #[test]
+    fn keys_in_one_shard_spread_over_their_map() {
+        // Integers that share their low bits still land in every shard.
+        let mut seen = [0usize; SHARDS];
+        for key in (0u64..100_000).map(|i| i << 20) {
+            seen[shard_of(&key)] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 100_000 / SHARDS / 2), "{seen:?}");
+    }
+
+    #[test]
+    fn a_key_twice_in_an_encoded_table_is_refused() {
+        let bytes = postcard::to_allocvec(&vec![(1u32, 1u64), (1, 2)]).unwrap();
+        assert!(postcard::from_bytes::<Keyed<u32, u64>>(&bytes).is_err());
+    }
+
+    #[test]
+    fn large_tables_merge_shard_by_shard_alike() {
+        let a: Keyed<u64, u64> = (0..50_000).map(|k| (k, 1)).collect();
+        let b: Keyed<u64, u64> = (25_000..75_000).map(|k| (k, 2)).collect();
+        let mut merged = a.clone();
+        merged.combine(b.clone());
+        assert_eq!(merged.len(), 75_000);
+        assert_eq!(merged.get(&30_000), Some(&3));
+        assert_eq!(merged.get(&70_000), Some(&2));
+        let mut other_way = b;
+        other_way.combine(a);
+        assert_eq!(other_way, merged);
+    }
+
+    proptest! {
+        /// However pairs are cut into tables, combined, encoded and decoded,
+        /// the result is what one map of every pair gives.
+        #[test]
+        fn tables_combine_as_one_map(
+            pairs in prop::collection::vec((0u8..40, 0u32..1000), 0..300),
+            cut in 0usize..300,
+        ) {
+            let cut = cut.min(pairs.len());
+            let mut expected: BTreeMap<u8, (u64, Max<u32>)> = BTreeMap::new();
+            for &(key, value) in &pairs {
+                let entry = expected.entry(key).or_default();
+                entry.0 += 1;
+                entry.1.add(value);
+            }
+            let table = |pairs: &[(u8, u32)]| -> Keyed<u8, (u64, Max<u32>)> {
+                pairs.iter().map(|&(k, v)| (k, (1, Max(Some(v))))).collect()
+            };
+            let mut a = table(&pairs[..cut]);
+            let b = table(&pairs[cut..]);
+            let b: Keyed<u8, (u64, Max<u32>)> = postcard::from_bytes(&postcard::to_allocvec(&b).unwrap()).unwrap();
+            a.combine(b);
+            prop_assert_eq!(a.into_sorted_vec(), expected.into_iter().collect::<Vec<_>>());
+        }
+    }
+}
