@@ -611,7 +611,7 @@ impl RecordJob for WordTally {
     }
 
     fn fold(&self, word: &[u8], tally: &mut Self::Partial) -> Result<(), TaskError> {
-        *tally.get_or_insert_with(word.to_vec(), || 0) += 1;
+        tally.add_ref(word, 1);
         Ok(())
     }
 }

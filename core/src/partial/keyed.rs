@@ -1,5 +1,6 @@
 //! [`Keyed`]: values combined per key (reduce by key), in shards by hash.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 
@@ -36,8 +37,15 @@ const PARALLEL_FROM: usize = 1 << 14;
 /// b.add(b"GET".to_vec(), 1);
 /// b.add(b"POST".to_vec(), 1);
 /// a.combine(b);
-/// assert_eq!(a.get(&b"GET".to_vec()), Some(&3));
+/// assert_eq!(a.get(&b"GET"[..]), Some(&3));
 /// assert_eq!(a.len(), 2);
+///
+/// // Folding the words of a text: a word seen before allocates nothing.
+/// let mut words: Keyed<Vec<u8>, u64> = Keyed::new();
+/// for word in b"to be or not to be".split(|&b| b == b' ') {
+///     words.add_ref(word, 1);
+/// }
+/// assert_eq!(words.get(&b"be"[..]), Some(&2));
 /// ```
 #[derive(Debug, Clone)]
 pub struct Keyed<K, V> {
@@ -54,8 +62,9 @@ impl<K, V> Default for Keyed<K, V> {
 
 /// The shard of a key. The maps hash keys with the same hasher: the shard is
 /// taken from the top bits of the hash mixed once more, so that the keys of
-/// one shard still spread over their map's buckets.
-fn shard_of<K: Hash>(key: &K) -> usize {
+/// one shard still spread over their map's buckets. A key and what it
+/// borrows as hash alike (`Borrow`'s contract), so both find one shard.
+fn shard_of<K: Hash + ?Sized>(key: &K) -> usize {
     let hash = FxBuildHasher.hash_one(key);
     (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARDS.trailing_zeros())) as usize
 }
@@ -77,8 +86,29 @@ impl<K: Hash + Eq, V: Combine> Keyed<K, V> {
         }
     }
 
-    /// The value of `key`, if it has one.
-    pub fn get(&self, key: &K) -> Option<&V> {
+    /// Combines `value` into the value of the key `key` borrows as (a word
+    /// of a text as `&[u8]` for `Vec<u8>` keys): the key is made only if it
+    /// is new, so a key seen before costs no allocation.
+    pub fn add_ref<Q>(&mut self, key: &Q, value: V)
+    where
+        K: Borrow<Q> + for<'q> From<&'q Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let shard = &mut self.shards[shard_of(key)];
+        match shard.get_mut(key) {
+            Some(into) => into.combine(value),
+            None => {
+                shard.insert(K::from(key), value);
+            }
+        }
+    }
+
+    /// The value of `key` (or of what borrows as it), if it has one.
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.shards[shard_of(key)].get(key)
     }
 
@@ -236,6 +266,7 @@ mod tests {
         assert_eq!(merged.len(), 75_000);
         assert_eq!(merged.get(&30_000), Some(&3));
         assert_eq!(merged.get(&70_000), Some(&2));
+        assert_eq!(merged.get(&75_000), None);
         let mut other_way = b;
         other_way.combine(a);
         assert_eq!(other_way, merged);
