@@ -12,8 +12,9 @@ use coop_worker::protocol::{
     Chunk, FromWorker, OutputDesc, Payload, SegmentDesc, ToWorker, input_batches, send_chunk,
 };
 
+use super::members::State;
 use super::spawn::Spawner;
-use super::{Config, Ipc, State};
+use super::{Config, Ipc};
 use crate::error::Result;
 use crate::input::Input;
 use crate::scheduler::{Carriage, Event, JobEnd, JobStart, Kill, TaskSend, Transport, WorkerId};
