@@ -1,8 +1,9 @@
 //! [`Keyed`]: values combined per key (reduce by key), in shards by hash.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
+
+use hashbrown::HashTable;
 
 use rayon::prelude::*;
 use rustc_hash::FxBuildHasher;
@@ -18,6 +19,9 @@ const SHARDS: usize = 64;
 /// Keys past which two tables merge shard by shard on every core, rather
 /// than in the calling thread.
 const PARALLEL_FROM: usize = 1 << 14;
+
+/// One shard: each key with its value, found by the key's hash.
+type Shard<K, V> = HashTable<(K, V)>;
 
 /// A reduce-by-key partial: for each key, its values [combined](Combine)
 /// (counts add up, [`Min`](super::Min) keeps the least, ...). Keys are any
@@ -49,23 +53,29 @@ const PARALLEL_FROM: usize = 1 << 14;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Keyed<K, V> {
-    shards: Vec<HashMap<K, V, FxBuildHasher>>,
+    /// Each key hashed once ([`hash_of`]): the hash picks the shard and
+    /// the bucket in it.
+    shards: Vec<Shard<K, V>>,
 }
 
 impl<K, V> Default for Keyed<K, V> {
     fn default() -> Self {
         Keyed {
-            shards: (0..SHARDS).map(|_| HashMap::default()).collect(),
+            shards: (0..SHARDS).map(|_| HashTable::new()).collect(),
         }
     }
 }
 
-/// The shard of a key. The maps hash keys with the same hasher: the shard is
-/// taken from the top bits of the hash mixed once more, so that the keys of
-/// one shard still spread over their map's buckets. A key and what it
-/// borrows as hash alike (`Borrow`'s contract), so both find one shard.
-fn shard_of<K: Hash + ?Sized>(key: &K) -> usize {
-    let hash = FxBuildHasher.hash_one(key);
+/// A key's hash. A key and what it borrows as hash alike (`Borrow`'s
+/// contract), so both find one shard and one bucket.
+fn hash_of<Q: Hash + ?Sized>(key: &Q) -> u64 {
+    FxBuildHasher.hash_one(key)
+}
+
+/// The shard of a hash: the top bits of the hash mixed once more, so that
+/// the keys of one shard still spread over its table's buckets (which the
+/// hash's low bits pick).
+fn shard_of(hash: u64) -> usize {
     (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARDS.trailing_zeros())) as usize
 }
 
@@ -77,28 +87,31 @@ impl<K: Hash + Eq, V: Combine> Keyed<K, V> {
 
     /// Combines `value` into the key's value, or makes it the key's value.
     pub fn add(&mut self, key: K, value: V) {
-        let shard = &mut self.shards[shard_of(&key)];
-        match shard.get_mut(&key) {
-            Some(into) => into.combine(value),
+        let hash = hash_of(&key);
+        let shard = &mut self.shards[shard_of(hash)];
+        match shard.find_mut(hash, |(mine, _)| *mine == key) {
+            Some((_, into)) => into.combine(value),
             None => {
-                shard.insert(key, value);
+                shard.insert_unique(hash, (key, value), |(key, _)| hash_of(key));
             }
         }
     }
 
     /// Combines `value` into the value of the key `key` borrows as (a word
-    /// of a text as `&[u8]` for `Vec<u8>` keys): the key is made only if it
-    /// is new, so a key seen before costs no allocation.
+    /// of a text as `&[u8]` for `Vec<u8>` or [`ShortBytes`](super::ShortBytes)
+    /// keys): the key is made only if it is new, so a key seen before costs
+    /// no allocation.
     pub fn add_ref<Q>(&mut self, key: &Q, value: V)
     where
         K: Borrow<Q> + for<'q> From<&'q Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let shard = &mut self.shards[shard_of(key)];
-        match shard.get_mut(key) {
-            Some(into) => into.combine(value),
+        let hash = hash_of(key);
+        let shard = &mut self.shards[shard_of(hash)];
+        match shard.find_mut(hash, |(mine, _)| mine.borrow() == key) {
+            Some((_, into)) => into.combine(value),
             None => {
-                shard.insert(K::from(key), value);
+                shard.insert_unique(hash, (K::from(key), value), |(key, _)| hash_of(key));
             }
         }
     }
@@ -109,28 +122,35 @@ impl<K: Hash + Eq, V: Combine> Keyed<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.shards[shard_of(key)].get(key)
+        let hash = hash_of(key);
+        let shard = &self.shards[shard_of(hash)];
+        shard
+            .find(hash, |(mine, _)| mine.borrow() == key)
+            .map(|(_, value)| value)
     }
 
     /// The value of `key`, made with `empty` if it has none: to fold into in
     /// place, where [`add`](Keyed::add) would build a value to combine.
     pub fn get_or_insert_with(&mut self, key: K, empty: impl FnOnce() -> V) -> &mut V {
-        self.shards[shard_of(&key)].entry(key).or_insert_with(empty)
+        let hash = hash_of(&key);
+        let shard = &mut self.shards[shard_of(hash)];
+        let entry = shard.entry(hash, |(mine, _)| *mine == key, |(key, _)| hash_of(key));
+        &mut entry.or_insert_with(|| (key, empty())).into_mut().1
     }
 
     /// Number of keys.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(HashMap::len).sum()
+        self.shards.iter().map(HashTable::len).sum()
     }
 
     /// Whether there is no key.
     pub fn is_empty(&self) -> bool {
-        self.shards.iter().all(HashMap::is_empty)
+        self.shards.iter().all(HashTable::is_empty)
     }
 
     /// Every key and its value, in no order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.shards.iter().flatten()
+        self.shards.iter().flatten().map(|(key, value)| (key, value))
     }
 
     /// Every key and its value, sorted by key.
@@ -146,7 +166,7 @@ impl<K: Hash + Eq, V: Combine> Keyed<K, V> {
 
 impl<K, V> IntoIterator for Keyed<K, V> {
     type Item = (K, V);
-    type IntoIter = std::iter::Flatten<std::vec::IntoIter<HashMap<K, V, FxBuildHasher>>>;
+    type IntoIter = std::iter::Flatten<std::vec::IntoIter<HashTable<(K, V)>>>;
 
     /// Every key and its value, in no order.
     fn into_iter(self) -> Self::IntoIter {
@@ -166,28 +186,36 @@ impl<K: Hash + Eq, V: Combine> FromIterator<(K, V)> for Keyed<K, V> {
 
 impl<K: Hash + Eq, V: PartialEq> PartialEq for Keyed<K, V> {
     fn eq(&self, other: &Self) -> bool {
-        self.shards == other.shards
+        self.shards.len() == other.shards.len()
+            && self.shards.iter().zip(&other.shards).all(|(mine, theirs)| {
+                mine.len() == theirs.len()
+                    && mine.iter().all(|(key, value)| {
+                        let found = theirs.find(hash_of(key), |(other, _)| other == key);
+                        found.is_some_and(|(_, other)| other == value)
+                    })
+            })
     }
 }
 
 /// Shard by shard, on every core when the tables are large.
 impl<K: Hash + Eq + Send, V: Combine + Send> Combine for Keyed<K, V> {
     fn combine(&mut self, other: Keyed<K, V>) {
-        let merge = |(into, from): (&mut HashMap<K, V, FxBuildHasher>, HashMap<K, V, FxBuildHasher>)| {
+        let merge = |(into, from): (&mut Shard<K, V>, Shard<K, V>)| {
             // The larger of the two takes the other's keys.
-            let (mut into_map, from) = match into.len() < from.len() {
+            let (mut into_table, from) = match into.len() < from.len() {
                 true => (from, std::mem::take(into)),
                 false => (std::mem::take(into), from),
             };
             for (key, value) in from {
-                match into_map.get_mut(&key) {
-                    Some(mine) => mine.combine(value),
+                let hash = hash_of(&key);
+                match into_table.find_mut(hash, |(mine, _)| *mine == key) {
+                    Some((_, mine)) => mine.combine(value),
                     None => {
-                        into_map.insert(key, value);
+                        into_table.insert_unique(hash, (key, value), |(key, _)| hash_of(key));
                     }
                 }
             }
-            *into = into_map;
+            *into = into_table;
         };
         let large = self.len().max(other.len()) >= PARALLEL_FROM;
         let pairs = self.shards.iter_mut().zip(other.shards);
@@ -205,8 +233,9 @@ impl<K: Serialize, V: Serialize> Serialize for Keyed<K, V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
         // The length first: postcard needs it.
-        let mut seq = serializer.serialize_seq(Some(self.shards.iter().map(HashMap::len).sum()))?;
-        for pair in self.shards.iter().flatten() {
+        let mut seq = serializer.serialize_seq(Some(self.shards.iter().map(HashTable::len).sum()))?;
+        for (key, value) in self.shards.iter().flatten() {
+            let pair = (key, value);
             seq.serialize_element(&pair)?;
         }
         seq.end()
@@ -223,10 +252,12 @@ where
         let pairs: Vec<(K, V)> = Vec::deserialize(deserializer)?;
         let mut table = Keyed::new();
         for (key, value) in pairs {
-            let shard = &mut table.shards[shard_of(&key)];
-            if shard.insert(key, value).is_some() {
+            let hash = hash_of(&key);
+            let shard = &mut table.shards[shard_of(hash)];
+            if shard.find(hash, |(mine, _)| *mine == key).is_some() {
                 return Err(serde::de::Error::custom("a key appears twice"));
             }
+            shard.insert_unique(hash, (key, value), |(key, _)| hash_of(key));
         }
         Ok(table)
     }
@@ -246,7 +277,7 @@ mod tests {
         // Integers that share their low bits still land in every shard.
         let mut seen = [0usize; SHARDS];
         for key in (0u64..100_000).map(|i| i << 20) {
-            seen[shard_of(&key)] += 1;
+            seen[shard_of(hash_of(&key))] += 1;
         }
         assert!(seen.iter().all(|&n| n > 100_000 / SHARDS / 2), "{seen:?}");
     }

@@ -1,8 +1,9 @@
 //! Partials a job can use as they are, and [`Combine`], how two partials of
 //! one kind combine (Phoenix++'s combiners): sums for numbers, [`Dense`]
 //! arrays merged element by element (a histogram, per-class sums),
-//! [`Keyed`] tables and maps merged key by key (reduce by key), [`Min`] and
-//! [`Max`], and tuples of these.
+//! [`Keyed`] tables and maps merged key by key (reduce by key; keys of
+//! [`ShortBytes`] hold short byte strings inline), [`Min`] and [`Max`], and
+//! tuples of these.
 //!
 //! ```
 //! use coop::partial::{Dense, Combine};
@@ -23,9 +24,11 @@ use std::hash::{BuildHasher, Hash};
 
 use serde::{Deserialize, Serialize};
 
+mod bytes;
 mod dense;
 mod keyed;
 
+pub use bytes::ShortBytes;
 pub use dense::Dense;
 pub use keyed::Keyed;
 
