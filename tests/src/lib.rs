@@ -598,13 +598,13 @@ impl Job for ByteHistogram {
 }
 
 /// Counts each word (runs between ASCII whitespace) in a keyed partial, the
-/// library's reduce-by-key table.
+/// library's reduce-by-key table, with short words held inline.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WordTally;
 
 impl RecordJob for WordTally {
     const NAME: &'static str = "test-word-tally";
-    type Partial = coop::partial::Keyed<Vec<u8>, u64>;
+    type Partial = coop::partial::Keyed<coop::partial::ShortBytes, u64>;
 
     fn records(&self) -> coop::split::Records {
         coop::split::Records::Whitespace
