@@ -48,8 +48,14 @@ use crate::split::{Records, Span};
 /// Tasks are [`Span`]s of about equal length cut at record boundaries
 /// ([`Records::split`]): a record never spans two segments, and the last
 /// one counts without its terminator.
+///
+/// The `Job` of a `RecordJob` comes from a blanket implementation: a type
+/// cannot implement both traits itself, and a job that needs `Job`'s other
+/// hooks (an output, its own `merge_encoded`) implements `Job`, with
+/// [`Records::split`] and [`Records::iter`] for its records.
 pub trait RecordJob: Serialize + DeserializeOwned + Send + Sync + 'static {
-    /// The job's name for people ([`Job::NAME`]).
+    /// The job's name for people ([`Job::NAME`], which it becomes; with both
+    /// traits in scope, `<MyJob as Job>::NAME` says which).
     const NAME: &'static str;
 
     /// What each worker folds its records into.
@@ -60,8 +66,10 @@ pub trait RecordJob: Serialize + DeserializeOwned + Send + Sync + 'static {
         Records::Lines
     }
 
-    /// An empty partial ([`Job::new_partial`]); `Default`'s by default.
-    fn new_partial(&self) -> Self::Partial {
+    /// An empty partial, which may be sized from the job's parameters
+    /// ([`Job::new_partial`]; named apart so that a call on a type with both
+    /// traits in scope is not ambiguous); `Default`'s by default.
+    fn empty_partial(&self) -> Self::Partial {
         Self::Partial::default()
     }
 
@@ -75,7 +83,7 @@ impl<R: RecordJob> Job for R {
     type Partial = R::Partial;
 
     fn new_partial(&self) -> R::Partial {
-        RecordJob::new_partial(self)
+        self.empty_partial()
     }
 
     fn split(&self, input: &Input, hint: usize) -> Result<Vec<Span>, TaskError> {

@@ -46,7 +46,8 @@ pub enum Records {
     /// vertical tab, form feed, `\r`). Cuts fall on whitespace.
     Whitespace,
     /// Records of exactly this many bytes (rows of `k` f64 values: `8 * k`).
-    /// A segment whose length is not a whole number of them is refused.
+    /// A segment whose length is not a whole number of them is refused, as
+    /// are records of 0 bytes (which [`Records::iter`] reads as 1).
     Fixed(usize),
     /// No records: even ranges of bytes, cut anywhere; [`Records::iter`]
     /// yields the span whole.
@@ -147,7 +148,7 @@ impl Records {
     /// Cuts `bytes` into about `pieces` ranges at record boundaries.
     fn cut(self, bytes: &[u8], pieces: usize) -> Vec<Range<usize>> {
         let len = bytes.len();
-        let mut ranges = Vec::with_capacity(pieces);
+        let mut ranges = Vec::with_capacity(pieces.min(len));
         let mut start = 0;
         for k in 1..pieces {
             let ideal = (len as u128 * k as u128 / pieces as u128) as usize;
@@ -216,7 +217,11 @@ impl<'a> Iterator for RecordIter<'a> {
             Records::Lines => terminated(rest, b'\n'),
             Records::Delimited(end) => terminated(rest, end),
             Records::Whitespace => {
-                let start = rest.iter().position(|&b| !is_space(b))?;
+                let Some(start) = rest.iter().position(|&b| !is_space(b)) else {
+                    // Only whitespace left: no record, now or later.
+                    self.rest = &[];
+                    return None;
+                };
                 let word = &rest[start..];
                 let end = word.iter().position(|&b| is_space(b)).unwrap_or(word.len());
                 (&word[..end], &word[end..])
@@ -359,6 +364,12 @@ mod tests {
             Records::Fixed(0).split(&input_of(b"x"), 1).unwrap_err(),
             SplitError::EmptyRecords
         );
+    }
+
+    #[test]
+    fn any_hint_is_fine_however_large() {
+        let spans = Records::Lines.split(&input_of(b"a\nb\nc"), usize::MAX).unwrap();
+        assert_eq!(spans.len(), 3);
     }
 
     #[test]

@@ -578,7 +578,7 @@ mod with_mpi {
             coop::partial::Dense<u64>,
         );
 
-        fn new_partial(&self) -> Self::Partial {
+        fn empty_partial(&self) -> Self::Partial {
             (Default::default(), coop::partial::Dense::new(self.bins))
         }
 

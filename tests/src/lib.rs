@@ -551,7 +551,7 @@ impl RecordJob for LineLengths {
     const NAME: &'static str = "test-line-lengths";
     type Partial = (coop::partial::Dense<u64>, coop::partial::Max<usize>);
 
-    fn new_partial(&self) -> Self::Partial {
+    fn empty_partial(&self) -> Self::Partial {
         (
             coop::partial::Dense::new(self.bins),
             coop::partial::Max::default(),

@@ -24,7 +24,7 @@ impl RecordJob for ColumnStats {
         Records::Fixed(8 * self.columns)
     }
 
-    fn new_partial(&self) -> Self::Partial {
+    fn empty_partial(&self) -> Self::Partial {
         (0, 0.0, Min::default(), Max::default(), Dense::new(self.bins))
     }
 

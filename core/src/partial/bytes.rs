@@ -96,9 +96,41 @@ impl Ord for ShortBytes {
     }
 }
 
+/// As a byte string literal: `b"cat\n"`.
 impl std::fmt::Debug for ShortBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", self.as_bytes().escape_ascii().to_string())
+        write!(f, "b\"{}\"", self.as_bytes().escape_ascii())
+    }
+}
+
+/// The empty string.
+impl Default for ShortBytes {
+    fn default() -> Self {
+        ShortBytes::from(&[][..])
+    }
+}
+
+impl std::ops::Deref for ShortBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl From<&str> for ShortBytes {
+    fn from(text: &str) -> Self {
+        ShortBytes::from(text.as_bytes())
+    }
+}
+
+/// Keeps the vector's allocation when the bytes do not fit inline.
+impl From<Vec<u8>> for ShortBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        match bytes.len() <= INLINE {
+            true => ShortBytes::from(&bytes[..]),
+            false => ShortBytes(Repr::Heap(bytes.into_boxed_slice())),
+        }
     }
 }
 
@@ -112,7 +144,7 @@ impl<'de> Deserialize<'de> for ShortBytes {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visitor;
 
-        impl serde::de::Visitor<'_> for Visitor {
+        impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = ShortBytes;
 
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -120,6 +152,19 @@ impl<'de> Deserialize<'de> for ShortBytes {
             }
 
             fn visit_bytes<E>(self, bytes: &[u8]) -> Result<ShortBytes, E> {
+                Ok(ShortBytes::from(bytes))
+            }
+
+            fn visit_str<E>(self, text: &str) -> Result<ShortBytes, E> {
+                Ok(ShortBytes::from(text))
+            }
+
+            /// Formats without a byte form (JSON) write bytes as numbers.
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ShortBytes, A::Error> {
+                let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(byte) = seq.next_element::<u8>()? {
+                    bytes.push(byte);
+                }
                 Ok(ShortBytes::from(bytes))
             }
         }
@@ -152,7 +197,14 @@ mod tests {
         ));
         assert!(matches!(ShortBytes::from(&[1; INLINE + 1][..]).0, Repr::Heap(_)));
         assert!(ShortBytes::from(&b"ab"[..]) < ShortBytes::from(&[b'b'; 40][..]));
-        assert_eq!(format!("{:?}", ShortBytes::from(&b"a\n"[..])), "\"a\\\\n\"");
+        assert_eq!(format!("{:?}", ShortBytes::from("a\n")), r#"b"a\n""#);
+        assert_eq!(ShortBytes::from(vec![9; 30]).as_bytes(), &[9; 30]);
+        assert!(ShortBytes::default().is_empty());
+        // A format without bytes (JSON) hands them over as a sequence.
+        use serde::de::IntoDeserializer;
+        let seq: serde::de::value::SeqDeserializer<_, serde::de::value::Error> =
+            b"seq".to_vec().into_deserializer();
+        assert_eq!(ShortBytes::deserialize(seq).unwrap().as_bytes(), b"seq");
     }
 
     /// Bytes as serde's byte form, as a `Vec<u8>` key would not travel.

@@ -7,7 +7,6 @@ use hashbrown::HashTable;
 
 use rayon::prelude::*;
 use rustc_hash::FxBuildHasher;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::Combine;
@@ -29,8 +28,11 @@ type Shard<K, V> = HashTable<(K, V)>;
 /// user's own.
 ///
 /// The table is cut into shards by the keys' hash, so that two tables
-/// merge shard by shard, on every core when they are large: what the
-/// coordinator does with each worker's partial.
+/// merge shard by shard, on every core when they are large (rayon's global
+/// thread pool, one thread per core of the coordinator's machine): what the
+/// coordinator does with each worker's partial. Keys are hashed with FxHash,
+/// fast and unseeded: input chosen to collide slows a table down, as it
+/// would a `HashMap` with that hasher.
 ///
 /// ```
 /// use coop::partial::{Combine, Keyed};
@@ -51,11 +53,18 @@ type Shard<K, V> = HashTable<(K, V)>;
 /// }
 /// assert_eq!(words.get(&b"be"[..]), Some(&2));
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Keyed<K, V> {
     /// Each key hashed once ([`hash_of`]): the hash picks the shard and
     /// the bucket in it.
     shards: Vec<Shard<K, V>>,
+}
+
+/// As a map of its keys and values.
+impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for Keyed<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
 }
 
 impl<K, V> Default for Keyed<K, V> {
@@ -79,12 +88,63 @@ fn shard_of(hash: u64) -> usize {
     (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARDS.trailing_zeros())) as usize
 }
 
-impl<K: Hash + Eq, V: Combine> Keyed<K, V> {
+impl<K, V> Keyed<K, V> {
     /// An empty table.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(HashTable::len).sum()
+    }
+
+    /// Whether there is no key.
+    pub fn is_empty(&self) -> bool {
+        self.shards.iter().all(HashTable::is_empty)
+    }
+
+    /// Every key and its value, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.shards.iter().flatten().map(|(key, value)| (key, value))
+    }
+}
+
+impl<K: Hash + Eq, V> Keyed<K, V> {
+    /// The value of `key` (or of what borrows as it), if it has one.
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = hash_of(key);
+        let shard = &self.shards[shard_of(hash)];
+        shard
+            .find(hash, |(mine, _)| mine.borrow() == key)
+            .map(|(_, value)| value)
+    }
+
+    /// The value of `key`, made with `empty` if it has none: to fold into in
+    /// place, where [`add`](Keyed::add) would build a value to combine.
+    pub fn get_or_insert_with(&mut self, key: K, empty: impl FnOnce() -> V) -> &mut V {
+        let hash = hash_of(&key);
+        let shard = &mut self.shards[shard_of(hash)];
+        let entry = shard.entry(hash, |(mine, _)| *mine == key, |(key, _)| hash_of(key));
+        &mut entry.or_insert_with(|| (key, empty())).into_mut().1
+    }
+
+    /// Every key and its value, sorted by key.
+    pub fn into_sorted_vec(self) -> Vec<(K, V)>
+    where
+        K: Ord,
+    {
+        let mut all: Vec<(K, V)> = self.into_iter().collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+impl<K: Hash + Eq, V: Combine> Keyed<K, V> {
     /// Combines `value` into the key's value, or makes it the key's value.
     pub fn add(&mut self, key: K, value: V) {
         let hash = hash_of(&key);
@@ -115,53 +175,6 @@ impl<K: Hash + Eq, V: Combine> Keyed<K, V> {
             }
         }
     }
-
-    /// The value of `key` (or of what borrows as it), if it has one.
-    pub fn get<Q>(&self, key: &Q) -> Option<&V>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        let hash = hash_of(key);
-        let shard = &self.shards[shard_of(hash)];
-        shard
-            .find(hash, |(mine, _)| mine.borrow() == key)
-            .map(|(_, value)| value)
-    }
-
-    /// The value of `key`, made with `empty` if it has none: to fold into in
-    /// place, where [`add`](Keyed::add) would build a value to combine.
-    pub fn get_or_insert_with(&mut self, key: K, empty: impl FnOnce() -> V) -> &mut V {
-        let hash = hash_of(&key);
-        let shard = &mut self.shards[shard_of(hash)];
-        let entry = shard.entry(hash, |(mine, _)| *mine == key, |(key, _)| hash_of(key));
-        &mut entry.or_insert_with(|| (key, empty())).into_mut().1
-    }
-
-    /// Number of keys.
-    pub fn len(&self) -> usize {
-        self.shards.iter().map(HashTable::len).sum()
-    }
-
-    /// Whether there is no key.
-    pub fn is_empty(&self) -> bool {
-        self.shards.iter().all(HashTable::is_empty)
-    }
-
-    /// Every key and its value, in no order.
-    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.shards.iter().flatten().map(|(key, value)| (key, value))
-    }
-
-    /// Every key and its value, sorted by key.
-    pub fn into_sorted_vec(self) -> Vec<(K, V)>
-    where
-        K: Ord,
-    {
-        let mut all: Vec<(K, V)> = self.into_iter().collect();
-        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        all
-    }
 }
 
 impl<K, V> IntoIterator for Keyed<K, V> {
@@ -171,6 +184,25 @@ impl<K, V> IntoIterator for Keyed<K, V> {
     /// Every key and its value, in no order.
     fn into_iter(self) -> Self::IntoIter {
         self.shards.into_iter().flatten()
+    }
+}
+
+impl<'a, K, V> IntoIterator for &'a Keyed<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = Box<dyn Iterator<Item = (&'a K, &'a V)> + 'a>;
+
+    /// Every key and its value, in no order.
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
+/// Each pair [added](Keyed::add).
+impl<K: Hash + Eq, V: Combine> Extend<(K, V)> for Keyed<K, V> {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, pairs: I) {
+        for (key, value) in pairs {
+            self.add(key, value);
+        }
     }
 }
 
@@ -242,24 +274,42 @@ impl<K: Serialize, V: Serialize> Serialize for Keyed<K, V> {
     }
 }
 
-/// A key met twice in one encoded table is refused: no table makes that.
+/// Straight into the table, each key into its own shard; a key met twice
+/// in one encoded table is refused (no table makes that).
 impl<'de, K, V> Deserialize<'de> for Keyed<K, V>
 where
-    K: DeserializeOwned + Hash + Eq,
-    V: DeserializeOwned + Combine,
+    K: Deserialize<'de> + Hash + Eq,
+    V: Deserialize<'de>,
 {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let pairs: Vec<(K, V)> = Vec::deserialize(deserializer)?;
-        let mut table = Keyed::new();
-        for (key, value) in pairs {
-            let hash = hash_of(&key);
-            let shard = &mut table.shards[shard_of(hash)];
-            if shard.find(hash, |(mine, _)| *mine == key).is_some() {
-                return Err(serde::de::Error::custom("a key appears twice"));
+        struct Pairs<K, V>(std::marker::PhantomData<(K, V)>);
+
+        impl<'de, K, V> serde::de::Visitor<'de> for Pairs<K, V>
+        where
+            K: Deserialize<'de> + Hash + Eq,
+            V: Deserialize<'de>,
+        {
+            type Value = Keyed<K, V>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence of (key, value) pairs")
             }
-            shard.insert_unique(hash, (key, value), |(key, _)| hash_of(key));
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut pairs: A) -> Result<Keyed<K, V>, A::Error> {
+                let mut table = Keyed::new();
+                while let Some((key, value)) = pairs.next_element::<(K, V)>()? {
+                    let hash = hash_of(&key);
+                    let shard = &mut table.shards[shard_of(hash)];
+                    if shard.find(hash, |(mine, _)| *mine == key).is_some() {
+                        return Err(serde::de::Error::custom("a key appears twice"));
+                    }
+                    shard.insert_unique(hash, (key, value), |(key, _)| hash_of(key));
+                }
+                Ok(table)
+            }
         }
-        Ok(table)
+
+        deserializer.deserialize_seq(Pairs(std::marker::PhantomData))
     }
 }
 
@@ -273,7 +323,7 @@ mod tests {
     use crate::partial::Max;
 
     #[test]
-    fn keys_in_one_shard_spread_over_their_map() {
+    fn keys_sharing_their_low_bits_spread_over_the_shards() {
         // Integers that share their low bits still land in every shard.
         let mut seen = [0usize; SHARDS];
         for key in (0u64..100_000).map(|i| i << 20) {

@@ -36,6 +36,11 @@ pub use keyed::Keyed;
 /// commutative, as [`Job::merge`](crate::Job::merge) must be. A job over
 /// records ([`RecordJob`](crate::RecordJob)) whose partial combines need not
 /// write its own merge.
+///
+/// Sums of `f32` and `f64` are commutative but not associative: their last
+/// bits depend on how the input was split and which worker ran what (see
+/// the README on floating-point reductions). Every other combiner here is
+/// exact.
 pub trait Combine {
     /// Folds `other` into `self`.
     fn combine(&mut self, other: Self);
@@ -114,20 +119,36 @@ pub struct Min<T>(pub Option<T>);
 #[serde(transparent)]
 pub struct Max<T>(pub Option<T>);
 
+/// Whether `value` should take the place of `kept` (none yet, or a value
+/// that compares with nothing, NaN) given `better`: a value that compares
+/// with nothing never replaces one that does, so that the result does not
+/// depend on the order values come in (which workers finish first).
+fn replaces<T: PartialOrd>(kept: Option<&T>, value: &T, better: std::cmp::Ordering) -> bool {
+    let comparable = |x: &T| x.partial_cmp(x).is_some();
+    match kept {
+        None => true,
+        Some(kept) if !comparable(kept) => comparable(value),
+        Some(kept) => value.partial_cmp(kept) == Some(better),
+    }
+}
+
 impl<T: PartialOrd> Min<T> {
-    /// Keeps `value` if it is less than the least so far (or the first).
-    /// A value that compares with nothing (NaN) is kept only first.
+    /// Keeps `value` if it is less than the least so far (or the first). A
+    /// value that compares with nothing (NaN) is kept only while no other
+    /// value is.
     pub fn add(&mut self, value: T) {
-        if self.0.as_ref().is_none_or(|least| value < *least) {
+        if replaces(self.0.as_ref(), &value, std::cmp::Ordering::Less) {
             self.0 = Some(value);
         }
     }
 }
 
 impl<T: PartialOrd> Max<T> {
-    /// Keeps `value` if it is greater than the greatest so far (or the first).
+    /// Keeps `value` if it is greater than the greatest so far (or the
+    /// first). A value that compares with nothing (NaN) is kept only while
+    /// no other value is.
     pub fn add(&mut self, value: T) {
-        if self.0.as_ref().is_none_or(|most| value > *most) {
+        if replaces(self.0.as_ref(), &value, std::cmp::Ordering::Greater) {
             self.0 = Some(value);
         }
     }
@@ -175,5 +196,25 @@ mod tests {
         least.combine(Min(Some(0)));
         least.combine(Min(None));
         assert_eq!(least, Min(Some(0)));
+    }
+
+    #[test]
+    fn nan_never_wins_whatever_the_order() {
+        for values in [[f64::NAN, 1.0, 2.0], [1.0, f64::NAN, 2.0], [2.0, 1.0, f64::NAN]] {
+            let (mut least, mut most) = (Min::default(), Max::default());
+            for value in values {
+                least.add(value);
+                most.add(value);
+            }
+            assert_eq!((least.0, most.0), (Some(1.0), Some(2.0)), "{values:?}");
+        }
+        let mut a = Min(Some(f64::NAN));
+        a.combine(Min(Some(1.0)));
+        let mut b = Min(Some(1.0));
+        b.combine(Min(Some(f64::NAN)));
+        assert_eq!((a.0, b.0), (Some(1.0), Some(1.0)));
+        let mut only = Max::default();
+        only.add(f64::NAN);
+        assert!(only.0.is_some_and(f64::is_nan));
     }
 }
