@@ -35,7 +35,7 @@ impl Job for Empty {
         Ok(vec![(); self.tasks])
     }
 
-    fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut ()) -> Result<(), TaskError> {
+    fn map(&self, _: &(), _: &Input, _: &mut ()) -> Result<(), TaskError> {
         Ok(())
     }
 
@@ -66,7 +66,7 @@ impl Job for Touch {
             .collect())
     }
 
-    fn map(&self, task: &usize, input: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
+    fn map(&self, task: &usize, input: &Input, sum: &mut u64) -> Result<(), TaskError> {
         let bytes = input.bytes(0);
         let byte = bytes.get(*task).copied().ok_or("input segment 0 is empty")?;
         *sum += u64::from(byte);

@@ -109,7 +109,7 @@ impl FromStr for EngineKind {
 /// #         let step = len.div_ceil(hint).max(1);
 /// #         Ok((0..len).step_by(step).map(|s| s..(s + step).min(len)).collect())
 /// #     }
-/// #     fn map(&self, task: &Range<usize>, input: &Input, _: &mut [u8], sum: &mut u64)
+/// #     fn map(&self, task: &Range<usize>, input: &Input, sum: &mut u64)
 /// #         -> Result<(), TaskError> {
 /// #         *sum += input.slice::<u64>(0)[task.clone()].iter().sum::<u64>();
 /// #         Ok(())

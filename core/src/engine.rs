@@ -42,7 +42,7 @@ pub trait Engine {
     /// #         let step = len.div_ceil(hint).max(1);
     /// #         Ok((0..len).step_by(step).map(|s| s..(s + step).min(len)).collect())
     /// #     }
-    /// #     fn map(&self, task: &Range<usize>, input: &Input, _: &mut [u8], sum: &mut u64)
+    /// #     fn map(&self, task: &Range<usize>, input: &Input, sum: &mut u64)
     /// #         -> Result<(), TaskError> {
     /// #         *sum += input.slice::<u64>(0)[task.clone()].iter().sum::<u64>();
     /// #         Ok(())
@@ -395,7 +395,9 @@ impl<J: Job> Local<'_, J> {
     /// and reports progress.
     fn map(&self, task: usize, spec: &J::Task, tile: &mut [u8], partial: &mut J::Partial) -> Result<()> {
         (self.stop).check(J::NAME, self.done.load(Ordering::Relaxed), self.total)?;
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.job.map(spec, self.input, tile, partial)));
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            self.job.map_with_output(spec, self.input, tile, partial)
+        }));
         let pid = std::process::id();
         match outcome {
             Ok(Ok(())) => {
@@ -548,6 +550,15 @@ mod tests {
         }
 
         fn map(
+            &self,
+            _: &Range<usize>,
+            _: &Input,
+            _: &mut usize,
+        ) -> std::result::Result<(), crate::TaskError> {
+            Err("writes its output".into())
+        }
+
+        fn map_with_output(
             &self,
             task: &Range<usize>,
             _: &Input,

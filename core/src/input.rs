@@ -411,7 +411,6 @@ mod tests {
             &self,
             task: &Range<usize>,
             input: &Input,
-            _: &mut [u8],
             sum: &mut u64,
         ) -> std::result::Result<(), crate::TaskError> {
             if task.start == 0 {

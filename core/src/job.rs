@@ -84,16 +84,27 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
             .collect()
     }
 
-    /// Runs one task: reads its part of `input`, writes its `output` tile
-    /// (exactly [`output_range`](Job::output_range), empty if none) and folds
-    /// its result into `partial`.
-    fn map(
+    /// Runs one task: reads its part of `input` and folds its result into
+    /// `partial`. A job that writes an output implements
+    /// [`map_with_output`](Job::map_with_output) instead, which engines call,
+    /// and makes this one an error.
+    fn map(&self, task: &Self::Task, input: &Input, partial: &mut Self::Partial) -> Result<(), TaskError>;
+
+    /// Runs one task of a job that writes an output: as [`map`](Job::map), and
+    /// writes the task's `output` tile (exactly
+    /// [`output_range`](Job::output_range)). Engines call this one; the
+    /// default ignores the tile, empty for a job without output, and calls
+    /// `map`.
+    fn map_with_output(
         &self,
         task: &Self::Task,
         input: &Input,
         output: &mut [u8],
         partial: &mut Self::Partial,
-    ) -> Result<(), TaskError>;
+    ) -> Result<(), TaskError> {
+        let _ = output;
+        self.map(task, input, partial)
+    }
 
     /// Folds `other` into `into`. Must be associative and commutative.
     fn merge(&self, into: &mut Self::Partial, other: Self::Partial);
@@ -169,7 +180,7 @@ static REGISTERED: Mutex<Option<&'static [Entry]>> = Mutex::new(None);
 /// # impl Job for Sum {
 /// #     const NAME: &'static str = "sum"; type Task = (); type Partial = u64;
 /// #     fn split(&self, _: &Input, _: usize) -> Result<Vec<()>, TaskError> { Ok(vec![]) }
-/// #     fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut u64) -> Result<(), TaskError> { Ok(()) }
+/// #     fn map(&self, _: &(), _: &Input, _: &mut u64) -> Result<(), TaskError> { Ok(()) }
 /// #     fn merge(&self, a: &mut u64, b: u64) { *a += b }
 /// # }
 /// fn main() -> coop::Result<()> {
@@ -362,7 +373,7 @@ impl<J: Job> JobInstance for Instance<J> {
         let tile = (output.get_mut(range.clone()))
             .ok_or_else(|| InstanceError::OutOfBounds { range: range.clone() })?;
         (self.job)
-            .map(&task, &self.input, tile, &mut self.partial)
+            .map_with_output(&task, &self.input, tile, &mut self.partial)
             .map_err(InstanceError::Job)?;
         Ok(range)
     }
@@ -400,7 +411,7 @@ mod tests {
         fn split(&self, _: &Input, _: usize) -> Result<Vec<()>, TaskError> {
             Ok(vec![])
         }
-        fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut u64) -> Result<(), crate::TaskError> {
+        fn map(&self, _: &(), _: &Input, _: &mut u64) -> Result<(), crate::TaskError> {
             Ok(())
         }
         fn merge(&self, _: &mut u64, _: u64) {}

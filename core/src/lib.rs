@@ -28,7 +28,7 @@
 //!         Ok((0..len).step_by(step).map(|s| s..(s + step).min(len)).collect())
 //!     }
 //!
-//!     fn map(&self, task: &Range<usize>, input: &Input, _out: &mut [u8], sum: &mut u64)
+//!     fn map(&self, task: &Range<usize>, input: &Input, sum: &mut u64)
 //!         -> Result<(), TaskError> {
 //!         *sum += input.slice::<u64>(0)[task.clone()].iter().sum::<u64>();
 //!         Ok(())
@@ -145,7 +145,7 @@
 //! # impl Job for Sum {
 //! #     const NAME: &'static str = "sum"; type Task = (); type Partial = u64;
 //! #     fn split(&self, _: &Input, _: usize) -> Result<Vec<()>, TaskError> { Ok(vec![]) }
-//! #     fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut u64) -> Result<(), TaskError> { Ok(()) }
+//! #     fn map(&self, _: &(), _: &Input, _: &mut u64) -> Result<(), TaskError> { Ok(()) }
 //! #     fn merge(&self, a: &mut u64, b: u64) { *a += b }
 //! # }
 //! // In tests/sum.rs, or in the `tests` module of the crate that defines
@@ -192,7 +192,7 @@
 //!     type Task = ();
 //!     type Partial = std::rc::Rc<NotSerializable>;
 //!     fn split(&self, _: &Input, _: usize) -> Result<Vec<()>, TaskError> { Ok(vec![]) }
-//!     fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut Self::Partial) -> Result<(), TaskError> { Ok(()) }
+//!     fn map(&self, _: &(), _: &Input, _: &mut Self::Partial) -> Result<(), TaskError> { Ok(()) }
 //!     fn merge(&self, _: &mut Self::Partial, _: Self::Partial) {}
 //! }
 //! ```
@@ -208,7 +208,8 @@
 //!     type Task = ();
 //!     type Partial = ();
 //!     fn split(&self, _: &Input, _: usize) -> Result<Vec<()>, TaskError> { Ok(vec![]) }
-//!     fn map(&self, _: &(), _: &Input, out: &mut [u8], _: &mut ()) -> Result<(), TaskError> {
+//!     fn map(&self, _: &(), _: &Input, _: &mut ()) -> Result<(), TaskError> { Ok(()) }
+//!     fn map_with_output(&self, _: &(), _: &Input, out: &mut [u8], _: &mut ()) -> Result<(), TaskError> {
 //!         let kept: &'static mut [u8] = out;
 //!         Ok(())
 //!     }

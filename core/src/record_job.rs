@@ -90,13 +90,7 @@ impl<R: RecordJob> Job for R {
         Ok(self.records().split(input, hint)?)
     }
 
-    fn map(
-        &self,
-        span: &Span,
-        input: &Input,
-        _: &mut [u8],
-        partial: &mut R::Partial,
-    ) -> Result<(), TaskError> {
+    fn map(&self, span: &Span, input: &Input, partial: &mut R::Partial) -> Result<(), TaskError> {
         for record in self.records().iter(span.bytes(input)) {
             self.fold(record, partial)?;
         }

@@ -85,7 +85,7 @@ fn worker_entry() {
 /// #     fn split(&self, input: &Input, _: usize) -> Result<Vec<Range<usize>>, TaskError> {
 /// #         Ok(vec![0..input.slice::<u64>(0).len()])
 /// #     }
-/// #     fn map(&self, t: &Range<usize>, input: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
+/// #     fn map(&self, t: &Range<usize>, input: &Input, sum: &mut u64) -> Result<(), TaskError> {
 /// #         *sum += input.slice::<u64>(0)[t.clone()].iter().sum::<u64>();
 /// #         Ok(())
 /// #     }
@@ -95,7 +95,7 @@ fn worker_entry() {
 /// # impl Job for Max {
 /// #     const NAME: &'static str = "max"; type Task = (); type Partial = u64;
 /// #     fn split(&self, _: &Input, _: usize) -> Result<Vec<()>, TaskError> { Ok(vec![]) }
-/// #     fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut u64) -> Result<(), TaskError> { Ok(()) }
+/// #     fn map(&self, _: &(), _: &Input, _: &mut u64) -> Result<(), TaskError> { Ok(()) }
 /// #     fn merge(&self, a: &mut u64, b: u64) { *a = (*a).max(b) }
 /// # }
 /// // tests/sum.rs: every job these tests run on a pool.

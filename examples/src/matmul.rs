@@ -138,7 +138,17 @@ impl Job for MatMul {
         rows.start * row..rows.end * row
     }
 
-    fn map(&self, rows: &Range<usize>, input: &Input, out: &mut [u8], _: &mut ()) -> Result<(), TaskError> {
+    fn map(&self, _: &Range<usize>, _: &Input, _: &mut ()) -> Result<(), TaskError> {
+        Err("a product is written to the output: engines run `map_with_output`".into())
+    }
+
+    fn map_with_output(
+        &self,
+        rows: &Range<usize>,
+        input: &Input,
+        out: &mut [u8],
+        _: &mut (),
+    ) -> Result<(), TaskError> {
         match self.dtype {
             Dtype::F32 => self.run::<f32>(rows, input, out),
             Dtype::F64 => self.run::<f64>(rows, input, out),

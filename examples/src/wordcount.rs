@@ -54,13 +54,7 @@ impl Job for WordCount {
         vec![(piece.segment, piece.range.clone())]
     }
 
-    fn map(
-        &self,
-        piece: &Piece,
-        input: &Input,
-        _: &mut [u8],
-        counts: &mut WordCounts,
-    ) -> Result<(), TaskError> {
+    fn map(&self, piece: &Piece, input: &Input, counts: &mut WordCounts) -> Result<(), TaskError> {
         counts.count(self.mode, &input.bytes(piece.segment)[piece.range.clone()]);
         Ok(())
     }

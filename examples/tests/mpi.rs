@@ -437,13 +437,7 @@ mod with_mpi {
             Ok((0..64).collect())
         }
 
-        fn map(
-            &self,
-            task: &u64,
-            _: &coop::Input,
-            _: &mut [u8],
-            sum: &mut u64,
-        ) -> Result<(), coop::TaskError> {
+        fn map(&self, task: &u64, _: &coop::Input, sum: &mut u64) -> Result<(), coop::TaskError> {
             if self.fail_at == Some(*task) {
                 assert!(!self.panic, "task {task} refuses to run");
                 return Err(format!("task {task} has no data").into());

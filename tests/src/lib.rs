@@ -62,7 +62,7 @@ impl Job for Sum {
         Ok(ranges(input.slice::<u64>(0).len(), hint))
     }
 
-    fn map(&self, task: &Range<usize>, input: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
+    fn map(&self, task: &Range<usize>, input: &Input, sum: &mut u64) -> Result<(), TaskError> {
         *sum += input.slice::<u64>(0)[task.clone()].iter().sum::<u64>();
         Ok(())
     }
@@ -90,7 +90,17 @@ impl Job for Squares {
         task.start * 8..task.end * 8
     }
 
-    fn map(&self, task: &Range<usize>, input: &Input, out: &mut [u8], n: &mut u64) -> Result<(), TaskError> {
+    fn map(&self, _: &Range<usize>, _: &Input, _: &mut u64) -> Result<(), TaskError> {
+        Err("squares are written to the output".into())
+    }
+
+    fn map_with_output(
+        &self,
+        task: &Range<usize>,
+        input: &Input,
+        out: &mut [u8],
+        n: &mut u64,
+    ) -> Result<(), TaskError> {
         let out: &mut [u64] = bytemuck::cast_slice_mut(out);
         for (o, x) in out.iter_mut().zip(&input.slice::<u64>(0)[task.clone()]) {
             *o = x * x;
@@ -122,7 +132,7 @@ impl Job for Sleepy {
         Ok((0..self.tasks).collect())
     }
 
-    fn map(&self, task: &usize, _: &Input, _: &mut [u8], done: &mut Vec<usize>) -> Result<(), TaskError> {
+    fn map(&self, task: &usize, _: &Input, done: &mut Vec<usize>) -> Result<(), TaskError> {
         std::thread::sleep(Duration::from_millis(self.millis));
         done.push(*task);
         Ok(())
@@ -175,7 +185,7 @@ impl Job for Misbehave {
         Ok((0..self.tasks).collect())
     }
 
-    fn map(&self, task: &usize, _: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
+    fn map(&self, task: &usize, _: &Input, sum: &mut u64) -> Result<(), TaskError> {
         if *task == self.victim {
             let strike = match &self.once {
                 Some(marker) => std::fs::File::create_new(marker).is_ok(),
@@ -229,7 +239,7 @@ where
         Ok(ranges(input.slice::<T>(0).len(), hint))
     }
 
-    fn map(&self, task: &Range<usize>, input: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
+    fn map(&self, task: &Range<usize>, input: &Input, sum: &mut u64) -> Result<(), TaskError> {
         *sum += input.slice::<T>(0)[task.clone()]
             .iter()
             .map(|&x| x.into())
@@ -256,7 +266,7 @@ impl Job for ByteCount {
         Ok(ranges(input.bytes(0).len(), hint))
     }
 
-    fn map(&self, task: &Range<usize>, _: &Input, _: &mut [u8], count: &mut u64) -> Result<(), TaskError> {
+    fn map(&self, task: &Range<usize>, _: &Input, count: &mut u64) -> Result<(), TaskError> {
         *count += task.len() as u64;
         Ok(())
     }
@@ -280,7 +290,7 @@ impl Job for SumFloats {
         Ok(ranges(input.try_slice::<f64>(0)?.len(), hint))
     }
 
-    fn map(&self, task: &Range<usize>, input: &Input, _: &mut [u8], sum: &mut f64) -> Result<(), TaskError> {
+    fn map(&self, task: &Range<usize>, input: &Input, sum: &mut f64) -> Result<(), TaskError> {
         *sum += input.try_slice::<f64>(0)?[task.clone()].iter().sum::<f64>();
         Ok(())
     }
@@ -307,13 +317,7 @@ impl Job for SumSegments {
         segments.clone().map(|s| (s, 0..input.bytes(s).len())).collect()
     }
 
-    fn map(
-        &self,
-        segments: &Range<usize>,
-        input: &Input,
-        _: &mut [u8],
-        sum: &mut u64,
-    ) -> Result<(), TaskError> {
+    fn map(&self, segments: &Range<usize>, input: &Input, sum: &mut u64) -> Result<(), TaskError> {
         for segment in segments.clone() {
             *sum += input.try_slice::<u64>(segment)?.iter().sum::<u64>();
         }
@@ -342,7 +346,7 @@ impl Job for Hog {
         Ok(vec![()])
     }
 
-    fn map(&self, _: &(), _: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
+    fn map(&self, _: &(), _: &Input, sum: &mut u64) -> Result<(), TaskError> {
         // The allocator's last words ("memory allocation of N bytes failed")
         // would land among the test's output: the test expects the death.
         if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
@@ -371,7 +375,7 @@ impl Job for Unregistered {
         Ok(vec![(); hint])
     }
 
-    fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut ()) -> Result<(), TaskError> {
+    fn map(&self, _: &(), _: &Input, _: &mut ()) -> Result<(), TaskError> {
         Ok(())
     }
 
@@ -398,7 +402,7 @@ impl Job for HoldInput {
         Ok(vec![(); self.tasks])
     }
 
-    fn map(&self, _: &(), input: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
+    fn map(&self, _: &(), input: &Input, sum: &mut u64) -> Result<(), TaskError> {
         *sum += input
             .bytes(0)
             .iter()
@@ -464,7 +468,7 @@ impl Job for BigPartial {
         Ok(vec![()])
     }
 
-    fn map(&self, _: &(), _: &Input, _: &mut [u8], partial: &mut Vec<u8>) -> Result<(), TaskError> {
+    fn map(&self, _: &(), _: &Input, partial: &mut Vec<u8>) -> Result<(), TaskError> {
         partial.reserve_exact(self.bytes);
         let pattern = Self::pattern();
         for _ in 0..self.bytes / 251 {
@@ -506,7 +510,7 @@ impl Job for BigValue {
         Ok(vec![self.pad.clone(); self.tasks])
     }
 
-    fn map(&self, task: &Vec<u8>, _: &Input, _: &mut [u8], sum: &mut u64) -> Result<(), TaskError> {
+    fn map(&self, task: &Vec<u8>, _: &Input, sum: &mut u64) -> Result<(), TaskError> {
         *sum += self.pad.iter().chain(task).map(|&b| u64::from(b)).sum::<u64>();
         Ok(())
     }
@@ -583,7 +587,6 @@ impl Job for ByteHistogram {
         &self,
         span: &coop::split::Span,
         input: &Input,
-        _: &mut [u8],
         bins: &mut Self::Partial,
     ) -> Result<(), TaskError> {
         for &byte in span.bytes(input) {

@@ -36,7 +36,7 @@ impl Job for Pids {
         Ok((0..input.slice::<u64>(0).len()).collect())
     }
 
-    fn map(&self, _: &usize, _: &Input, _: &mut [u8], pids: &mut BTreeSet<u32>) -> Result<(), TaskError> {
+    fn map(&self, _: &usize, _: &Input, pids: &mut BTreeSet<u32>) -> Result<(), TaskError> {
         pids.insert(std::process::id());
         Ok(())
     }

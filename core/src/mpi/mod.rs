@@ -64,7 +64,7 @@
 //! # impl Job for Sum {
 //! #     const NAME: &'static str = "sum"; type Task = (); type Partial = u64;
 //! #     fn split(&self, _: &Input, _: usize) -> Result<Vec<()>, TaskError> { Ok(vec![]) }
-//! #     fn map(&self, _: &(), _: &Input, _: &mut [u8], _: &mut u64) -> Result<(), TaskError> { Ok(()) }
+//! #     fn map(&self, _: &(), _: &Input, _: &mut u64) -> Result<(), TaskError> { Ok(()) }
 //! #     fn merge(&self, a: &mut u64, b: u64) { *a += b }
 //! # }
 //! fn main() -> coop::Result<()> {

@@ -76,7 +76,17 @@ impl Job for Collect {
         self.reads.get(*task as usize).cloned().unwrap_or_default()
     }
 
-    fn map(&self, task: &u32, _: &Input, output: &mut [u8], partial: &mut Vec<u32>) -> Result<(), TaskError> {
+    fn map(&self, _: &u32, _: &Input, _: &mut Vec<u32>) -> Result<(), TaskError> {
+        Err("writes its output".into())
+    }
+
+    fn map_with_output(
+        &self,
+        task: &u32,
+        _: &Input,
+        output: &mut [u8],
+        partial: &mut Vec<u32>,
+    ) -> Result<(), TaskError> {
         output.fill(tile_byte(*task));
         partial.push(*task);
         Ok(())

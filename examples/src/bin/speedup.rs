@@ -190,7 +190,7 @@ fn bare<J: Job>(
             .map(|(share, tile)| {
                 scope.spawn(move || {
                     let mut partial = J::Partial::default();
-                    job.map(share, input, tile, &mut partial).map(|()| partial)
+                    job.map_with_output(share, input, tile, &mut partial).map(|()| partial)
                 })
             })
             .collect();
