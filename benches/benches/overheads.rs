@@ -16,9 +16,9 @@ use std::cell::OnceCell;
 use std::hint::black_box;
 use std::time::Duration;
 
+use coop::partial::{Combine, Tally};
 use coop::prelude::*;
 use coop_benches::{Empty, Touch, word_count_partials};
-use coop_examples::words::WordCounts;
 use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group};
 
 /// Workers in every pool of these benches.
@@ -94,7 +94,7 @@ fn merge(c: &mut Criterion) {
         b.iter_batched(
             || (a.clone(), other.clone()),
             |(mut into, other)| {
-                into.merge(other);
+                into.combine(other);
                 // Returned, so that criterion drops it outside the timing.
                 into
             },
@@ -111,7 +111,7 @@ fn merge(c: &mut Criterion) {
     let encoded = || encoded.get_or_init(|| postcard::to_allocvec(&partials().1).expect("encoding"));
     group.bench_function(BenchmarkId::new("postcard_decode", DISTINCT_WORDS), |b| {
         let bytes = encoded();
-        b.iter(|| postcard::from_bytes::<WordCounts>(black_box(bytes)).expect("decoding"));
+        b.iter(|| postcard::from_bytes::<Tally>(black_box(bytes)).expect("decoding"));
     });
     // What the coordinator does with every partial after the first: merge it
     // into the result as it decodes it (`Job::merge_encoded`).
@@ -121,7 +121,7 @@ fn merge(c: &mut Criterion) {
         b.iter_batched(
             || a.clone(),
             |mut into| {
-                into.merge_encoded(&mut postcard::Deserializer::from_bytes(black_box(bytes)))
+                into.combine_encoded(&mut postcard::Deserializer::from_bytes(black_box(bytes)))
                     .expect("decoding");
                 into
             },

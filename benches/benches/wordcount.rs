@@ -3,7 +3,7 @@
 //!
 //! - `wordcount_kernel`: the straightforward peer (`coop_benches::peer`: rayon
 //!   fold of `FxHashMap<&[u8], u64>` over ~1 MiB chunks) against our
-//!   [`WordCounts`] in both split modes, with the same chunking, on a 2-thread
+//!   [`Tally`] in both split modes, with the same chunking, on a 2-thread
 //!   and a 1-thread rayon pool (throughput in bytes of text);
 //! - `wordcount_merge`: merging 16 partials (the counts of 16 slices of the
 //!   corpus) into one, as the coordinator does with one partial per worker,
@@ -16,9 +16,9 @@ use std::ops::Range;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use coop::partial::{Combine, Tally, WordRule};
 use coop_benches::peer;
 use coop_examples::corpus;
-use coop_examples::words::{SplitMode, WordCounts};
 use criterion::{
     BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
@@ -39,15 +39,15 @@ fn corpus() -> &'static [u8] {
 
 /// Our kernel with the peer's structure: each rayon fold counts its chunks
 /// into its own table, and the tables are merged.
-fn ours(mode: SplitMode, text: &[u8], ranges: &[Range<usize>]) -> WordCounts {
+fn ours(rule: WordRule, text: &[u8], ranges: &[Range<usize>]) -> Tally {
     ranges
         .par_iter()
-        .fold(WordCounts::new, |mut counts, range| {
-            counts.count(mode, &text[range.clone()]);
+        .fold(Tally::new, |mut counts, range| {
+            counts.add_words(rule, &text[range.clone()]);
             counts
         })
-        .reduce(WordCounts::new, |mut a, b| {
-            a.merge(b);
+        .reduce(Tally::new, |mut a, b| {
+            a.combine(b);
             a
         })
 }
@@ -70,15 +70,15 @@ fn kernel(c: &mut Criterion) {
             checked.get_or_init(|| {
                 // Same answer as ours, once, outside the timing.
                 let theirs = pool.install(|| peer::count(text, ranges));
-                let ours = pool.install(|| ours(SplitMode::Whitespace, text, ranges));
-                assert_eq!(theirs.len(), ours.distinct());
+                let ours = pool.install(|| ours(WordRule::Whitespace, text, ranges));
+                assert_eq!(theirs.len(), ours.len());
                 assert!(theirs.iter().all(|(w, &n)| ours.get(w) == n));
             });
             b.iter_with_large_drop(|| pool.install(|| peer::count(text, ranges)));
         });
         for (name, mode) in [
-            ("ours_whitespace", SplitMode::Whitespace),
-            ("ours_words", SplitMode::Words),
+            ("ours_whitespace", WordRule::Whitespace),
+            ("ours_words", WordRule::Alphanumeric),
         ] {
             group.bench_function(BenchmarkId::new(name, &label), |b| {
                 let (text, ranges) = (corpus(), ranges());
@@ -91,15 +91,15 @@ fn kernel(c: &mut Criterion) {
 
 /// The counts (Words mode, as `wordcount` counts by default) of `PARTIALS`
 /// slices of the corpus.
-fn partials() -> &'static [WordCounts] {
-    static PARTS: OnceLock<Vec<WordCounts>> = OnceLock::new();
+fn partials() -> &'static [Tally] {
+    static PARTS: OnceLock<Vec<Tally>> = OnceLock::new();
     PARTS.get_or_init(|| {
         let text = corpus();
         peer::chunks(text, text.len().div_ceil(PARTIALS))
             .into_par_iter()
             .map(|range| {
-                let mut counts = WordCounts::new();
-                counts.count(SplitMode::Words, &text[range]);
+                let mut counts = Tally::new();
+                counts.add_words(WordRule::Alphanumeric, &text[range]);
                 counts
             })
             .collect()
@@ -114,9 +114,9 @@ fn merge(c: &mut Criterion) {
         b.iter_batched(
             || parts.to_vec(),
             |parts| {
-                let mut into = WordCounts::new();
+                let mut into = Tally::new();
                 for part in parts {
-                    into.merge(part);
+                    into.combine(part);
                 }
                 into
             },
@@ -124,7 +124,7 @@ fn merge(c: &mut Criterion) {
         );
     });
     let distinct = OnceLock::new();
-    let distinct = || *distinct.get_or_init(|| partials()[0].distinct() as u64);
+    let distinct = || *distinct.get_or_init(|| partials()[0].len() as u64);
     group.throughput(Throughput::Elements(distinct()));
     group.bench_function("postcard_encode", |b| {
         let part = &partials()[0];
@@ -133,7 +133,7 @@ fn merge(c: &mut Criterion) {
     let encoded = OnceLock::new();
     group.bench_function("postcard_decode", |b| {
         let bytes = encoded.get_or_init(|| postcard::to_allocvec(&partials()[0]).expect("encoding"));
-        b.iter_with_large_drop(|| postcard::from_bytes::<WordCounts>(black_box(bytes)).expect("decoding"));
+        b.iter_with_large_drop(|| postcard::from_bytes::<Tally>(black_box(bytes)).expect("decoding"));
     });
     group.finish();
 }

@@ -7,8 +7,8 @@
 #![deny(missing_docs)]
 
 use coop::JobEntry;
+use coop::partial::Tally;
 use coop::prelude::*;
-use coop_examples::words::WordCounts;
 use serde::{Deserialize, Serialize};
 
 pub mod peer;
@@ -129,12 +129,12 @@ pub fn word(index: u64) -> Vec<u8> {
 /// Two word-count partials of `distinct` words each, sharing about
 /// `distinct / 2` words, with counts from 1 to 1000: what two workers of a
 /// word count over similar text send back.
-pub fn word_count_partials(distinct: usize) -> (WordCounts, WordCounts) {
+pub fn word_count_partials(distinct: usize) -> (Tally, Tally) {
     let distinct = distinct as u64;
     let half = distinct / 2;
     let mut rng = Lcg::new(42);
-    let mut a = WordCounts::with_capacity(distinct as usize);
-    let mut b = WordCounts::with_capacity(distinct as usize);
+    let mut a = Tally::with_capacity(distinct as usize);
+    let mut b = Tally::with_capacity(distinct as usize);
     // `a` has words 0..distinct, `b` has words half..half + distinct.
     for i in 0..distinct {
         a.add(&word(i), 1 + rng.next_u64() % 1000);
@@ -145,16 +145,18 @@ pub fn word_count_partials(distinct: usize) -> (WordCounts, WordCounts) {
 
 #[cfg(test)]
 mod tests {
+    use coop::partial::Combine;
+
     use super::*;
 
     #[test]
     fn words_are_distinct_and_partials_overlap_by_half() {
         let (a, b) = word_count_partials(10_000);
-        assert_eq!(a.distinct(), 10_000);
-        assert_eq!(b.distinct(), 10_000);
+        assert_eq!(a.len(), 10_000);
+        assert_eq!(b.len(), 10_000);
         let mut ab = a.clone();
-        ab.merge(b);
-        assert_eq!(ab.distinct(), 15_000);
+        ab.combine(b);
+        assert_eq!(ab.len(), 15_000);
         assert!(word(0).iter().all(u8::is_ascii_lowercase));
         assert_eq!(word(7), word(7));
     }

@@ -57,7 +57,8 @@ pub fn count<'a>(text: &'a [u8], ranges: &[Range<usize>]) -> FxHashMap<&'a [u8],
 #[cfg(test)]
 mod tests {
     use super::*;
-    use coop_examples::words::{SplitMode, reference_counts};
+    use coop::__private::reference_counts;
+    use coop::partial::WordRule;
 
     #[test]
     fn peer_matches_reference() {
@@ -71,7 +72,7 @@ mod tests {
                 .into_iter()
                 .map(|(w, n)| (w.to_vec(), n))
                 .collect();
-            assert_eq!(got, reference_counts(SplitMode::Whitespace, text));
+            assert_eq!(got, reference_counts(WordRule::Whitespace, text));
         }
         assert!(chunks(b"", 10).is_empty());
     }

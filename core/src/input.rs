@@ -66,6 +66,22 @@ impl Input {
         input
     }
 
+    /// An input of the files at `paths`, a segment each, in order: each
+    /// added as [`push_file`](Self::push_file) adds it (mapped where it can
+    /// be). The first that cannot be added is the error.
+    ///
+    /// ```no_run
+    /// let input = coop::Input::from_files(std::env::args().skip(1))?;
+    /// # Ok::<(), coop::Error>(())
+    /// ```
+    pub fn from_files<P: AsRef<Path>>(paths: impl IntoIterator<Item = P>) -> Result<Self> {
+        let mut input = Self::new();
+        for path in paths {
+            input.push_file(path)?;
+        }
+        Ok(input)
+    }
+
     pub(crate) fn from_regions(regions: Vec<Region>) -> Self {
         Input { regions, pack: None }
     }
@@ -496,6 +512,28 @@ mod tests {
         input.push_file(&own_link).unwrap();
         assert_eq!(input.regions()[1].path(), None);
         assert_eq!(input.bytes(1), &words[..]);
+    }
+
+    #[test]
+    fn from_files_adds_each_in_order_and_stops_at_the_first_error() {
+        let dir = std::env::temp_dir().join(format!("coop-from-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::fs::write(&a, b"first").unwrap();
+        std::fs::write(&b, b"second").unwrap();
+        let input = Input::from_files([&b, &a]).unwrap();
+        assert_eq!(
+            (input.len(), input.bytes(0), input.bytes(1)),
+            (2, &b"second"[..], &b"first"[..])
+        );
+        assert_eq!(
+            Input::from_files(Vec::<std::path::PathBuf>::new()).unwrap().len(),
+            0
+        );
+        let missing = dir.join("missing");
+        let err = Input::from_files([&a, &missing, &b]).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -259,5 +259,6 @@ pub mod fault {
 
 /// The names most programs need: `use coop::prelude::*;`.
 pub mod prelude {
+    pub use crate::split::Records;
     pub use crate::{Engine, Input, Job, Pool, Progress, RecordJob, Run, SharedOutput, TaskError};
 }

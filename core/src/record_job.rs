@@ -75,6 +75,18 @@ pub trait RecordJob: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// Folds one record into the partial. An error fails the job.
     fn fold(&self, record: &[u8], partial: &mut Self::Partial) -> Result<(), TaskError>;
+
+    /// Folds every record of `records`, a task's bytes (which start and end
+    /// at record boundaries), into the partial: [`fold`](Self::fold) for each
+    /// record by default. A job that folds a run of records faster than one
+    /// at a time overrides it (word count counts a whole span's words into a
+    /// [`Tally`](crate::partial::Tally) at once); the two must agree.
+    fn fold_all(&self, records: &[u8], partial: &mut Self::Partial) -> Result<(), TaskError> {
+        for record in self.records().iter(records) {
+            self.fold(record, partial)?;
+        }
+        Ok(())
+    }
 }
 
 impl<R: RecordJob> Job for R {
@@ -91,13 +103,18 @@ impl<R: RecordJob> Job for R {
     }
 
     fn map(&self, span: &Span, input: &Input, partial: &mut R::Partial) -> Result<(), TaskError> {
-        for record in self.records().iter(span.bytes(input)) {
-            self.fold(record, partial)?;
-        }
-        Ok(())
+        self.fold_all(span.bytes(input), partial)
     }
 
     fn merge(&self, into: &mut R::Partial, other: R::Partial) {
         into.combine(other);
+    }
+
+    fn merge_encoded<'de, D: serde::Deserializer<'de>>(
+        &self,
+        into: &mut R::Partial,
+        partial: D,
+    ) -> Result<(), D::Error> {
+        into.combine_encoded(partial)
     }
 }

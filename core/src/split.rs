@@ -106,7 +106,7 @@ static SPACE: [bool; 256] = {
     table
 };
 
-fn is_space(byte: u8) -> bool {
+pub(crate) fn is_space(byte: u8) -> bool {
     SPACE[usize::from(byte)]
 }
 
@@ -146,7 +146,7 @@ impl Records {
     }
 
     /// Cuts `bytes` into about `pieces` ranges at record boundaries.
-    fn cut(self, bytes: &[u8], pieces: usize) -> Vec<Range<usize>> {
+    pub(crate) fn cut(self, bytes: &[u8], pieces: usize) -> Vec<Range<usize>> {
         let len = bytes.len();
         let mut ranges = Vec::with_capacity(pieces.min(len));
         let mut start = 0;

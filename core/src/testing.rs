@@ -171,10 +171,15 @@ macro_rules! test_workers {
     };
 }
 
-/// What [`test_workers!`](crate::test_workers) expands to uses; not an API.
+/// What [`test_workers!`](crate::test_workers) expands to uses, and test
+/// oracles shared by the workspace's tests; not an API.
 #[doc(hidden)]
 pub mod __private {
+    use std::collections::BTreeMap;
+
     pub use ctor;
+
+    use crate::partial::WordRule;
 
     /// Called by the macro's constructor, before `main`.
     pub fn register_test_workers(jobs: &[crate::JobEntry], module: &'static str) {
@@ -184,6 +189,38 @@ pub mod __private {
     /// Called by the macro's worker entry test.
     pub fn worker_entry() {
         super::worker_entry();
+    }
+
+    /// The word count that tests check [`Tally::add_words`](crate::partial::Tally::add_words)
+    /// against, obviously correct and slow: decodes with
+    /// [`String::from_utf8_lossy`] and iterates chars ([`WordRule::Alphanumeric`]) or
+    /// splits on the six ASCII whitespace bytes ([`WordRule::Whitespace`]).
+    pub fn reference_counts(rule: WordRule, text: &[u8]) -> BTreeMap<Vec<u8>, u64> {
+        let mut out: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        match rule {
+            WordRule::Alphanumeric => {
+                let decoded = String::from_utf8_lossy(text);
+                let mut word = String::new();
+                for c in decoded.chars() {
+                    if c.is_alphanumeric() {
+                        word.extend(c.to_lowercase());
+                    } else if !word.is_empty() {
+                        *out.entry(std::mem::take(&mut word).into_bytes()).or_insert(0) += 1;
+                    }
+                }
+                if !word.is_empty() {
+                    *out.entry(word.into_bytes()).or_insert(0) += 1;
+                }
+            }
+            WordRule::Whitespace => {
+                for w in text.split(|&b| matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r')) {
+                    if !w.is_empty() {
+                        *out.entry(w.to_vec()).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+        out
     }
 }
 

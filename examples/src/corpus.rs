@@ -189,7 +189,7 @@ pub fn generate(bytes: usize, vocabulary_size: usize, seed: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::words::{SplitMode, WordCounts};
+    use coop::partial::{Tally, WordRule};
 
     #[test]
     fn same_seed_same_text_different_seed_different_text() {
@@ -203,13 +203,13 @@ mod tests {
     fn text_is_utf8_with_zipf_like_counts() {
         let text = generate(2_000_000, 50_000, 1);
         assert!(std::str::from_utf8(&text).is_ok());
-        let mut counts = WordCounts::new();
-        counts.count(SplitMode::Words, &text);
+        let mut counts = Tally::new();
+        counts.add_words(WordRule::Alphanumeric, &text);
         let top = counts.top(10);
         // Zipf(1): the most frequent word is about twice as frequent as the second.
         let ratio = top[0].1 as f64 / top[1].1 as f64;
         assert!((1.5..2.7).contains(&ratio), "ratio {ratio}");
-        assert!(counts.distinct() > 20_000, "{} distinct", counts.distinct());
+        assert!(counts.len() > 20_000, "{} distinct", counts.len());
         assert!(
             counts.sorted().iter().any(|(w, _)| !w.is_ascii()),
             "some Unicode words"

@@ -2,7 +2,7 @@
 //! coop's public API, as a user would. The binaries are thin: the jobs and their
 //! kernels live here so that tests and benches can use them too.
 //!
-//! - [`wordcount`]: the word-count job; [`words`]: its tokenizer and table.
+//! - [`wordcount`]: the word-count job, a short client of `coop::partial::Tally`.
 //! - [`matmul`]: the matrix-multiply job; [`npy`]: NumPy `.npy` headers.
 //! - [`cli`]: what both binaries share (exit codes, engine choice, progress bar).
 //! - [`output`]: writing an output file: atomic replace, links followed, devices written through.
@@ -16,4 +16,3 @@ pub mod npy;
 pub mod output;
 pub mod study;
 pub mod wordcount;
-pub mod words;

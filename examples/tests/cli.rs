@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use coop::partial::WordRule;
 use coop_examples::npy::{self, Dtype};
-use coop_examples::words::{self, SplitMode};
 
 use common::{
     Counts, Outcome, TIMEOUT, add_counts, assert_bad_input, assert_bad_input_says, assert_no_panic_text,
@@ -48,12 +48,12 @@ fn whitespace_counts(text: &[u8]) -> Counts {
 }
 
 /// Counts of each file separately, merged: words never span files.
-fn reference(mode: SplitMode, files: &[&[u8]]) -> Counts {
+fn reference(mode: WordRule, files: &[&[u8]]) -> Counts {
     let mut total = Counts::new();
     for text in files {
         let counts = match mode {
-            SplitMode::Whitespace => whitespace_counts(text),
-            SplitMode::Words => words::reference_counts(SplitMode::Words, text),
+            WordRule::Whitespace => whitespace_counts(text),
+            rule => coop::__private::reference_counts(rule, text),
         };
         for (word, n) in counts {
             *total.entry(word).or_insert(0) += n;
@@ -178,15 +178,16 @@ fn engine_args<'a>(engine: &'a str, workers: &'a str) -> Vec<&'a str> {
     }
 }
 
-fn split_arg(mode: SplitMode) -> &'static str {
+fn split_arg(mode: WordRule) -> &'static str {
     match mode {
-        SplitMode::Words => "words",
-        SplitMode::Whitespace => "whitespace",
+        WordRule::Alphanumeric => "words",
+        WordRule::Whitespace => "whitespace",
+        rule => unreachable!("{rule:?} has no --split"),
     }
 }
 
 /// `wordcount --split MODE --all --format tsv EXTRA... FILES...`
-fn wordcount_tsv(mode: SplitMode, extra: &[&str], files: &[PathBuf], stdin: &[u8]) -> Outcome {
+fn wordcount_tsv(mode: WordRule, extra: &[&str], files: &[PathBuf], stdin: &[u8]) -> Outcome {
     let mut args = argv!["--split", split_arg(mode), "--all", "--format", "tsv"];
     args.extend(extra.iter().map(OsString::from));
     args.extend(files.iter().map(OsString::from));
@@ -343,7 +344,7 @@ fn wordcount_bad_input_is_one_line_exit_2() {
 fn empty_input_is_valid_and_has_no_words() {
     let dir = tempfile::tempdir().unwrap();
     let files = write_files(dir.path(), &[("empty1", b""), ("empty2", b"")]);
-    for mode in [SplitMode::Whitespace, SplitMode::Words] {
+    for mode in [WordRule::Whitespace, WordRule::Alphanumeric] {
         let outcome = wordcount_tsv(mode, &[], &files[..1], b"");
         outcome.assert_success();
         assert!(outcome.stdout.is_empty(), "{}", outcome.describe());
@@ -353,7 +354,7 @@ fn empty_input_is_valid_and_has_no_words() {
         assert!(stdin.stdout.is_empty(), "{}", stdin.describe());
     }
     let only_space = write_files(dir.path(), &[("space", b" \t\r\n\x0B\x0C ")]);
-    let outcome = wordcount_tsv(SplitMode::Whitespace, &[], &only_space, b"");
+    let outcome = wordcount_tsv(WordRule::Whitespace, &[], &only_space, b"");
     outcome.assert_success();
     assert!(outcome.stdout.is_empty(), "{}", outcome.describe());
 
@@ -390,16 +391,16 @@ fn whitespace_split_matches_reference_for_any_worker_count() {
         .collect();
     let files = write_files(dir.path(), &named);
     let refs: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
-    let expected = tsv(&ranked(&reference(SplitMode::Whitespace, &refs)));
+    let expected = tsv(&ranked(&reference(WordRule::Whitespace, &refs)));
     for workers in ["1", "2", "3", "7"] {
-        let outcome = wordcount_tsv(SplitMode::Whitespace, &["--workers", workers], &files, b"");
+        let outcome = wordcount_tsv(WordRule::Whitespace, &["--workers", workers], &files, b"");
         outcome.assert_success();
         assert_tsv_eq(&outcome, &expected, &format!("--workers {workers}"));
     }
     // Each file alone, too.
     for (file, text) in files.iter().zip(&refs) {
         let outcome = wordcount_tsv(
-            SplitMode::Whitespace,
+            WordRule::Whitespace,
             &["--workers", "3"],
             std::slice::from_ref(file),
             b"",
@@ -427,9 +428,9 @@ fn words_split_matches_library_reference_for_any_worker_count() {
         .collect();
     let files = write_files(dir.path(), &named);
     let refs: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
-    let expected = tsv(&ranked(&reference(SplitMode::Words, &refs)));
+    let expected = tsv(&ranked(&reference(WordRule::Alphanumeric, &refs)));
     for workers in ["1", "2", "3", "7"] {
-        let outcome = wordcount_tsv(SplitMode::Words, &["--workers", workers], &files, b"");
+        let outcome = wordcount_tsv(WordRule::Alphanumeric, &["--workers", workers], &files, b"");
         outcome.assert_success();
         assert_tsv_eq(&outcome, &expected, &format!("--split words --workers {workers}"));
     }
@@ -460,9 +461,9 @@ fn words_never_span_files() {
         ],
     );
     type Expected<'a> = &'a [(&'a [u8], u64)];
-    let cases: [(SplitMode, Expected); 2] = [
+    let cases: [(WordRule, Expected); 2] = [
         (
-            SplitMode::Whitespace,
+            WordRule::Whitespace,
             &[
                 (b"ab", 2),
                 (b"Caf", 1),
@@ -475,7 +476,7 @@ fn words_never_span_files() {
         ),
         // "Caf" | "é zz": two words in both modes, never "café".
         (
-            SplitMode::Words,
+            WordRule::Alphanumeric,
             &[
                 (b"ab", 2),
                 (b"caf", 1),
@@ -510,7 +511,7 @@ fn standard_input_is_read_without_file_and_for_dash() {
     let stdin_text = generate_text(21, 12_000);
     let file_text = b"end of file ab".to_vec();
     let files = write_files(dir.path(), &[("file", &file_text)]);
-    for mode in [SplitMode::Whitespace, SplitMode::Words] {
+    for mode in [WordRule::Whitespace, WordRule::Alphanumeric] {
         let alone = tsv(&ranked(&reference(mode, &[&stdin_text])));
         let no_file = wordcount_tsv(mode, &[], &[], &stdin_text);
         no_file.assert_success();
@@ -538,7 +539,7 @@ fn standard_input_redirected_from_a_file_is_counted_from_where_it_stands() {
     let dir = tempfile::tempdir().unwrap();
     let text = generate_text(23, 20_000);
     let path = write_files(dir.path(), &[("text", &text)]).remove(0);
-    let mode = SplitMode::Words;
+    let mode = WordRule::Alphanumeric;
     let whole = tsv(&ranked(&reference(mode, &[&text])));
     let middle = text.len() / 2 + text[text.len() / 2..].iter().position(|&b| b == b' ').unwrap();
     let rest = tsv(&ranked(&reference(mode, &[&text[middle..]])));
@@ -587,7 +588,7 @@ fn engines_give_identical_tsv() {
     let dir = tempfile::tempdir().unwrap();
     let texts = [generate_text(31, 30_000), generate_text(32, 5_000)];
     let files = write_files(dir.path(), &[("a", &texts[0]), ("b", &texts[1])]);
-    for mode in [SplitMode::Whitespace, SplitMode::Words] {
+    for mode in [WordRule::Whitespace, WordRule::Alphanumeric] {
         let expected = tsv(&ranked(&reference(mode, &[&texts[0], &texts[1]])));
         let outputs: Vec<(&str, Outcome)> = ["sequential", "threads", "processes"]
             .into_iter()
@@ -641,7 +642,7 @@ fn json_output_is_valid_and_matches_reference() {
     let files = write_files(dir.path(), &[("t", &text)]);
 
     // Words mode: every word is valid UTF-8, so the JSON rows equal the reference.
-    let expected: Vec<(String, u64)> = ranked(&reference(SplitMode::Words, &[&text]))
+    let expected: Vec<(String, u64)> = ranked(&reference(WordRule::Alphanumeric, &[&text]))
         .into_iter()
         .map(|(w, n)| (String::from_utf8(w.to_vec()).unwrap(), n))
         .collect();
@@ -655,7 +656,7 @@ fn json_output_is_valid_and_matches_reference() {
 
     // Whitespace mode with invalid UTF-8, NUL and escape bytes: still valid
     // JSON, the same counts, invalid bytes shown as U+FFFD.
-    let counts = reference(SplitMode::Whitespace, &[&text]);
+    let counts = reference(WordRule::Whitespace, &[&text]);
     let reference = ranked(&counts);
     let raw = run(
         WORDCOUNT,
@@ -690,7 +691,7 @@ fn top_k_prints_k_rows_in_every_format() {
         text.push('\n');
     }
     let files = write_files(dir.path(), &[("t", text.as_bytes())]);
-    let counts = reference(SplitMode::Whitespace, &[text.as_bytes()]);
+    let counts = reference(WordRule::Whitespace, &[text.as_bytes()]);
     let reference = ranked(&counts);
     assert_eq!(reference.len(), 40);
     for k in [0usize, 1, 3, 20, 40, 100] {
@@ -1928,7 +1929,7 @@ fn wordcount_hostile_but_valid_inputs_give_exact_counts() {
     ];
     for (name, text) in &cases {
         let files = write_files(d, &[("input", text)]);
-        for mode in [SplitMode::Whitespace, SplitMode::Words] {
+        for mode in [WordRule::Whitespace, WordRule::Alphanumeric] {
             let expected = tsv(&ranked(&reference(mode, &[text])));
             for engine in ["processes", "sequential"] {
                 let outcome = wordcount_tsv(mode, &engine_args(engine, "3"), &files, b"");
@@ -1938,16 +1939,16 @@ fn wordcount_hostile_but_valid_inputs_give_exact_counts() {
         }
     }
     // Spot checks of the references themselves.
-    let nul_words = reference(SplitMode::Whitespace, &[b"a\0b a\0b\0 \0 x\0\0y a"]);
+    let nul_words = reference(WordRule::Whitespace, &[b"a\0b a\0b\0 \0 x\0\0y a"]);
     assert_eq!(nul_words.get(b"a\0b".as_slice()), Some(&1));
     assert_eq!(nul_words.get(b"\0".as_slice()), Some(&1));
-    assert!(reference(SplitMode::Words, &[&[0u8; 100]]).is_empty());
+    assert!(reference(WordRule::Alphanumeric, &[&[0u8; 100]]).is_empty());
 
     // A FIFO is read like standard input.
     let text = generate_text(78, 200_000);
     let fifo = d.join("fifo");
     mkfifo(&fifo);
-    for mode in [SplitMode::Whitespace, SplitMode::Words] {
+    for mode in [WordRule::Whitespace, WordRule::Alphanumeric] {
         let writer = feed_fifo(&fifo, text.clone());
         let outcome = wordcount_tsv(mode, &[], std::slice::from_ref(&fifo), b"");
         outcome.assert_success();
@@ -1956,7 +1957,7 @@ fn wordcount_hostile_but_valid_inputs_give_exact_counts() {
     }
 
     // /dev/null (a character device) is empty input.
-    let outcome = wordcount_tsv(SplitMode::Words, &[], &[PathBuf::from("/dev/null")], b"");
+    let outcome = wordcount_tsv(WordRule::Alphanumeric, &[], &[PathBuf::from("/dev/null")], b"");
     outcome.assert_success();
     assert!(outcome.stdout.is_empty(), "{}", outcome.describe());
 

@@ -16,10 +16,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use coop::fault::{Behaviour, Fault, Point};
+use coop::partial::WordRule;
 use coop::prelude::*;
 use coop::{Error, Ipc, JobStats, Sequential, TaskIndex};
 use coop_examples::wordcount::WordCount;
-use coop_examples::words::SplitMode;
 use coop_tests::leaks;
 use coop_tests::{Sleepy, Squares, Sum};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -486,7 +486,7 @@ fn stopped_worker_times_out(ipc: Ipc) -> Result<String, Failed> {
     let text = text(24 << 20);
     let input = Input::from_bytes(&text);
     let job = WordCount {
-        mode: SplitMode::Words,
+        rule: WordRule::Alphanumeric,
     };
     let expected = Run::new(&job, &input).on(&Sequential)?;
     let stopper = strike_randomly(7, 1, Duration::from_millis(40), Signal::SIGSTOP);

@@ -1,12 +1,13 @@
 //! The example jobs on real worker processes: exact results whatever the
 //! worker count, the engine, or the way the input is split.
 
+use coop::__private::reference_counts;
+use coop::partial::{Tally, WordRule};
 use coop::prelude::*;
 use coop::{Ipc, JobStats, Sequential, Threads};
 use coop_examples::matmul::{MatMul, Matrix, Operand};
 use coop_examples::npy::Dtype;
 use coop_examples::wordcount::WordCount;
-use coop_examples::words::{SplitMode, WordCounts, reference_counts};
 use std::process::{Command, Stdio};
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -120,7 +121,7 @@ fn corpus(words: usize, seed: u64) -> Vec<u8> {
     text
 }
 
-fn counts_of(counts: &WordCounts) -> std::collections::BTreeMap<Vec<u8>, u64> {
+fn counts_of(counts: &Tally) -> std::collections::BTreeMap<Vec<u8>, u64> {
     counts
         .sorted()
         .into_iter()
@@ -131,11 +132,11 @@ fn counts_of(counts: &WordCounts) -> std::collections::BTreeMap<Vec<u8>, u64> {
 fn wordcount_matches_reference() -> Result<(), Failed> {
     let text = corpus(40_000, 1);
     let input = Input::from_bytes(&text);
-    for mode in [SplitMode::Words, SplitMode::Whitespace] {
+    for mode in [WordRule::Alphanumeric, WordRule::Whitespace] {
         let expected = reference_counts(mode, &text);
         for workers in [1, 2, 3, 7] {
             let pool = Pool::builder().workers(workers).build()?;
-            let counts = pool.run(&WordCount { mode }, &input)?;
+            let counts = pool.run(&WordCount { rule: mode }, &input)?;
             assert_eq!(counts_of(&counts), expected, "{mode:?} with {workers} workers");
         }
     }
@@ -150,7 +151,7 @@ fn words_never_span_segments() -> Result<(), Failed> {
     let pool = Pool::builder().workers(2).build()?;
     let counts = pool.run(
         &WordCount {
-            mode: SplitMode::Words,
+            rule: WordRule::Alphanumeric,
         },
         &input,
     )?;
@@ -171,7 +172,7 @@ fn wordcount_over_mapped_files() -> Result<(), Failed> {
         all.push(text);
     }
     let pool = Pool::builder().workers(3).build()?;
-    for mode in [SplitMode::Words, SplitMode::Whitespace] {
+    for mode in [WordRule::Alphanumeric, WordRule::Whitespace] {
         let mut expected = std::collections::BTreeMap::new();
         for text in &all {
             for (word, count) in reference_counts(mode, text) {
@@ -179,7 +180,7 @@ fn wordcount_over_mapped_files() -> Result<(), Failed> {
             }
         }
         assert_eq!(
-            counts_of(&pool.run(&WordCount { mode }, &input)?),
+            counts_of(&pool.run(&WordCount { rule: mode }, &input)?),
             expected,
             "{mode:?}"
         );
@@ -350,12 +351,12 @@ fn splitting_never_changes_the_count() -> Result<(), Failed> {
             &(text_strategy(), 1usize..40, any::<bool>()),
             |(text, tasks, words)| {
                 let mode = if words {
-                    SplitMode::Words
+                    WordRule::Alphanumeric
                 } else {
-                    SplitMode::Whitespace
+                    WordRule::Whitespace
                 };
                 let input = Input::from_bytes(&text);
-                let counts = Run::new(&WordCount { mode }, &input)
+                let counts = Run::new(&WordCount { rule: mode }, &input)
                     .tasks_per_worker(tasks)
                     .on(&Sequential)
                     .unwrap();
@@ -378,7 +379,7 @@ fn pool_count_equals_sequential() -> Result<(), Failed> {
         .run(&(text_strategy(), 1usize..20), |(text, tasks)| {
             let input = Input::from_bytes(&text);
             let job = WordCount {
-                mode: SplitMode::Words,
+                rule: WordRule::Alphanumeric,
             };
             let on_pool = Run::new(&job, &input).tasks_per_worker(tasks).on(&pool).unwrap();
             let alone = Run::new(&job, &input).on(&Sequential).unwrap();
@@ -400,7 +401,7 @@ fn messages_match_shared_memory() -> Result<(), Failed> {
     input.push_bytes(b"");
     input.push_bytes(&corpus(1_000, 6));
     let job = WordCount {
-        mode: SplitMode::Words,
+        rule: WordRule::Alphanumeric,
     };
     let (mut by_shm, mut by_msg) = (JobStats::default(), JobStats::default());
     let a = Run::new(&job, &input).stats(&mut by_shm).on(&shared)?;

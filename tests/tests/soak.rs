@@ -8,9 +8,9 @@ use std::io::{BufWriter, Read, Write};
 use std::time::{Duration, Instant};
 
 use coop::Ipc;
+use coop::partial::WordRule;
 use coop::prelude::*;
 use coop_examples::study::memory::pss_bytes;
-use coop_examples::words::SplitMode;
 use coop_tests::leaks::{self, Snapshot};
 use coop_tests::{BigPartial, Sleepy, Squares, Sum};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -279,7 +279,7 @@ fn streaming_word_count(path: &std::path::Path) -> Result<u64, Failed> {
             return Ok(words);
         }
         for &b in &buf[..n] {
-            let space = coop_examples::words::is_space(b);
+            let space = is_space(b);
             // Count each word where it starts.
             words += u64::from(!space && !in_word);
             in_word = !space;
@@ -342,7 +342,7 @@ fn three_gb_file() -> Result<(), Failed> {
     let started = Instant::now();
     let mut chunk = coop_examples::corpus::generate(CHUNK, coop_examples::corpus::DEFAULT_VOCABULARY, 7);
     // A word never runs from one copy into the next.
-    if chunk.last().is_some_and(|&b| !coop_examples::words::is_space(b)) {
+    if chunk.last().is_some_and(|&b| !is_space(b)) {
         chunk.push(b'\n');
     }
     let mut file = BufWriter::new(std::fs::File::create(&path)?);
@@ -365,7 +365,7 @@ fn three_gb_file() -> Result<(), Failed> {
     let mut input = Input::new();
     input.push_file(&path)?;
     let job = coop_examples::wordcount::WordCount {
-        mode: SplitMode::Whitespace,
+        rule: WordRule::Whitespace,
     };
     let started = Instant::now();
     let (counts, peak) = std::thread::scope(|scope| {
@@ -395,7 +395,7 @@ fn three_gb_file() -> Result<(), Failed> {
         streamed.as_secs_f64(),
         counted.as_secs_f64(),
         size as f64 / 1e6 / counted.as_secs_f64(),
-        counts.distinct(),
+        counts.len(),
         mib(pss_before),
         mib(peak),
         mib(bound),
@@ -441,4 +441,9 @@ fn partial_over_2_gib() -> Result<(), Failed> {
     input.push_slice(&[1u64, 2, 3]);
     assert_eq!(pool.run(&Sum, &input)?, 6, "the pool still works");
     Ok(())
+}
+
+/// The six ASCII whitespace bytes that end a word under `WordRule::Whitespace`.
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
 }

@@ -3,37 +3,33 @@
 //! compare with `column_stats_rayon` (lines and speed, in BENCHMARKS).
 //!
 //! `column_stats FILE COLUMNS COLUMN BINS LOW HIGH`
-use coop::partial::{Dense, Max, Min};
+use coop::partial::{Dense, Summary};
 use coop::prelude::*;
-use coop::split::Records;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ColumnStats {
     columns: usize,
     column: usize,
     bins: usize,
-    low: f64,
-    high: f64,
+    range: std::ops::Range<f64>,
 }
 
 impl RecordJob for ColumnStats {
     const NAME: &'static str = "column-stats";
-    type Partial = (u64, f64, Min<f64>, Max<f64>, Dense<u64>);
+    type Partial = (Summary, Dense<u64>);
 
     fn records(&self) -> Records {
         Records::Fixed(8 * self.columns)
     }
 
     fn empty_partial(&self) -> Self::Partial {
-        (0, 0.0, Min::default(), Max::default(), Dense::new(self.bins))
+        (Summary::default(), Dense::new(self.bins))
     }
 
-    fn fold(&self, row: &[u8], (n, sum, min, max, bins): &mut Self::Partial) -> Result<(), TaskError> {
+    fn fold(&self, row: &[u8], (summary, bins): &mut Self::Partial) -> Result<(), TaskError> {
         let x = f64::from_le_bytes(row[8 * self.column..][..8].try_into()?);
-        (*n, *sum) = (*n + 1, *sum + x);
-        min.add(x);
-        max.add(x);
-        let bin = ((x - self.low) / (self.high - self.low) * self.bins as f64).floor();
+        summary.add(x);
+        let bin = ((x - self.range.start) / (self.range.end - self.range.start) * self.bins as f64).floor();
         if (0.0..self.bins as f64).contains(&bin) {
             bins.add(bin as usize, 1);
         }
@@ -51,13 +47,11 @@ fn main() -> anyhow::Result<()> {
         columns: columns.parse()?,
         column: column.parse()?,
         bins: bins.parse()?,
-        low: low.parse()?,
-        high: high.parse()?,
+        range: low.parse()?..high.parse()?,
     };
-    let mut input = Input::new();
-    input.push_file(path)?;
-    let (n, sum, min, max, bins) = Pool::new()?.run(&job, &input)?;
-    println!("n {n} mean {:.6} min {:?} max {:?}", sum / n as f64, min.0, max.0);
+    let input = Input::from_files([path])?;
+    let (Summary { count, sum, min, max }, bins) = Pool::new()?.run(&job, &input)?;
+    println!("n {count} mean {:.6} min {min:?} max {max:?}", sum / count as f64);
     println!("{:?}", bins.into_vec());
     Ok(())
 }

@@ -27,10 +27,7 @@ impl RecordJob for StatusCodes {
 
 fn main() -> anyhow::Result<()> {
     coop::init(&[coop::register::<StatusCodes>()])?;
-    let mut input = Input::new();
-    for path in std::env::args().skip(1) {
-        input.push_file(path)?;
-    }
+    let input = Input::from_files(std::env::args().skip(1))?;
     for (status, lines) in Pool::new()?.run(&StatusCodes, &input)? {
         println!("{status}\t{lines}");
     }

@@ -6,7 +6,6 @@
 //! `word_tally FILE...`: prints the number of words and of distinct words.
 use coop::partial::{Keyed, ShortBytes};
 use coop::prelude::*;
-use coop::split::Records;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct WordTally;
@@ -27,10 +26,7 @@ impl RecordJob for WordTally {
 
 fn main() -> anyhow::Result<()> {
     coop::init(&[coop::register::<WordTally>()])?;
-    let mut input = Input::new();
-    for path in std::env::args().skip(1) {
-        input.push_file(path)?;
-    }
+    let input = Input::from_files(std::env::args().skip(1))?;
     let words = Pool::new()?.run(&WordTally, &input)?;
     let total: u64 = words.iter().map(|(_, n)| n).sum();
     println!("{total} words, {} distinct", words.len());

@@ -2,8 +2,9 @@
 //! one kind combine (Phoenix++'s combiners): sums for numbers, [`Dense`]
 //! arrays merged element by element (a histogram, per-class sums),
 //! [`Keyed`] tables and maps merged key by key (reduce by key; keys of
-//! [`ShortBytes`] hold short byte strings inline), [`Min`] and [`Max`], and
-//! tuples of these.
+//! [`ShortBytes`] hold short byte strings inline), [`Tally`], the counts of
+//! byte strings (words) built for speed, [`Min`], [`Max`], a column's
+//! [`Summary`], and tuples of these.
 //!
 //! ```
 //! use coop::partial::{Dense, Combine};
@@ -27,10 +28,12 @@ use serde::{Deserialize, Serialize};
 mod bytes;
 mod dense;
 mod keyed;
+mod tally;
 
 pub use bytes::ShortBytes;
 pub use dense::Dense;
 pub use keyed::Keyed;
+pub use tally::{Tally, WordRule};
 
 /// How two partials of one kind combine into one: associative and
 /// commutative, as [`Job::merge`](crate::Job::merge) must be. A job over
@@ -44,6 +47,19 @@ pub use keyed::Keyed;
 pub trait Combine {
     /// Folds `other` into `self`.
     fn combine(&mut self, other: Self);
+
+    /// Folds a partial that a worker sent, still encoded, into `self`: what a
+    /// [`RecordJob`](crate::RecordJob) runs as its
+    /// [`Job::merge_encoded`](crate::Job::merge_encoded). The default decodes
+    /// `other`, then combines it; a partial that can merge straight from its
+    /// bytes ([`Tally`]) overrides it.
+    fn combine_encoded<'de, D: serde::Deserializer<'de>>(&mut self, other: D) -> Result<(), D::Error>
+    where
+        Self: Deserialize<'de> + Sized,
+    {
+        self.combine(Self::deserialize(other)?);
+        Ok(())
+    }
 }
 
 macro_rules! combine_by_adding {
@@ -170,6 +186,54 @@ impl<T: PartialOrd> Combine for Max<T> {
     }
 }
 
+/// Count, sum, least and greatest of the `f64` values seen: what a column's
+/// statistics need (the mean is [`mean`](Summary::mean)). Its sum varies in
+/// its last bits with the split, as every floating-point sum does; the
+/// rest is exact.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Summary {
+    /// How many values.
+    pub count: u64,
+    /// Their sum.
+    pub sum: f64,
+    /// The least, if any (as [`Min`] keeps it: NaN only if every value is).
+    pub min: Option<f64>,
+    /// The greatest, if any (as [`Max`] keeps it).
+    pub max: Option<f64>,
+}
+
+impl Summary {
+    /// Counts `value` in.
+    pub fn add(&mut self, value: f64) {
+        self.combine(Summary {
+            count: 1,
+            sum: value,
+            min: Some(value),
+            max: Some(value),
+        });
+    }
+
+    /// The mean of the values, if any.
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum / self.count as f64)
+    }
+}
+
+impl Combine for Summary {
+    fn combine(&mut self, other: Summary) {
+        self.count += other.count;
+        self.sum += other.sum;
+        for (kept, value, better) in [
+            (&mut self.min, other.min, std::cmp::Ordering::Less),
+            (&mut self.max, other.max, std::cmp::Ordering::Greater),
+        ] {
+            if let Some(value) = value.filter(|value| replaces(kept.as_ref(), value, better)) {
+                *kept = Some(value);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, HashMap};
@@ -216,5 +280,30 @@ mod tests {
         let mut only = Max::default();
         only.add(f64::NAN);
         assert!(only.0.is_some_and(f64::is_nan));
+    }
+
+    #[test]
+    fn a_summary_splits_and_combines_as_one() {
+        let values = [2.5, -1.0, f64::NAN, 4.0, 0.5];
+        let mut whole = Summary::default();
+        values.iter().for_each(|&v| whole.add(v));
+        assert_eq!(
+            (whole.count, whole.min, whole.max),
+            (5, Some(-1.0), Some(4.0))
+        );
+        assert!(whole.sum.is_nan() && whole.mean().unwrap().is_nan());
+        let finite = [2.5, -1.0, 4.0, 0.5];
+        let (mut a, mut b) = (Summary::default(), Summary::default());
+        finite[..1].iter().for_each(|&v| a.add(v));
+        finite[1..].iter().for_each(|&v| b.add(v));
+        a.combine(b);
+        assert_eq!(
+            (a.count, a.sum, a.min, a.max),
+            (4, 6.0, Some(-1.0), Some(4.0))
+        );
+        assert_eq!(a.mean(), Some(1.5));
+        assert_eq!(Summary::default().mean(), None);
+        a.combine(Summary::default());
+        assert_eq!(a.count, 4);
     }
 }

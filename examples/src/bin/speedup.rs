@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use clap::Parser;
+use coop::partial::{Tally, WordRule};
 use coop::prelude::*;
 use coop::{AnyEngine, Ipc, JobStats, Sequential, Threads};
 use coop_examples::cli::{self, BadInput, Failure};
@@ -25,8 +26,7 @@ use coop_examples::study::memory::{self, PeakPss, PssSampler};
 use coop_examples::study::plot::{self, Panel, Series};
 use coop_examples::study::progress::RunsBar;
 use coop_examples::study::report::{self, Row, StatsSummary, Throughput};
-use coop_examples::wordcount::{Piece, WordCount};
-use coop_examples::words::{SplitMode, WordCounts, split_ranges};
+use coop_examples::wordcount::WordCount;
 use rand::{RngExt, SeedableRng};
 
 /// Time coop's engines (sequential, threads, processes over shared memory or
@@ -190,7 +190,8 @@ fn bare<J: Job>(
             .map(|(share, tile)| {
                 scope.spawn(move || {
                     let mut partial = J::Partial::default();
-                    job.map_with_output(share, input, tile, &mut partial).map(|()| partial)
+                    job.map_with_output(share, input, tile, &mut partial)
+                        .map(|()| partial)
                 })
             })
             .collect();
@@ -240,7 +241,7 @@ impl Drop for TempText {
 
 /// What a run gave, to compare with the sequential engine's.
 enum Outcome {
-    Counts(WordCounts),
+    Counts(Tally),
     Product(SharedOutput),
 }
 
@@ -312,7 +313,7 @@ impl Workload {
         let cpu_before = CpuSnapshot::take(pids);
         let started = Instant::now();
         // Word count gives its table, or bare threads' unmerged tables.
-        let result: anyhow::Result<Vec<WordCounts>> = match (self, engine) {
+        let result: anyhow::Result<Vec<Tally>> = match (self, engine) {
             (Workload::WordCount { job, .. }, Some(engine)) => {
                 let input = text.expect("word count has a text");
                 Run::new(job, input)
@@ -323,10 +324,7 @@ impl Workload {
             }
             (Workload::WordCount { job, .. }, None) => {
                 let input = text.expect("word count has a text");
-                let shares: Vec<Piece> = split_ranges(job.mode, input.bytes(0), workers)
-                    .into_iter()
-                    .map(|range| Piece { segment: 0, range })
-                    .collect();
+                let shares = job.records().split(input, workers)?;
                 bare(job, input, &shares, &mut []).map_err(|err| anyhow!("{err}"))
             }
             (Workload::MatMul { job, input }, engine) => {
@@ -391,9 +389,9 @@ fn difference(reference: &Outcome, got: &Outcome) -> Option<String> {
             format!(
                 "word counts differ: {} words / {} distinct sequentially, {} / {} here; first difference {word}",
                 want.total(),
-                want.distinct(),
+                want.len(),
                 got.total(),
-                got.distinct()
+                got.len()
             )
         }),
         (Outcome::Product(want), Outcome::Product(got)) => {
@@ -592,7 +590,7 @@ fn word_count_workload(
     };
     drop(generated);
     let job = WordCount {
-        mode: SplitMode::Words,
+        rule: WordRule::Alphanumeric,
     };
     Ok((Workload::WordCount { job, text }, started.elapsed().as_secs_f64()))
 }

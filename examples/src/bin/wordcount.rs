@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use coop::EngineKind;
+use coop::partial::{Tally, WordRule};
 use coop::prelude::*;
 use coop_examples::cli::{self, BadInput, EngineArgs, Failure, ProgressBar};
 use coop_examples::wordcount::WordCount;
-use coop_examples::words::{SplitMode, WordCounts};
 
 /// Count word frequencies across FILEs (standard input if none, or "-").
 /// Each file counts separately: a word never spans two files.
@@ -82,9 +82,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Failure> {
-    let mode = match args.split {
-        Split::Words => SplitMode::Words,
-        Split::Whitespace => SplitMode::Whitespace,
+    let rule = match args.split {
+        Split::Words => WordRule::Alphanumeric,
+        Split::Whitespace => WordRule::Whitespace,
     };
     let names = match &args.files0_from {
         Some(list) => {
@@ -109,12 +109,12 @@ fn run(args: Args) -> Result<(), Failure> {
     let engine = args.engine.start()?;
     let bar = ProgressBar::default();
     let report = |p| bar.report(p);
-    let job = WordCount { mode };
+    let job = WordCount { rule };
     let mut run = Run::new(&job, &input).progress(&report);
     if let Some(timeout) = args.timeout {
         run = run.deadline(Instant::now() + timeout);
     }
-    let counts: WordCounts = run.on(&engine)?;
+    let counts: Tally = run.on(&engine)?;
     bar.finish();
     let seconds = started.elapsed().as_secs_f64();
 
@@ -149,7 +149,7 @@ fn run(args: Args) -> Result<(), Failure> {
         "{} file(s), {bytes} bytes, {} words, {} distinct, {} worker(s) ({}), {seconds:.3} s, {:.1} MB/s",
         input.len(),
         counts.total(),
-        counts.distinct(),
+        counts.len(),
         engine.workers(),
         engine.name(),
         bytes as f64 / 1e6 / seconds.max(1e-9),
