@@ -1,4 +1,4 @@
-//! Criterion benches of the word-count kernel (`coop_examples::words`), in
+//! Criterion benches of the word-count kernel (`coop::partial::Tally`), in
 //! process, on a 64 MiB synthetic corpus (`coop_examples::corpus`):
 //!
 //! - `wordcount_kernel`: the straightforward peer (`coop_benches::peer`: rayon

@@ -77,10 +77,17 @@
 //!   a delimiter byte, ASCII whitespace, fixed-size records, plain bytes),
 //!   as [`split::Span`]s that name the bytes they read; a record never spans
 //!   two segments.
-//! - [`RecordJob`]: the short form of a job, the fold of one record.
+//! - [`RecordJob`]: the short form of a job, the fold of one record (or of a
+//!   task's records at once, [`RecordJob::fold_all`]).
 //! - [`partial`]: partials that combine as they are ([`partial::Combine`]):
-//!   [`partial::Keyed`] tables (reduce by key), [`partial::Dense`] arrays
-//!   (histograms, per-class sums), maps, [`partial::Min`], [`partial::Max`].
+//!   [`partial::Keyed`] tables (reduce by key), [`partial::Tally`] (counts
+//!   of byte strings, built for word counts: its
+//!   [`add_words`](partial::Tally::add_words) counts a whole text),
+//!   [`partial::Dense`] arrays (histograms, per-class sums), maps,
+//!   [`partial::Min`], [`partial::Max`], [`partial::Summary`] (count, sum,
+//!   min and max of a column), and tuples of these.
+//! - [`Job::map`] takes no output; a job that writes one implements
+//!   [`Job::map_with_output`].
 //!
 //! # Choosing the engine at run time
 //!
@@ -217,6 +224,12 @@
 //! }
 //! ```
 #![deny(missing_docs)]
+
+// The README's examples, compiled and run as doc tests so that they keep
+// working.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
 
 mod any_engine;
 mod engine;

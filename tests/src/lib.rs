@@ -32,6 +32,8 @@ pub fn jobs() -> Vec<JobEntry> {
         coop::register::<ByteHistogram>(),
         coop::register::<LineLengths>(),
         coop::register::<WordTally>(),
+        coop::register::<WordsOneByOne>(),
+        coop::register::<ColumnSummary>(),
         coop_examples::wordcount::register(),
         coop_examples::matmul::register(),
     ]
@@ -615,6 +617,44 @@ impl RecordJob for WordTally {
 
     fn fold(&self, word: &[u8], tally: &mut Self::Partial) -> Result<(), TaskError> {
         tally.add_ref(word, 1);
+        Ok(())
+    }
+}
+
+/// Counts each word into a [`Tally`](coop::partial::Tally) one record at a
+/// time (`Tally::add`), where word count's job counts a whole span at once
+/// (`Tally::add_words` in `fold_all`): the two must agree.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WordsOneByOne;
+
+impl RecordJob for WordsOneByOne {
+    const NAME: &'static str = "test-words-one-by-one";
+    type Partial = coop::partial::Tally;
+
+    fn records(&self) -> coop::split::Records {
+        coop::split::Records::Whitespace
+    }
+
+    fn fold(&self, word: &[u8], tally: &mut coop::partial::Tally) -> Result<(), TaskError> {
+        tally.add(word, 1);
+        Ok(())
+    }
+}
+
+/// The [`Summary`](coop::partial::Summary) of a file of little-endian `f64`s.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ColumnSummary;
+
+impl RecordJob for ColumnSummary {
+    const NAME: &'static str = "test-column-summary";
+    type Partial = coop::partial::Summary;
+
+    fn records(&self) -> coop::split::Records {
+        coop::split::Records::Fixed(8)
+    }
+
+    fn fold(&self, value: &[u8], summary: &mut coop::partial::Summary) -> Result<(), TaskError> {
+        summary.add(f64::from_le_bytes(value.try_into()?));
         Ok(())
     }
 }

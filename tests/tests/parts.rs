@@ -7,10 +7,12 @@
 
 use std::collections::BTreeMap;
 
+use coop::partial::{Summary, Tally, WordRule};
 use coop::prelude::*;
 use coop::split::Records;
 use coop::{AnyEngine, EngineKind, Ipc, JobStats};
-use coop_tests::{ByteHistogram, LineLengths, RecordTally, WordTally};
+use coop_examples::wordcount::WordCount;
+use coop_tests::{ByteHistogram, ColumnSummary, LineLengths, RecordTally, WordTally, WordsOneByOne};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn main() {
@@ -35,6 +37,14 @@ fn main() {
         Trial::test(
             "a_keyed_table_reduces_by_key_on_every_engine",
             a_keyed_table_reduces_by_key_on_every_engine,
+        ),
+        Trial::test(
+            "a_tally_counts_alike_word_by_word_and_span_by_span_on_every_engine",
+            a_tally_counts_alike_word_by_word_and_span_by_span_on_every_engine,
+        ),
+        Trial::test(
+            "a_summary_of_a_column_is_exact_on_every_engine",
+            a_summary_of_a_column_is_exact_on_every_engine,
         ),
         Trial::test(
             "a_partial_fixed_record_is_refused_on_every_engine",
@@ -282,5 +292,80 @@ fn a_keyed_table_reduces_by_key_on_every_engine() -> Result<(), Failed> {
         }
     }
     assert!(engines[0].1.run(&WordTally, &Input::new())?.is_empty());
+    Ok(())
+}
+
+fn a_tally_counts_alike_word_by_word_and_span_by_span_on_every_engine() -> Result<(), Failed> {
+    let engines = engines()?;
+    // 50,000 distinct words (tables merged shard by shard on every core),
+    // words longer than a slot holds inline, an empty segment, a segment of
+    // one word longer than a task, and a last word without whitespace.
+    let mut text = Vec::new();
+    for i in 0..150_000u32 {
+        let word = if i % 5 == 0 { i % 13 } else { i * 11 % 50_000 };
+        let long = if i % 97 == 0 {
+            "-and-longer-than-fifteen-bytes"
+        } else {
+            ""
+        };
+        text.extend_from_slice(format!("w{word}{long}").as_bytes());
+        text.push(if i % 7 == 0 { b'\n' } else { b' ' });
+    }
+    text.extend_from_slice(b"end");
+    let segments = [text, Vec::new(), vec![b'x'; 100_000], b"\tw1 w1\r\n".to_vec()];
+    let mut input = Input::new();
+    let mut expected = BTreeMap::new();
+    for segment in &segments {
+        input.push_bytes(segment);
+        for (word, n) in coop::__private::reference_counts(WordRule::Whitespace, segment) {
+            *expected.entry(word).or_insert(0) += n;
+        }
+    }
+    let counts =
+        |tally: Tally| -> BTreeMap<Vec<u8>, u64> { tally.iter().map(|(w, n)| (w.to_vec(), n)).collect() };
+    for (name, engine) in &engines {
+        let span_by_span = counts(engine.run(
+            &WordCount {
+                rule: WordRule::Whitespace,
+            },
+            &input,
+        )?);
+        let word_by_word = counts(engine.run(&WordsOneByOne, &input)?);
+        if span_by_span != expected || word_by_word != expected {
+            return Err(format!(
+                "{name}: {} and {} words, {} expected",
+                span_by_span.len(),
+                word_by_word.len(),
+                expected.len()
+            )
+            .into());
+        }
+    }
+    assert!(engines[0].1.run(&WordsOneByOne, &Input::new())?.is_empty());
+    Ok(())
+}
+
+fn a_summary_of_a_column_is_exact_on_every_engine() -> Result<(), Failed> {
+    // Whole numbers, so that every sum is exact whatever the split.
+    let values: Vec<f64> = (0..100_000)
+        .map(|i| f64::from((i * 7919) % 10_007) - 5_000.0)
+        .collect();
+    let mut input = Input::new();
+    input.push_slice(&values);
+    input.push_slice::<f64>(&[]);
+    input.push_slice(&[-9_999.5, 12_345.25]);
+    let all = values.iter().chain(&[-9_999.5, 12_345.25]);
+    let expected = Summary {
+        count: values.len() as u64 + 2,
+        sum: all.clone().sum(),
+        min: all.clone().copied().reduce(f64::min),
+        max: all.copied().reduce(f64::max),
+    };
+    for (name, engine) in &engines()? {
+        let got = engine.run(&ColumnSummary, &input)?;
+        if got != expected {
+            return Err(format!("{name}: {got:?}, {expected:?} expected").into());
+        }
+    }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Word count (`wordcount --split whitespace`) as a user writes it on coop's
 //! generic parts: a `RecordJob` over whitespace-separated words folding into
 //! a `Keyed<ShortBytes, u64>`. Measures how far the generic table is from
-//! the word-count table the examples tune by hand (BENCHMARKS).
+//! `Tally`, the table built for the byte-string/sum case (BENCHMARKS).
 //!
 //! `word_tally FILE...`: prints the number of words and of distinct words.
 use coop::partial::{Keyed, ShortBytes};
