@@ -557,9 +557,10 @@ mod with_mpi {
         assert!(job.elapsed < Duration::from_secs(60), "{}", job.describe());
     }
 
-    /// Counts each distinct line, with a histogram of line lengths in as
-    /// many bins as the job says: the library's parts (records, a
-    /// `RecordJob`, combining partials, a partial sized by the job).
+    /// Counts each distinct line twice (a map, a keyed table), the words of
+    /// the lines, a histogram of line lengths in as many bins as the job
+    /// says and their summary: the library's parts (records, a `RecordJob`,
+    /// combining partials, a partial sized by the job).
     #[derive(serde::Serialize, serde::Deserialize)]
     struct Lines {
         bins: usize,
@@ -570,15 +571,23 @@ mod with_mpi {
         type Partial = (
             std::collections::BTreeMap<Vec<u8>, u64>,
             coop::partial::Dense<u64>,
+            coop::partial::Keyed<coop::partial::ShortBytes, u64>,
+            coop::partial::Tally,
+            coop::partial::Summary,
         );
 
         fn empty_partial(&self) -> Self::Partial {
-            (Default::default(), coop::partial::Dense::new(self.bins))
+            let (map, keyed, words, summary) = Default::default();
+            (map, coop::partial::Dense::new(self.bins), keyed, words, summary)
         }
 
-        fn fold(&self, line: &[u8], (tally, lengths): &mut Self::Partial) -> Result<(), coop::TaskError> {
-            *tally.entry(line.to_vec()).or_default() += 1;
+        fn fold(&self, line: &[u8], partial: &mut Self::Partial) -> Result<(), coop::TaskError> {
+            let (map, lengths, keyed, words, summary) = partial;
+            *map.entry(line.to_vec()).or_default() += 1;
             lengths.add(line.len().min(self.bins - 1), 1);
+            keyed.add_ref(line, 1);
+            words.add_words(coop::partial::WordRule::Whitespace, line);
+            summary.add(line.len() as f64);
             Ok(())
         }
     }
@@ -622,6 +631,8 @@ mod with_mpi {
             let got = mpi.run(&job, &input).unwrap();
             assert_eq!(got, expected, "{name}");
             assert_eq!(got.1.len(), 12, "{name}: the job's bins, even with no line");
+            assert_eq!(got.2.len(), got.0.len(), "{name}: keyed and map");
+            assert_eq!(got.4.count, got.0.values().sum::<u64>(), "{name}: summary");
             println!("{name}: {} distinct lines", got.0.len());
         }
         println!("library parts: as sequential on ranks {:?}", mpi.hosts());

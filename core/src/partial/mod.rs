@@ -287,20 +287,14 @@ mod tests {
         let values = [2.5, -1.0, f64::NAN, 4.0, 0.5];
         let mut whole = Summary::default();
         values.iter().for_each(|&v| whole.add(v));
-        assert_eq!(
-            (whole.count, whole.min, whole.max),
-            (5, Some(-1.0), Some(4.0))
-        );
+        assert_eq!((whole.count, whole.min, whole.max), (5, Some(-1.0), Some(4.0)));
         assert!(whole.sum.is_nan() && whole.mean().unwrap().is_nan());
         let finite = [2.5, -1.0, 4.0, 0.5];
         let (mut a, mut b) = (Summary::default(), Summary::default());
         finite[..1].iter().for_each(|&v| a.add(v));
         finite[1..].iter().for_each(|&v| b.add(v));
         a.combine(b);
-        assert_eq!(
-            (a.count, a.sum, a.min, a.max),
-            (4, 6.0, Some(-1.0), Some(4.0))
-        );
+        assert_eq!((a.count, a.sum, a.min, a.max), (4, 6.0, Some(-1.0), Some(4.0)));
         assert_eq!(a.mean(), Some(1.5));
         assert_eq!(Summary::default().mean(), None);
         a.combine(Summary::default());
