@@ -236,6 +236,32 @@ fn engine_parser() -> impl TypedValueParser<Value = EngineKind> {
         })
 }
 
+/// `--format`: how a program prints its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Format {
+    /// Aligned columns, for people.
+    #[default]
+    Table,
+    /// Tab-separated lines, for `cut`, `sort` and `join`.
+    Tsv,
+    /// JSON, for programs.
+    Json,
+}
+
+/// A job's error as the program reports it: input the job refused before any
+/// task ran ([`coop::Error::Split`]) is bad input (exit 2); anything else,
+/// a failure (exit 1).
+pub fn job_failure(error: coop::Error) -> Failure {
+    let code = match error {
+        coop::Error::Split { .. } => EXIT_BAD_INPUT,
+        _ => EXIT_FAILED,
+    };
+    Failure {
+        code,
+        error: error.into(),
+    }
+}
+
 /// How the processes engine moves data: `--ipc shared-memory|messages`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum IpcKind {

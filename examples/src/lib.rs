@@ -11,8 +11,11 @@
 
 pub mod cli;
 pub mod corpus;
+pub mod histogram;
+pub mod linreg;
 pub mod matmul;
 pub mod npy;
 pub mod output;
+pub mod strmatch;
 pub mod study;
 pub mod wordcount;

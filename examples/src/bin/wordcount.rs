@@ -12,7 +12,7 @@ use clap::{Parser, ValueEnum};
 use coop::EngineKind;
 use coop::partial::{Tally, WordRule};
 use coop::prelude::*;
-use coop_examples::cli::{self, BadInput, EngineArgs, Failure, ProgressBar};
+use coop_examples::cli::{self, BadInput, EngineArgs, Failure, Format, ProgressBar};
 use coop_examples::wordcount::WordCount;
 
 /// Count word frequencies across FILEs (standard input if none, or "-").
@@ -67,13 +67,6 @@ struct Args {
 enum Split {
     Words,
     Whitespace,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Format {
-    Table,
-    Tsv,
-    Json,
 }
 
 fn main() -> ExitCode {
