@@ -281,7 +281,7 @@ impl From<IpcKind> for coop::Ipc {
     }
 }
 
-/// The engine options both binaries take: `--workers`, `--engine`, `--ipc`.
+/// The engine options every program takes: `--workers`, `--engine`, `--ipc`.
 /// [`main`] refuses one given on the command line that the chosen engine
 /// would ignore (`--ipc` with threads, `--workers` with sequential...).
 #[derive(Debug, Clone, clap::Args)]

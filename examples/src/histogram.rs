@@ -182,6 +182,9 @@ impl Job for Histogram {
             .max(1);
         let mut spans = Vec::new();
         for (segment, image) in self.images.iter().enumerate() {
+            if image.pixels().is_empty() {
+                continue; // No rows, or rows of no pixels: nothing to count.
+            }
             let share = (hint * image.pixels().len())
                 .div_ceil(total)
                 .clamp(1, image.height.max(1));
