@@ -152,6 +152,7 @@ impl Job for MatMul {
         match self.dtype {
             Dtype::F32 => self.run::<f32>(rows, input, out),
             Dtype::F64 => self.run::<f64>(rows, input, out),
+            Dtype::I32 => Err("matmul multiplies f32 or f64 matrices".into()),
         }
     }
 

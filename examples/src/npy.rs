@@ -36,22 +36,25 @@ pub enum Dtype {
     F32,
     /// Little-endian 64-bit float (`'<f8'`).
     F64,
+    /// Little-endian 32-bit signed integer (`'<i4'`).
+    I32,
 }
 
 impl Dtype {
     /// Size of one element in bytes.
     pub fn size(self) -> usize {
         match self {
-            Dtype::F32 => 4,
+            Dtype::F32 | Dtype::I32 => 4,
             Dtype::F64 => 8,
         }
     }
 
-    /// NumPy's type descriptor: `"<f4"` or `"<f8"`.
+    /// NumPy's type descriptor: `"<f4"`, `"<f8"` or `"<i4"`.
     pub fn descr(self) -> &'static str {
         match self {
             Dtype::F32 => "<f4",
             Dtype::F64 => "<f8",
+            Dtype::I32 => "<i4",
         }
     }
 
@@ -60,6 +63,7 @@ impl Dtype {
         match descr {
             "<f4" => Some(Dtype::F32),
             "<f8" => Some(Dtype::F64),
+            "<i4" => Some(Dtype::I32),
             _ => None,
         }
     }
@@ -70,6 +74,7 @@ impl fmt::Display for Dtype {
         f.write_str(match self {
             Dtype::F32 => "f32",
             Dtype::F64 => "f64",
+            Dtype::I32 => "i32",
         })
     }
 }
@@ -138,7 +143,7 @@ pub enum NpyError {
     #[error("big-endian data ({0}) is not supported")]
     BigEndian(String),
     /// Any other descriptor (the text found, quotes included for strings).
-    #[error("unsupported dtype {0} (only '<f4' and '<f8' are supported)")]
+    #[error("unsupported dtype {0} (only '<f4', '<f8' and '<i4' are supported)")]
     UnsupportedDtype(String),
     /// `fortran_order` is not `True` or `False` (the text found).
     #[error("'fortran_order' must be True or False, found {0}")]
@@ -628,7 +633,8 @@ fn parse_descr(value: Value<'_>) -> Result<Dtype, NpyError> {
         match s {
             b"<f4" => return Ok(Dtype::F32),
             b"<f8" => return Ok(Dtype::F64),
-            b">f4" | b">f8" => return Err(NpyError::BigEndian(value.to_string())),
+            b"<i4" => return Ok(Dtype::I32),
+            b">f4" | b">f8" | b">i4" => return Err(NpyError::BigEndian(value.to_string())),
             _ => {}
         }
     }
@@ -919,7 +925,7 @@ mod tests {
         let file = with_text(3, &dict("'<f8é'", "False", "(3, 4)"));
         assert_eq!(
             err_msg(parse_header(&file)),
-            "unsupported dtype '<f8é' (only '<f4' and '<f8' are supported)"
+            "unsupported dtype '<f8é' (only '<f4', '<f8' and '<i4' are supported)"
         );
     }
 
@@ -1078,43 +1084,42 @@ mod tests {
     fn bad_descr() {
         let cases = [
             (
-                "'<i4'",
-                "unsupported dtype '<i4' (only '<f4' and '<f8' are supported)",
-            ),
-            (
                 "'<i8'",
-                "unsupported dtype '<i8' (only '<f4' and '<f8' are supported)",
+                "unsupported dtype '<i8' (only '<f4', '<f8' and '<i4' are supported)",
             ),
             ("'>f8'", "big-endian data ('>f8') is not supported"),
             ("'>f4'", "big-endian data ('>f4') is not supported"),
             (
                 "'|b1'",
-                "unsupported dtype '|b1' (only '<f4' and '<f8' are supported)",
+                "unsupported dtype '|b1' (only '<f4', '<f8' and '<i4' are supported)",
             ),
             (
                 "'|O'",
-                "unsupported dtype '|O' (only '<f4' and '<f8' are supported)",
+                "unsupported dtype '|O' (only '<f4', '<f8' and '<i4' are supported)",
             ),
             (
                 "'object'",
-                "unsupported dtype 'object' (only '<f4' and '<f8' are supported)",
+                "unsupported dtype 'object' (only '<f4', '<f8' and '<i4' are supported)",
             ),
             (
                 "'=f8'",
-                "unsupported dtype '=f8' (only '<f4' and '<f8' are supported)",
+                "unsupported dtype '=f8' (only '<f4', '<f8' and '<i4' are supported)",
             ),
             (
                 "'<f2'",
-                "unsupported dtype '<f2' (only '<f4' and '<f8' are supported)",
+                "unsupported dtype '<f2' (only '<f4', '<f8' and '<i4' are supported)",
             ),
-            ("''", "unsupported dtype '' (only '<f4' and '<f8' are supported)"),
+            (
+                "''",
+                "unsupported dtype '' (only '<f4', '<f8' and '<i4' are supported)",
+            ),
             (
                 "[('a', '<f4')]",
-                "unsupported dtype [('a', '<f4')] (only '<f4' and '<f8' are supported)",
+                "unsupported dtype [('a', '<f4')] (only '<f4', '<f8' and '<i4' are supported)",
             ),
             (
                 "None",
-                "unsupported dtype None (only '<f4' and '<f8' are supported)",
+                "unsupported dtype None (only '<f4', '<f8' and '<i4' are supported)",
             ),
         ];
         for (descr, msg) in cases {

@@ -790,6 +790,7 @@ impl Mat {
             .map(|_| match dtype {
                 Dtype::F32 => rng.unit() as f32 as f64,
                 Dtype::F64 => rng.unit(),
+                Dtype::I32 => (rng.unit() * 1000.0).floor(),
             })
             .collect();
         Mat { rows, cols, data }
@@ -815,6 +816,7 @@ impl Mat {
             match dtype {
                 Dtype::F32 => out.extend_from_slice(&(self.at(i, j) as f32).to_le_bytes()),
                 Dtype::F64 => out.extend_from_slice(&self.at(i, j).to_le_bytes()),
+                Dtype::I32 => out.extend_from_slice(&(self.at(i, j) as i32).to_le_bytes()),
             }
         }
         out
@@ -834,6 +836,10 @@ fn read_npy(bytes: &[u8]) -> (npy::Header, Mat) {
         Dtype::F64 => bytes[header.data_offset..]
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        Dtype::I32 => bytes[header.data_offset..]
+            .chunks_exact(4)
+            .map(|c| f64::from(i32::from_le_bytes(c.try_into().unwrap())))
             .collect(),
     };
     let mat = if header.fortran_order {
@@ -877,6 +883,7 @@ fn tolerance(dtype: Dtype) -> f64 {
     match dtype {
         Dtype::F32 => 1e-5,
         Dtype::F64 => 1e-12,
+        Dtype::I32 => unreachable!("matmul refuses i4"),
     }
 }
 
@@ -897,6 +904,7 @@ fn dtype_name(dtype: Dtype) -> &'static str {
     match dtype {
         Dtype::F32 => "f4",
         Dtype::F64 => "f8",
+        Dtype::I32 => "i4",
     }
 }
 
@@ -1281,6 +1289,7 @@ fn matmul_bad_input_is_one_line_exit_2_and_leaves_no_file() {
         ("garbage_dict.npy", patched_header("'descr'", "'dexcr'")),
         ("unclosed_dict.npy", patched_header("}", " ")),
         ("i8.npy", patched_header("'<f8'", "'<i8'")),
+        ("i4.npy", patched_header("'<f8'", "'<i4'")),
         ("big_endian.npy", patched_header("'<f8'", "'>f8'")),
         ("f2.npy", patched_header("'<f8'", "'<f2'")),
         ("fortran_maybe.npy", patched_header("False", "Maybe")),
@@ -1598,6 +1607,11 @@ fn matmul_bad_input_is_one_line_exit_2_and_leaves_no_file() {
         ("dtype <i8", "i8.npy: unsupported dtype '<i8'", |d, o| {
             argv![d.join("i8.npy"), d.join("b.npy"), "-o", o.join("C.npy")]
         }),
+        (
+            "dtype <i4",
+            "i4.npy: dtype '<i4': matmul multiplies '<f4' or '<f8'",
+            |d, o| argv![d.join("i4.npy"), d.join("b.npy"), "-o", o.join("C.npy")],
+        ),
         (
             "dtype >f8",
             "big_endian.npy: big-endian data ('>f8') is not supported",

@@ -84,6 +84,12 @@ fn add_matrix(input: &mut Input, path: &Path) -> Result<(npy::Header, Operand), 
     let header = npy::parse_header(bytes)
         .map_err(|e| anyhow!("{name}: {e}"))
         .bad_input()?;
+    if header.dtype == Dtype::I32 {
+        return Err(anyhow!(
+            "{name}: dtype '<i4': matmul multiplies '<f4' or '<f8' matrices"
+        ))
+        .bad_input();
+    }
     npy::check_len(&header, bytes.len() as u64)
         .map_err(|e| anyhow!("{name}: {e}"))
         .bad_input()?;
@@ -194,13 +200,13 @@ fn multiply_random(args: &Args, n: usize) -> Result<(), Failure> {
     let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(args.seed);
     let mut input = Input::new();
     for _ in 0..2 {
-        match dtype {
-            Dtype::F32 => input.push_slice(
+        match args.dtype {
+            DtypeArg::F32 => input.push_slice(
                 &(0..count)
                     .map(|_| rng.random_range(-1.0f32..1.0))
                     .collect::<Vec<_>>(),
             ),
-            Dtype::F64 => input.push_slice(
+            DtypeArg::F64 => input.push_slice(
                 &(0..count)
                     .map(|_| rng.random_range(-1.0f64..1.0))
                     .collect::<Vec<_>>(),
@@ -238,18 +244,20 @@ fn multiply_random(args: &Args, n: usize) -> Result<(), Failure> {
     if args.check {
         let mut reference = SharedOutput::new(job.output_len());
         Run::new(&job, &input).output(&mut reference).on(&Sequential)?;
-        let error = match dtype {
-            Dtype::F32 => max_relative_error(c.as_slice::<f32>(), reference.as_slice::<f32>()),
-            Dtype::F64 => max_relative_error(c.as_slice::<f64>(), reference.as_slice::<f64>()),
+        let (error, tolerance) = match args.dtype {
+            DtypeArg::F32 => (
+                max_relative_error(c.as_slice::<f32>(), reference.as_slice::<f32>()),
+                1e-4,
+            ),
+            DtypeArg::F64 => (
+                max_relative_error(c.as_slice::<f64>(), reference.as_slice::<f64>()),
+                1e-10,
+            ),
         };
         writeln!(
             stdout,
             "check: largest relative error {error:e} against a single-process multiply"
         )?;
-        let tolerance = match dtype {
-            Dtype::F32 => 1e-4,
-            Dtype::F64 => 1e-10,
-        };
         if error.is_nan() || error > tolerance {
             return Err(anyhow!("check failed: relative error {error:e} exceeds {tolerance:e}").into());
         }
