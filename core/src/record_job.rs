@@ -66,6 +66,15 @@ pub trait RecordJob: Serialize + DeserializeOwned + Send + Sync + 'static {
         Records::Lines
     }
 
+    /// Where the records are: `(segment, byte range)`s, every segment whole
+    /// by default. A job over files that start with a header (a `.npy`
+    /// array's rows) names the ranges after it ([`Records::split_ranges`]).
+    fn ranges(&self, input: &Input) -> Vec<(usize, std::ops::Range<usize>)> {
+        (0..input.len())
+            .map(|segment| (segment, 0..input.bytes(segment).len()))
+            .collect()
+    }
+
     /// An empty partial, which may be sized from the job's parameters
     /// ([`Job::new_partial`]; named apart so that a call on a type with both
     /// traits in scope is not ambiguous); `Default`'s by default.
@@ -99,7 +108,7 @@ impl<R: RecordJob> Job for R {
     }
 
     fn split(&self, input: &Input, hint: usize) -> Result<Vec<Span>, TaskError> {
-        Ok(self.records().split(input, hint)?)
+        Ok(self.records().split_ranges(input, &self.ranges(input), hint)?)
     }
 
     fn map(&self, span: &Span, input: &Input, partial: &mut R::Partial) -> Result<(), TaskError> {

@@ -79,12 +79,13 @@ impl Span {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SplitError {
-    /// A segment's length is not a whole number of fixed-size records.
-    #[error("segment {segment} is {len} bytes, not a whole number of {record}-byte records")]
+    /// A segment's length (or that of the range of it to split) is not a
+    /// whole number of fixed-size records.
+    #[error("segment {segment} has {len} bytes of records, not a whole number of {record}-byte records")]
     PartialRecord {
         /// The segment's index.
         segment: usize,
-        /// Its length in bytes.
+        /// The length of its records, in bytes.
         len: usize,
         /// The record size.
         record: usize,
@@ -119,10 +120,30 @@ impl Records {
     /// none, one). The spans of a segment are in order, cover it, and none
     /// is empty.
     pub fn split(self, input: &Input, pieces: usize) -> Result<Vec<Span>, SplitError> {
-        let total = input.total_bytes().max(1) as f64;
+        let whole: Vec<(usize, Range<usize>)> =
+            (0..input.len()).map(|s| (s, 0..input.bytes(s).len())).collect();
+        self.split_ranges(input, &whole, pieces)
+    }
+
+    /// As [`split`](Records::split), over the given byte ranges of segments
+    /// (`(segment, range)`) instead of whole segments: the records of a file
+    /// that starts with a header (a `.npy` array's rows) are the range after
+    /// it. Spans cover each range, in order; [`Records::Fixed`] refuses a
+    /// range that is not a whole number of records.
+    ///
+    /// # Panics
+    ///
+    /// If a range lies outside its segment.
+    pub fn split_ranges(
+        self,
+        input: &Input,
+        ranges: &[(usize, Range<usize>)],
+        pieces: usize,
+    ) -> Result<Vec<Span>, SplitError> {
+        let total = ranges.iter().map(|(_, range)| range.len()).sum::<usize>().max(1) as f64;
         let mut spans = Vec::new();
-        for segment in 0..input.len() {
-            let bytes = input.bytes(segment);
+        for (segment, range) in ranges {
+            let (segment, bytes) = (*segment, &input.bytes(*segment)[range.clone()]);
             if let Records::Fixed(record) = self {
                 if record == 0 {
                     return Err(SplitError::EmptyRecords);
@@ -136,11 +157,10 @@ impl Records {
                 }
             }
             let share = (pieces as f64 * bytes.len() as f64 / total).round() as usize;
-            spans.extend(
-                self.cut(bytes, share.max(1))
-                    .into_iter()
-                    .map(|range| Span { segment, range }),
-            );
+            spans.extend(self.cut(bytes, share.max(1)).into_iter().map(|cut| Span {
+                segment,
+                range: range.start + cut.start..range.start + cut.end,
+            }));
         }
         Ok(spans)
     }
@@ -338,6 +358,42 @@ mod tests {
     }
 
     #[test]
+    fn ranges_after_a_header_are_cut_at_their_own_record_boundaries() {
+        // A 10-byte header, then 6 records of 8 bytes; a second segment
+        // whose range is empty.
+        let mut input = input_of(&[1u8; 10 + 48]);
+        input.push_bytes(b"header only");
+        let ranges = [(0, 10..58), (1, 11..11)];
+        let spans = Records::Fixed(8).split_ranges(&input, &ranges, 3).unwrap();
+        assert_eq!(spans.first().map(|s| s.range.start), Some(10));
+        assert_eq!(spans.last().map(|s| s.range.end), Some(58));
+        assert!(spans.windows(2).all(|w| w[0].range.end == w[1].range.start));
+        assert!(
+            spans
+                .iter()
+                .all(|s| s.segment == 0 && (s.range.start - 10) % 8 == 0 && s.range.len() > 0)
+        );
+        assert_eq!(spans.len(), 3);
+        let err = Records::Fixed(8)
+            .split_ranges(&input, &[(0, 10..57)], 2)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            SplitError::PartialRecord {
+                segment: 0,
+                len: 47,
+                record: 8
+            }
+        );
+        // Whole segments: what `split` cuts.
+        let whole = [(0, 0..58), (1, 0..11)];
+        assert_eq!(
+            Records::Lines.split_ranges(&input, &whole, 4),
+            Records::Lines.split(&input, 4)
+        );
+    }
+
+    #[test]
     fn fixed_records_are_never_cut_and_partial_ones_refused() {
         let input = input_of(&[7u8; 24 * 5]);
         let spans = Records::Fixed(24).split(&input, 3).unwrap();
@@ -358,7 +414,7 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "segment 0 is 25 bytes, not a whole number of 24-byte records"
+            "segment 0 has 25 bytes of records, not a whole number of 24-byte records"
         );
         assert_eq!(
             Records::Fixed(0).split(&input_of(b"x"), 1).unwrap_err(),

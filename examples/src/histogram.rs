@@ -185,18 +185,13 @@ impl Job for Histogram {
             if image.pixels().is_empty() {
                 continue; // No rows, or rows of no pixels: nothing to count.
             }
-            let share = (hint * image.pixels().len())
-                .div_ceil(total)
-                .clamp(1, image.height.max(1));
-            let rows = image.height.div_ceil(share).max(1);
-            for first in (0..image.height).step_by(rows) {
-                let last = (first + rows).min(image.height);
-                let start = image.offset + first * image.stride;
-                spans.push(Span {
-                    segment,
-                    range: start..start + (last - first) * image.stride,
-                });
-            }
+            // Each image's rows are records of its own size.
+            let share = (hint * image.pixels().len()).div_ceil(total);
+            spans.extend(Records::Fixed(image.stride).split_ranges(
+                input,
+                &[(segment, image.pixels())],
+                share,
+            )?);
         }
         Ok(spans)
     }

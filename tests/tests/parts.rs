@@ -200,7 +200,7 @@ fn a_partial_fixed_record_is_refused() -> Result<(), Failed> {
     for (name, engine) in &engines()? {
         match engine.run(&job, &input) {
             Err(coop::Error::Split { message, .. }) => assert!(
-                message.contains("segment 0 is 10 bytes, not a whole number of 4-byte records"),
+                message.contains("segment 0 has 10 bytes of records, not a whole number of 4-byte records"),
                 "{name}: {message}"
             ),
             other => return Err(format!("{name}: {other:?}").into()),
