@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod corpus;
 pub mod histogram;
+pub mod kmeans;
 pub mod linreg;
 pub mod matmul;
 pub mod npy;

@@ -337,3 +337,169 @@ fn histogram_refuses_what_is_not_a_24_bit_bmp() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// kmeans
+// ---------------------------------------------------------------------------
+
+const KMEANS: &str = env!("CARGO_BIN_EXE_kmeans");
+
+/// Lloyd's algorithm the plain way, stopping when a pass assigns every point
+/// as the pass before: the passes, the means.
+fn plain_lloyd(points: &[Vec<i32>], k: usize, max_iter: usize) -> (usize, Vec<Vec<f64>>) {
+    let mut means: Vec<Vec<f64>> = points[..k]
+        .iter()
+        .map(|p| p.iter().map(|&x| f64::from(x)).collect())
+        .collect();
+    let mut before: Option<Vec<usize>> = None;
+    for pass in 1..=max_iter {
+        let assigned: Vec<usize> = points
+            .iter()
+            .map(|p| {
+                let distance = |m: &Vec<f64>| {
+                    p.iter()
+                        .zip(m)
+                        .map(|(&x, m)| (f64::from(x) - m).powi(2))
+                        .sum::<f64>()
+                };
+                // The first of the nearest.
+                (0..k).fold(0, |best, c| {
+                    if distance(&means[c]) < distance(&means[best]) {
+                        c
+                    } else {
+                        best
+                    }
+                })
+            })
+            .collect();
+        for (c, mean) in means.iter_mut().enumerate() {
+            let members: Vec<&Vec<i32>> = points
+                .iter()
+                .zip(&assigned)
+                .filter(|(_, a)| **a == c)
+                .map(|(p, _)| p)
+                .collect();
+            if !members.is_empty() {
+                for (j, m) in mean.iter_mut().enumerate() {
+                    *m = members.iter().map(|p| i128::from(p[j])).sum::<i128>() as f64 / members.len() as f64;
+                }
+            }
+        }
+        if before.as_ref() == Some(&assigned) {
+            return (pass, means);
+        }
+        before = Some(assigned);
+    }
+    (max_iter, means)
+}
+
+fn npy_i32(points: &[Vec<i32>], dims: usize) -> Vec<u8> {
+    let mut bytes =
+        coop_examples::npy::encode_header(coop_examples::npy::Dtype::I32, false, &[points.len(), dims]);
+    bytes.extend(points.iter().flatten().flat_map(|x| x.to_le_bytes()));
+    bytes
+}
+
+#[test]
+fn kmeans_matches_a_plain_lloyd_on_every_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let noise = noise(4 * 3 * 3_001, 11);
+    let points: Vec<Vec<i32>> = (noise.chunks_exact(12))
+        .enumerate()
+        .map(|(i, c)| {
+            let centre = [(i % 5) as i32 * 1_000, (i % 3) as i32 * -700, 40];
+            (0..3)
+                .map(|j| centre[j] + i32::from(i16::from_le_bytes([c[4 * j], c[4 * j + 1]]) / 100))
+                .collect()
+        })
+        .collect();
+    let file = write(dir.path(), "points.npy", &npy_i32(&points, 3));
+    let (passes, means) = plain_lloyd(&points, 6, 50);
+    assert!(passes > 1 && passes < 50, "{passes} passes: the test wants a few");
+    let out = dir.path().join("means.npy");
+    for engine in ENGINES {
+        let args = [
+            "--format",
+            "json",
+            "-k",
+            "6",
+            "--max-iter",
+            "50",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        let report = json(&run_ok(KMEANS, engine, &args, std::slice::from_ref(&file)));
+        assert_eq!(report["iterations"], passes, "{engine:?}: {report}");
+        assert_eq!(report["converged"], true);
+        // The file's means are the bits computed; JSON's, text that
+        // serde_json parses back to within an ulp or so.
+        let got: Vec<f64> = serde_json::from_value::<Vec<Vec<f64>>>(report["means"].clone())
+            .unwrap()
+            .concat();
+        assert!(
+            got.iter()
+                .zip(means.concat())
+                .all(|(g, m)| (g - m).abs() <= 1e-12 * m.abs()),
+            "{engine:?}"
+        );
+        let written = std::fs::read(&out).unwrap();
+        let header = coop_examples::npy::parse_header(&written).unwrap();
+        assert_eq!(
+            (header.dtype, &header.shape[..]),
+            (coop_examples::npy::Dtype::F64, &[6, 3][..])
+        );
+        let data: Vec<f64> = bytemuck::pod_collect_to_vec(&written[header.data_offset..]);
+        assert_eq!(data, means.concat());
+    }
+    // One point, one cluster; and a pass limit that ends it early.
+    let one = write(dir.path(), "one.npy", &npy_i32(&[vec![-5, 7]], 2));
+    let report = json(&run_ok(KMEANS, &[], &["--format", "json", "-k", "1"], &[one]));
+    assert_eq!(
+        (report["iterations"].as_u64(), &report["means"]),
+        (Some(2), &serde_json::json!([[-5.0, 7.0]]))
+    );
+    let report = json(&run_ok(
+        KMEANS,
+        &[],
+        &["--format", "json", "-k", "6", "--max-iter", "1"],
+        &[file],
+    ));
+    assert_eq!(
+        (report["iterations"].as_u64(), report["converged"].as_bool()),
+        (Some(1), Some(false))
+    );
+}
+
+#[test]
+fn kmeans_refuses_points_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = npy_i32(&[vec![1, 2], vec![3, 4]], 2);
+    let mut floats = coop_examples::npy::encode_header(coop_examples::npy::Dtype::F64, false, &[2, 2]);
+    floats.extend([0u8; 32]);
+    for (name, bytes, args, says) in [
+        ("floats.npy", floats, &["-k", "1"][..], "points are '<i4'"),
+        (
+            "short.npy",
+            good[..good.len() - 3].to_vec(),
+            &["-k", "1"],
+            "truncated",
+        ),
+        (
+            "good.npy",
+            good.clone(),
+            &["-k", "3"],
+            "-k 3: must be from 1 to the number of points, 2",
+        ),
+        (
+            "text.npy",
+            b"1 2\n3 4\n".to_vec(),
+            &["-k", "1"],
+            "not a .npy file",
+        ),
+    ] {
+        let path = write(dir.path(), name, &bytes);
+        let mut argv: Vec<OsString> = args.iter().map(OsString::from).collect();
+        argv.push(path.into());
+        assert_bad_input_says(&run(KMEANS, &argv), name, says);
+    }
+}
