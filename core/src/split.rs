@@ -371,7 +371,7 @@ mod tests {
         assert!(
             spans
                 .iter()
-                .all(|s| s.segment == 0 && (s.range.start - 10) % 8 == 0 && s.range.len() > 0)
+                .all(|s| s.segment == 0 && (s.range.start - 10) % 8 == 0 && !s.range.is_empty())
         );
         assert_eq!(spans.len(), 3);
         let err = Records::Fixed(8)
