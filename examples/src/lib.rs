@@ -9,6 +9,7 @@
 //! - [`study`]: the pieces of the `speedup` binary (Amdahl fit, memory sampler, table, CSV, plot).
 #![deny(missing_docs)]
 
+pub mod array;
 pub mod cli;
 pub mod corpus;
 pub mod histogram;

@@ -7,18 +7,9 @@ use bytemuck::Pod;
 use coop::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub use crate::array::Operand;
+use crate::array::elements;
 use crate::npy::Dtype;
-
-/// Where a matrix lies in the input: a segment, a byte offset, and its order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Operand {
-    /// Input segment index.
-    pub segment: usize,
-    /// Byte offset of the first element (a multiple of the element size).
-    pub offset: usize,
-    /// Column-major (Fortran) order rather than row-major (C).
-    pub fortran: bool,
-}
 
 /// C (m x n, row-major, in the shared output) = A (m x k) x B (k x n).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,8 +35,8 @@ impl MatMul {
     }
 
     fn run<T: Element>(&self, rows: &Range<usize>, input: &Input, out: &mut [u8]) -> Result<(), TaskError> {
-        let a = operand::<T>(input, self.a, self.m * self.k)?;
-        let b = operand::<T>(input, self.b, self.k * self.n)?;
+        let a = elements::<T>(input, self.a, self.m * self.k)?;
+        let b = elements::<T>(input, self.b, self.k * self.n)?;
         // An empty slice's pointer may be misaligned: no cast needed for it.
         let c: &mut [T] = if out.is_empty() {
             &mut []
@@ -70,23 +61,6 @@ impl MatMul {
         );
         Ok(())
     }
-}
-
-fn operand<T: Pod>(input: &Input, op: Operand, count: usize) -> Result<&[T], TaskError> {
-    let bytes = input.bytes(op.segment);
-    let len = count * size_of::<T>();
-    let data = bytes.get(op.offset..op.offset + len).ok_or_else(|| {
-        format!(
-            "segment {} holds {} bytes, the matrix needs {len} from offset {}",
-            op.segment,
-            bytes.len(),
-            op.offset
-        )
-    })?;
-    if data.is_empty() {
-        return Ok(&[]);
-    }
-    Ok(bytemuck::try_cast_slice(data).map_err(|e| format!("segment {}: {e}", op.segment))?)
 }
 
 impl Job for MatMul {

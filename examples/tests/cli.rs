@@ -1289,7 +1289,15 @@ fn matmul_bad_input_is_one_line_exit_2_and_leaves_no_file() {
         ("garbage_dict.npy", patched_header("'descr'", "'dexcr'")),
         ("unclosed_dict.npy", patched_header("}", " ")),
         ("i8.npy", patched_header("'<f8'", "'<i8'")),
-        ("i4.npy", patched_header("'<f8'", "'<i4'")),
+        (
+            "i4.npy",
+            Mat {
+                rows: 2,
+                cols: 3,
+                data: (0..6).map(f64::from).collect(),
+            }
+            .npy(Dtype::I32, false),
+        ),
         ("big_endian.npy", patched_header("'<f8'", "'>f8'")),
         ("f2.npy", patched_header("'<f8'", "'<f2'")),
         ("fortran_maybe.npy", patched_header("False", "Maybe")),

@@ -10,8 +10,9 @@ use anyhow::anyhow;
 use clap::Parser;
 use coop::prelude::*;
 use coop::{AnyEngine, Sequential};
+use coop_examples::array::{self, Operand};
 use coop_examples::cli::{self, BadInput, EngineArgs, Failure, ProgressBar};
-use coop_examples::matmul::{MatMul, Operand};
+use coop_examples::matmul::MatMul;
 use coop_examples::npy::{self, Dtype, ShapeDisplay};
 use coop_examples::output::{self, Output};
 use rand::{RngExt, SeedableRng};
@@ -76,37 +77,15 @@ fn run(args: Args) -> Result<(), Failure> {
     }
 }
 
-/// Maps a `.npy` file as input segment and checks its header.
+/// Maps a `.npy` file as input segment and checks its header and dtype.
 fn add_matrix(input: &mut Input, path: &Path) -> Result<(npy::Header, Operand), Failure> {
-    let segment = input.push_file(path).bad_input()?;
-    let bytes = input.bytes(segment);
-    let name = path.display();
-    let header = npy::parse_header(bytes)
-        .map_err(|e| anyhow!("{name}: {e}"))
-        .bad_input()?;
+    let (header, operand) = array::add_npy(input, path).bad_input()?;
     if header.dtype == Dtype::I32 {
         return Err(anyhow!(
-            "{name}: dtype '<i4': matmul multiplies '<f4' or '<f8' matrices"
+            "{}: dtype '<i4': matmul multiplies '<f4' or '<f8' matrices",
+            path.display()
         ))
         .bad_input();
-    }
-    npy::check_len(&header, bytes.len() as u64)
-        .map_err(|e| anyhow!("{name}: {e}"))
-        .bad_input()?;
-    let mut operand = Operand {
-        segment,
-        offset: header.data_offset,
-        fortran: header.fortran_order,
-    };
-    if header.data_offset % header.dtype.size() != 0 {
-        // A conforming file aligns its data; copy a non-conforming one's data
-        // into an aligned shared region rather than refuse it.
-        let data = bytes[header.data_offset..].to_vec();
-        operand = Operand {
-            segment: input.push_bytes(&data),
-            offset: 0,
-            ..operand
-        };
     }
     Ok((header, operand))
 }
