@@ -18,6 +18,7 @@ pub mod linreg;
 pub mod matmul;
 pub mod npy;
 pub mod output;
+pub mod pca;
 pub mod strmatch;
 pub mod study;
 pub mod wordcount;

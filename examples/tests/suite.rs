@@ -503,3 +503,99 @@ fn kmeans_refuses_points_it_cannot_read() {
         assert_bad_input_says(&run(KMEANS, &argv), name, says);
     }
 }
+
+// ---------------------------------------------------------------------------
+// pca
+// ---------------------------------------------------------------------------
+
+const PCA: &str = env!("CARGO_BIN_EXE_pca");
+
+/// An `rows x cols` `.npy` of f64, `value(r, c)` each, in C or Fortran order.
+fn npy_f64(rows: usize, cols: usize, fortran: bool, value: impl Fn(usize, usize) -> f64) -> Vec<u8> {
+    let mut bytes = coop_examples::npy::encode_header(coop_examples::npy::Dtype::F64, fortran, &[rows, cols]);
+    let order: Vec<(usize, usize)> = if fortran {
+        (0..cols).flat_map(|c| (0..rows).map(move |r| (r, c))).collect()
+    } else {
+        (0..rows).flat_map(|r| (0..cols).map(move |c| (r, c))).collect()
+    };
+    bytes.extend(order.into_iter().flat_map(|(r, c)| value(r, c).to_le_bytes()));
+    bytes
+}
+
+#[test]
+fn pca_gives_numpys_covariance_and_the_same_bits_on_every_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    // More rows than one block of the column sums; correlated columns.
+    let (rows, cols) = (9_001, 7);
+    let noise = noise(rows * cols, 21);
+    let value = |r: usize, c: usize| f64::from(noise[r * cols + c]) / 7.0 + (r % 13) as f64 * c as f64 - 50.0;
+    let means: Vec<f64> = (0..cols)
+        .map(|c| (0..rows).map(|r| value(r, c)).sum::<f64>() / rows as f64)
+        .collect();
+    let expected: Vec<f64> = (0..cols * cols)
+        .map(|k| {
+            let (i, j) = (k / cols, k % cols);
+            (0..rows)
+                .map(|r| (value(r, i) - means[i]) * (value(r, j) - means[j]))
+                .sum::<f64>()
+                / (rows - 1) as f64
+        })
+        .collect();
+    let mut first: Option<Vec<u8>> = None;
+    for fortran in [false, true] {
+        let file = write(dir.path(), "x.npy", &npy_f64(rows, cols, fortran, value));
+        for engine in ENGINES {
+            let out = dir.path().join("cov.npy");
+            let args = ["--format", "json", "-o", out.to_str().unwrap()];
+            let report = json(&run_ok(PCA, engine, &args, std::slice::from_ref(&file)));
+            assert_eq!(
+                (report["rows"].as_u64(), report["cols"].as_u64()),
+                (Some(rows as u64), Some(cols as u64))
+            );
+            let got_means: Vec<f64> = serde_json::from_value(report["means"].clone()).unwrap();
+            assert!(
+                got_means
+                    .iter()
+                    .zip(&means)
+                    .all(|(g, m)| (g - m).abs() <= 1e-9 * m.abs().max(1.0))
+            );
+            let written = std::fs::read(&out).unwrap();
+            let header = coop_examples::npy::parse_header(&written).unwrap();
+            assert_eq!(&header.shape[..], &[cols, cols]);
+            let got: Vec<f64> = bytemuck::pod_collect_to_vec(&written[header.data_offset..]);
+            for (g, e) in got.iter().zip(&expected) {
+                assert!(
+                    (g - e).abs() <= 1e-9 * e.abs().max(1.0),
+                    "{g} against {e} on {engine:?}"
+                );
+            }
+            // Bit for bit the same, whatever the engine and the order.
+            match &first {
+                None => first = Some(written),
+                Some(first) => assert_eq!(first, &written, "{engine:?}, fortran {fortran}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn pca_of_one_row_is_nan_as_numpy_and_other_dtypes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = write(dir.path(), "one.npy", &npy_f64(1, 2, false, |_, c| c as f64));
+    let out = dir.path().join("cov.npy");
+    let report = json(&run_ok(
+        PCA,
+        &[],
+        &["--format", "json", "-o", out.to_str().unwrap()],
+        &[one],
+    ));
+    assert_eq!(report["means"], serde_json::json!([0.0, 1.0]));
+    let written = std::fs::read(&out).unwrap();
+    let header = coop_examples::npy::parse_header(&written).unwrap();
+    let cov: Vec<f64> = bytemuck::pod_collect_to_vec(&written[header.data_offset..]);
+    assert!(cov.len() == 4 && cov.iter().all(|x| x.is_nan()), "{cov:?}");
+    let ints = write(dir.path(), "ints.npy", &npy_i32(&[vec![1, 2]], 2));
+    assert_bad_input_says(&run(PCA, &argv![&ints, "-o", &out]), "ints", "pca takes '<f8'");
+    let short = write(dir.path(), "short.npy", &npy_f64(3, 3, false, |_, _| 1.0)[..100]);
+    assert_bad_input_says(&run(PCA, &argv![&short, "-o", &out]), "short", "short.npy");
+}
