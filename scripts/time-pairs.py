@@ -3,8 +3,8 @@
 
   time-pairs.py binaries N OLD NEW -- ARGS...   OLD and NEW on ARGS, N pairs,
                                                 the first of each pair flipped
-  time-pairs.py engines N BIN FILE              BIN --engine processes, threads,
-                                                sequential on FILE, N rounds
+  time-pairs.py engines N BIN ARGS...           BIN --engine processes, threads,
+                                                sequential, then ARGS, N rounds
 """
 import statistics
 import subprocess
@@ -47,9 +47,9 @@ def main():
         med = {k: statistics.median(v) for k, v in times.items()}
         print(f"old {med['old']:.3f} s, new {med['new']:.3f} s, new/old {ratio(times, 'old', 'new')}, {n} pairs")
     elif what == "engines":
-        binary, path = sys.argv[3:]
+        binary, *args = sys.argv[3:]
         engines = ["processes", "threads", "sequential"]
-        times = rounds({e: [binary, "--engine", e, path] for e in engines}, n)
+        times = rounds({e: [binary, "--engine", e, *args] for e in engines}, n)
         med = {k: statistics.median(v) for k, v in times.items()}
         print(
             f"processes {med['processes']:.3f} s, threads {med['threads']:.3f} s, "

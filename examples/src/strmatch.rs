@@ -1,11 +1,12 @@
 //! String match, as the Phoenix suite has it: for each of a few fixed
 //! strings, how many lines of the input contain it, and how many contain any
-//! (what `grep -c -F` counts). One pass over each task's text finds every
-//! pattern at once (Aho-Corasick, with its SIMD prefilters).
+//! (what `grep -c -F` counts). A search for the leftmost match of any
+//! pattern (Aho-Corasick, with its SIMD prefilters) skips the lines without
+//! one; a line with one is searched again, alone, for every pattern in it.
 
 use std::sync::OnceLock;
 
-use aho_corasick::AhoCorasick;
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use coop::partial::{Combine, Dense};
 use coop::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -42,10 +43,13 @@ impl Combine for LineCounts {
 #[error("pattern {0} holds a newline: lines are matched one at a time")]
 pub struct NewlineInPattern(usize);
 
-/// The automaton over the non-empty patterns, and what it numbers them.
+/// The automata over the non-empty patterns, and what they number them.
 #[derive(Debug)]
 struct Matcher {
-    automaton: AhoCorasick,
+    /// Finds the leftmost match of any pattern: a line that has one.
+    any: AhoCorasick,
+    /// Finds every match of every pattern, overlapping: those of a line.
+    every: AhoCorasick,
     /// Index in the job's patterns of each automaton pattern.
     index: Vec<usize>,
     /// Indices of the empty patterns, which every line contains.
@@ -75,9 +79,18 @@ impl StrMatch {
         }
         let (empty, index): (Vec<usize>, Vec<usize>) =
             (0..self.patterns.len()).partition(|&k| self.patterns[k].is_empty());
-        let automaton = AhoCorasick::new(index.iter().map(|&k| &self.patterns[k]))?;
+        let patterns = || index.iter().map(|&k| &self.patterns[k]);
+        let any = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(patterns())?;
+        // A DFA: the fastest kind a byte, for the short texts (a line each)
+        // it searches.
+        let every = AhoCorasick::builder()
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(patterns())?;
         Ok(self.matcher.get_or_init(|| Matcher {
-            automaton,
+            any,
+            every,
             index,
             empty,
         }))
@@ -99,10 +112,9 @@ impl RecordJob for StrMatch {
         self.fold_all(line, counts)
     }
 
-    /// Every match of every pattern in one pass over the span, each
-    /// counted once a line: matches come in the order of their ends, and no
-    /// match spans a newline, so a match past the current line's end starts
-    /// the next line that has one.
+    /// The lines of the span that match any pattern, found by one search
+    /// that skips the others at SIMD speed; each of those searched alone
+    /// for every pattern in it, each counted once a line.
     fn fold_all(&self, text: &[u8], counts: &mut LineCounts) -> Result<(), TaskError> {
         let matcher = self.matcher()?;
         if !matcher.empty.is_empty() {
@@ -114,23 +126,31 @@ impl RecordJob for StrMatch {
             }
             counts.any += lines;
         }
+        if matcher.index.is_empty() {
+            return Ok(());
+        }
         // The line each pattern was last counted in, as a line number.
         let mut counted_in = vec![0u64; self.patterns.len()];
-        let (mut line, mut line_end) = (0u64, 0usize);
-        for found in matcher.automaton.find_overlapping_iter(text) {
-            if found.end() > line_end {
-                line += 1;
-                line_end =
-                    memchr::memchr(b'\n', &text[found.end()..]).map_or(text.len(), |at| found.end() + at);
-                if matcher.empty.is_empty() {
-                    counts.any += 1;
+        let (mut line, mut from) = (0u64, 0);
+        while let Some(found) = matcher
+            .any
+            .find(aho_corasick::Input::new(text).span(from..text.len()))
+        {
+            // No match starts before the leftmost one: its line is searched
+            // from there to its end.
+            let end = memchr::memchr(b'\n', &text[found.end()..]).map_or(text.len(), |at| found.end() + at);
+            line += 1;
+            if matcher.empty.is_empty() {
+                counts.any += 1;
+            }
+            for each in matcher.every.find_overlapping_iter(&text[found.start()..end]) {
+                let k = matcher.index[each.pattern().as_usize()];
+                if counted_in[k] != line {
+                    counted_in[k] = line;
+                    counts.patterns.add(k, 1);
                 }
             }
-            let k = matcher.index[found.pattern().as_usize()];
-            if counted_in[k] != line {
-                counted_in[k] = line;
-                counts.patterns.add(k, 1);
-            }
+            from = (end + 1).min(text.len());
         }
         Ok(())
     }
