@@ -23,7 +23,15 @@ const ENGINES: [&str; 5] = [
     "processes",
     "processes/messages",
 ];
-const WORKLOADS: [&str; 2] = ["word count", "matmul"];
+const WORKLOADS: [&str; 7] = [
+    "word count",
+    "matmul",
+    "histogram",
+    "linreg",
+    "kmeans",
+    "pca",
+    "strmatch",
+];
 
 /// A hung study fails its test instead of hanging the suite.
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -57,6 +65,8 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
         "5000",
         "--size",
         "128",
+        "--suite-mb",
+        "1",
         "--max-workers",
         "2",
         "--out",
@@ -93,7 +103,7 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
         .map(cells)
         .collect();
     // Sequential once, bare threads at 2, the three engines at 1 and 2.
-    assert_eq!(rows.len(), 2 * (1 + 1 + 3 * 2), "{text}");
+    assert_eq!(rows.len(), WORKLOADS.len() * (1 + 1 + 3 * 2), "{text}");
     for workload in WORKLOADS {
         for engine in ENGINES {
             let workers: &[&str] = match engine {
@@ -228,13 +238,10 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
     assert!(text.contains(&svg_path.display().to_string()), "{text}");
     let svg = std::fs::read_to_string(&svg_path).unwrap();
     assert!(svg.contains("<svg"), "not an SVG");
-    for label in [
-        "word count",
-        "matmul",
-        "bare threads",
-        "processes/messages",
-        "ideal (y = x)",
-    ] {
+    for label in WORKLOADS
+        .into_iter()
+        .chain(["bare threads", "processes/messages", "ideal (y = x)"])
+    {
         assert!(svg.contains(label), "{label} missing from the chart");
     }
 }
@@ -252,6 +259,8 @@ fn text_from_a_file_is_counted_and_the_file_removed() {
         "1",
         "--text-input",
         "file",
+        "--apps",
+        "wordcount,matmul",
         "--out",
         dir.path().to_str().unwrap(),
     ]);
@@ -290,6 +299,7 @@ fn bad_arguments_end_with_one_line_and_exit_2() {
         &["--size", "x"],
         &["--no-such-flag"],
         &["--text-input", "disk"],
+        &["--apps", "wordcount,grep"],
         &["--quick", "--out", file.to_str().unwrap()],
     ] {
         let output = speedup(args);

@@ -1,6 +1,8 @@
-//! `speedup`: how coop's engines scale. Times word count over a generated
-//! corpus and a random matrix multiply on the sequential engine, on threads,
-//! and on worker processes (shared memory, and messages) at 1 to N workers;
+//! `speedup`: how coop's engines scale. Times the Phoenix suite (word count
+//! over a generated corpus, a random matrix multiply, and the rest on
+//! generated inputs, `coop_examples::study::apps`) on the sequential engine,
+//! on threads, and on worker processes (shared memory, and messages) at 1 to
+//! N workers;
 //! prints a table, fits Amdahl's law, breaks the job time into its serial
 //! pieces, and writes a CSV file and an SVG chart.
 
@@ -22,6 +24,7 @@ use coop_examples::corpus::{self, DEFAULT_VOCABULARY};
 use coop_examples::matmul::MatMul;
 use coop_examples::npy::Dtype;
 use coop_examples::study::amdahl;
+use coop_examples::study::apps::{self, App, bare};
 use coop_examples::study::machine::{self, CpuShare, CpuSnapshot};
 use coop_examples::study::memory::{self, PeakPss, PssSampler};
 use coop_examples::study::plot::{self, Panel, Series};
@@ -31,8 +34,9 @@ use coop_examples::wordcount::WordCount;
 use rand::{RngExt, SeedableRng};
 
 /// Time coop's engines (sequential, threads, processes over shared memory or
-/// messages) at 1 to N workers on word count and matrix multiply, next to bare
-/// threads (the jobs' kernels with no engine: what the cores allow); print a
+/// messages) at 1 to N workers on the Phoenix suite (word count, matrix
+/// multiply, histogram, linear regression, k-means, PCA, string match), next
+/// to bare threads (the jobs' kernels with no engine: what the cores allow); print a
 /// table, an Amdahl's-law fit and where the time goes; write a CSV file and an
 /// SVG chart of speedup against workers. Each engine is started once and
 /// runs a first job (timed apart) before the timed rounds, as in a program
@@ -80,6 +84,25 @@ struct Args {
     /// Seed of the corpus and of the matrices.
     #[arg(long, value_name = "S", default_value_t = 1)]
     seed: u64,
+
+    /// The apps to time, comma-separated: wordcount, matmul, histogram,
+    /// linreg, kmeans, pca, strmatch [default: all].
+    #[arg(long, value_name = "APPS", value_delimiter = ',', value_parser = app_names())]
+    apps: Vec<String>,
+
+    /// Megabytes of generated input for each of histogram, linreg, kmeans,
+    /// pca and strmatch [default: 200, or 4 with --quick].
+    #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    suite_mb: Option<u64>,
+}
+
+/// The names `--apps` takes, in the study's order.
+fn all_apps() -> Vec<&'static str> {
+    ["wordcount", "matmul"].into_iter().chain(apps::NAMES).collect()
+}
+
+fn app_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(all_apps())
 }
 
 /// Where the word-count text lives during the study.
@@ -97,10 +120,10 @@ enum TextInput {
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
 
 fn main() -> ExitCode {
-    coop::init(&[
+    coop::init(&apps::register_all([
         coop_examples::wordcount::register(),
         coop_examples::matmul::register(),
-    ])
+    ]))
     .expect("each job is listed once");
     cli::main(run)
 }
@@ -166,50 +189,18 @@ fn pids(engine: Option<&AnyEngine>) -> Vec<u32> {
     pids
 }
 
-/// Calls the job's own `map` from one plain thread per share, all at once,
-/// each on its share (tasks whose output ranges, if any, are disjoint and in
-/// order) into a partial of its own: the kernel with no engine (no pool, no
-/// task queue, no messages, no merge), the most any engine can make of these
-/// cores. Returns the partials, unmerged.
-fn bare<J: Job>(
-    job: &J,
-    input: &Input,
-    shares: &[J::Task],
-    mut output: &mut [u8],
-) -> Result<Vec<J::Partial>, TaskError> {
-    let mut tiles = Vec::with_capacity(shares.len());
-    let mut offset = 0;
-    for share in shares {
-        let range = job.output_range(share);
-        let (_, rest) = std::mem::take(&mut output).split_at_mut(range.start - offset);
-        let (tile, rest) = rest.split_at_mut(range.len());
-        tiles.push(tile);
-        (output, offset) = (rest, range.end);
-    }
-    std::thread::scope(|scope| {
-        let threads: Vec<_> = (shares.iter().zip(tiles))
-            .map(|(share, tile)| {
-                scope.spawn(move || {
-                    let mut partial = J::Partial::default();
-                    job.map_with_output(share, input, tile, &mut partial)
-                        .map(|()| partial)
-                })
-            })
-            .collect();
-        (threads.into_iter())
-            .map(|thread| {
-                thread
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    })
-}
-
 /// A job and its input.
 enum Workload {
-    WordCount { job: WordCount, text: Text },
-    MatMul { job: MatMul, input: Input },
+    WordCount {
+        job: WordCount,
+        text: Text,
+    },
+    MatMul {
+        job: MatMul,
+        input: Input,
+    },
+    /// The rest of the suite.
+    App(Box<dyn App>),
 }
 
 /// The word-count text.
@@ -244,6 +235,8 @@ impl Drop for TempText {
 enum Outcome {
     Counts(Tally),
     Product(SharedOutput),
+    /// An app's result, encoded.
+    Encoded(Vec<u8>),
 }
 
 /// One timed run.
@@ -260,6 +253,7 @@ impl Workload {
         match self {
             Workload::WordCount { .. } => "word count",
             Workload::MatMul { .. } => "matmul",
+            Workload::App(app) => app.name(),
         }
     }
 
@@ -272,6 +266,7 @@ impl Workload {
             Workload::MatMul { job, .. } => Throughput::GigaflopsPerSecond(
                 2.0 * job.m as f64 * job.k as f64 * job.n as f64 / 1e9 / seconds,
             ),
+            Workload::App(app) => Throughput::MegabytesPerSecond(app.bytes() as f64 / 1e6 / seconds),
         }
     }
 
@@ -288,7 +283,7 @@ impl Workload {
     ) -> anyhow::Result<Measured> {
         let mut stats = JobStats::default();
         let mut product = match self {
-            Workload::WordCount { .. } => None,
+            Workload::WordCount { .. } | Workload::App(_) => None,
             Workload::MatMul { job, .. } => Some(SharedOutput::new(job.output_len())),
         };
         // A file is mapped for this run only: its pages are not mapped here
@@ -308,13 +303,19 @@ impl Workload {
                 text: Text::Memory(input),
                 ..
             } => Some(input),
-            Workload::MatMul { .. } => None,
+            Workload::MatMul { .. } | Workload::App(_) => None,
         };
         let sampler = sample_memory.then(|| PssSampler::start(pids.to_vec(), SAMPLE_INTERVAL));
         let cpu_before = CpuSnapshot::take(pids);
         let started = Instant::now();
         // Word count gives its table, or bare threads' unmerged tables.
+        // An app's result, encoded.
+        let mut encoded = None;
         let result: anyhow::Result<Vec<Tally>> = match (self, engine) {
+            (Workload::App(app), engine) => app.run(engine, workers, &mut stats).map(|bytes| {
+                encoded = Some(bytes);
+                Vec::new()
+            }),
             (Workload::WordCount { job, .. }, Some(engine)) => {
                 let input = text.expect("word count has a text");
                 Run::new(job, input)
@@ -367,6 +368,7 @@ impl Workload {
             (Workload::MatMul { .. }, product) => {
                 Outcome::Product(product.expect("a product is made for matmul"))
             }
+            (Workload::App(_), _) => Outcome::Encoded(encoded.expect("an app's run gives its result")),
         };
         Ok(Measured {
             seconds,
@@ -407,6 +409,10 @@ fn difference(reference: &Outcome, got: &Outcome) -> Option<String> {
                 want.len()
             ))
         }
+        (Outcome::Encoded(want), Outcome::Encoded(got)) => (want != got).then(|| {
+            let at = want.iter().zip(got).position(|(a, b)| a != b).unwrap_or(want.len().min(got.len()));
+            format!("results differ from byte {at} of {} (encoded)", want.len())
+        }),
         _ => Some("different kinds of result".to_string()),
     }
 }
@@ -651,9 +657,17 @@ fn run(args: Args) -> Result<(), Failure> {
         .with_context(|| format!("creating {}", out_dir.display()))
         .bad_input()?;
 
+    let suite_mb = args.suite_mb.unwrap_or(if args.quick { 4 } else { 200 });
+    let apps: Vec<&str> = (all_apps().into_iter())
+        .filter(|app| args.apps.is_empty() || args.apps.iter().any(|a| a == app))
+        .collect();
+    cli::check_fits_in_memory(
+        3 * u128::from(suite_mb) * 1_000_000,
+        &format!("--suite-mb {suite_mb}"),
+    )?;
     let configs = Config::all(max_workers);
     // The first jobs, the timed rounds and the memory round, for each workload.
-    let bar = RunsBar::new(2 * configs.len() as u64 * (u64::from(runs) + 2));
+    let bar = RunsBar::new(apps.len() as u64 * configs.len() as u64 * (u64::from(runs) + 2));
     let mut stdout = io::stdout().lock();
     writeln!(
         stdout,
@@ -662,16 +676,23 @@ fn run(args: Args) -> Result<(), Failure> {
 
     let mut studies = Vec::new();
     // One workload at a time, so that the memory of one is not in the other's figures.
-    for which in 0..2 {
-        bar.message(if which == 0 {
-            format!("generating {text_mb} MB of text")
-        } else {
-            format!("generating two {size} x {size} matrices")
+    for app in apps {
+        bar.message(match app {
+            "wordcount" => format!("generating {text_mb} MB of text"),
+            "matmul" => format!("generating two {size} x {size} matrices"),
+            app => format!("generating {suite_mb} MB for {app}"),
         });
-        let (workload, setup) = if which == 0 {
-            word_count_workload(text_mb, args.vocabulary, args.seed, args.text_input, &out_dir)?
-        } else {
-            matmul_workload(size, args.seed)?
+        let (workload, setup) = match app {
+            "wordcount" => {
+                word_count_workload(text_mb, args.vocabulary, args.seed, args.text_input, &out_dir)?
+            }
+            "matmul" => matmul_workload(size, args.seed)?,
+            app => {
+                let started = Instant::now();
+                let app = <dyn App>::generate(app, suite_mb as usize * 1_000_000, args.seed)
+                    .expect("an app --apps takes");
+                (Workload::App(app), started.elapsed().as_secs_f64())
+            }
         };
         bar.suspend(|| match &workload {
             Workload::WordCount { text, .. } => writeln!(
@@ -690,6 +711,14 @@ fn run(args: Args) -> Result<(), Failure> {
                 "matmul: two random {size} x {size} f64 matrices (seed {}) in {setup:.2} s; {:.1} GFLOP per multiply",
                 args.seed,
                 2.0 * (size as f64).powi(3) / 1e9
+            ),
+            Workload::App(app) => writeln!(
+                stdout,
+                "{}: {} ({:.1} MB, seed {}) in {setup:.2} s",
+                app.name(),
+                app.describe(),
+                app.bytes() as f64 / 1e6,
+                args.seed
             ),
         })?;
         studies.push((measure(&workload, &configs, runs, &bar)?, workload.name()));

@@ -9,6 +9,7 @@
 //! - [`progress`]: a progress bar over the runs of the study.
 
 pub mod amdahl;
+pub mod apps;
 pub mod machine;
 pub mod memory;
 pub mod plot;
