@@ -327,7 +327,7 @@ impl Workload {
             (Workload::WordCount { job, .. }, None) => {
                 let input = text.expect("word count has a text");
                 let shares = job.records().split(input, workers)?;
-                bare(job, input, &shares, &mut []).map_err(|err| anyhow!("{err}"))
+                bare(job, input, &shares, workers, &mut []).map_err(|err| anyhow!("{err}"))
             }
             (Workload::MatMul { job, input }, engine) => {
                 let product = product.as_mut().expect("a product is made for matmul");
@@ -341,7 +341,7 @@ impl Workload {
                         let shares: Vec<Range<usize>> = (0..workers)
                             .map(|k| k * job.m / workers..(k + 1) * job.m / workers)
                             .collect();
-                        bare(job, input, &shares, product.bytes_mut())
+                        bare(job, input, &shares, workers, product.bytes_mut())
                             .map(drop)
                             .map_err(|err| anyhow!("{err}"))
                     }

@@ -214,11 +214,13 @@ where
                 }
             }
             None => {
-                let shares = self
+                // The tasks the engines run, a run of them a thread.
+                let hint = workers * coop::DEFAULT_TASKS_PER_WORKER;
+                let tasks = self
                     .job
-                    .split(&self.input, workers)
+                    .split(&self.input, hint)
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
-                let mut partials = bare(&self.job, &self.input, &shares, output.bytes_mut())
+                let mut partials = bare(&self.job, &self.input, &tasks, workers, output.bytes_mut())
                     .map_err(|e| anyhow::anyhow!("{e}"))?
                     .into_iter();
                 let mut all = partials.next().unwrap_or_else(|| self.job.new_partial());
@@ -232,37 +234,46 @@ where
     }
 }
 
-/// Calls the job's own `map` from one plain thread per share, all at once,
-/// each on its share (tasks whose output ranges, if any, are disjoint and in
-/// order) into a partial of its own: the kernel with no engine (no pool, no
-/// task queue, no messages, no merge), the most any engine can make of these
-/// cores. Returns the partials, unmerged.
+/// Calls the job's own `map` from `threads` plain threads, all at once,
+/// each on its share of `tasks` (a run of them in order; tasks whose output
+/// ranges, if any, are disjoint and in order) into a partial of its own: the
+/// kernel with no engine (no pool, no task queue, no messages, no merge),
+/// the most any engine can make of these cores. Returns the partials,
+/// unmerged.
 pub fn bare<J: Job>(
     job: &J,
     input: &Input,
-    shares: &[J::Task],
+    tasks: &[J::Task],
+    threads: usize,
     mut output: &mut [u8],
 ) -> Result<Vec<J::Partial>, TaskError> {
-    let mut tiles = Vec::with_capacity(shares.len());
+    let mut tiles = Vec::with_capacity(tasks.len());
     let mut offset = 0;
-    for share in shares {
-        let range = job.output_range(share);
+    for task in tasks {
+        let range = job.output_range(task);
         let (_, rest) = std::mem::take(&mut output).split_at_mut(range.start - offset);
         let (tile, rest) = rest.split_at_mut(range.len());
         tiles.push(tile);
         (output, offset) = (rest, range.end);
     }
+    let threads = threads.clamp(1, tasks.len().max(1));
+    let mut work: Vec<Vec<(&J::Task, &mut [u8])>> = (0..threads).map(|_| Vec::new()).collect();
+    for (k, pair) in tasks.iter().zip(tiles).enumerate() {
+        work[k * threads / tasks.len()].push(pair);
+    }
     std::thread::scope(|scope| {
-        let threads: Vec<_> = (shares.iter().zip(tiles))
-            .map(|(share, tile)| {
+        let running: Vec<_> = (work.into_iter())
+            .map(|share| {
                 scope.spawn(move || {
                     let mut partial = job.new_partial();
-                    job.map_with_output(share, input, tile, &mut partial)
-                        .map(|()| partial)
+                    for (task, tile) in share {
+                        job.map_with_output(task, input, tile, &mut partial)?;
+                    }
+                    Ok(partial)
                 })
             })
             .collect();
-        (threads.into_iter())
+        (running.into_iter())
             .map(|thread| {
                 thread
                     .join()
