@@ -315,11 +315,25 @@ fn names_file(path: &Path, meta: &std::fs::Metadata) -> bool {
 /// straight into memory the caller reads afterwards. Nothing of it is serialized.
 ///
 /// Its memory is freed when it is dropped, even in workers that keep it
-/// mapped for their next job.
+/// mapped for their next job. [`SharedOutput::map_file`] makes one in a
+/// file instead: tiles go straight into the file's pages.
 #[derive(Debug)]
 pub struct SharedOutput {
     id: u64,
-    region: IpcSharedMemory,
+    backing: Backing,
+}
+
+/// Where a [`SharedOutput`]'s bytes are.
+#[derive(Debug)]
+enum Backing {
+    Memory(IpcSharedMemory),
+    /// `len` bytes of the file at `path` from `offset`, mapped from its start.
+    File {
+        map: memmap2::MmapMut,
+        path: std::path::PathBuf,
+        offset: usize,
+        len: usize,
+    },
 }
 
 impl SharedOutput {
@@ -327,7 +341,7 @@ impl SharedOutput {
     pub fn new(len: usize) -> Self {
         SharedOutput {
             id: new_region_id(),
-            region: IpcSharedMemory::from_byte(0, len),
+            backing: Backing::Memory(IpcSharedMemory::from_byte(0, len)),
         }
     }
 
@@ -339,60 +353,120 @@ impl SharedOutput {
         Self::new(len)
     }
 
+    /// An output in `len` bytes of the regular file at `path`, from byte
+    /// `offset` (after a header the caller writes): tasks write their tiles
+    /// straight into the file's pages, which worker processes map
+    /// themselves by the file's canonical path, so the result is neither
+    /// copied nor written out at the end. The file is grown to `offset +
+    /// len` bytes if it is shorter; what it held there is what the output
+    /// starts with. It must stay where it is, the same file, until the jobs
+    /// that use the output end; flush it (`File::sync_data`) to make the
+    /// writes durable. Engines without shared memory (`Ipc::Messages`, MPI)
+    /// send tiles back, which the coordinator writes into the mapping.
+    pub fn map_file(path: impl AsRef<Path>, offset: usize, len: usize) -> Result<Self> {
+        let input_error = |path: &Path, source| Error::Input {
+            path: path.to_path_buf(),
+            source,
+        };
+        let path = path.as_ref();
+        let path = std::fs::canonicalize(path).map_err(|e| input_error(path, e))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| input_error(&path, e))?;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| input_error(&path, io::ErrorKind::InvalidInput.into()))?;
+        if file.metadata().map_err(|e| input_error(&path, e))?.len() < end as u64 {
+            file.set_len(end as u64).map_err(|e| input_error(&path, e))?;
+        }
+        // SAFETY: the caller keeps the file as it is while the output lives
+        // (above); within it, the engines write only disjoint tiles.
+        let map = unsafe { memmap2::MmapOptions::new().len(end).map_mut(&file) }
+            .map_err(|e| input_error(&path, e))?;
+        Ok(SharedOutput {
+            id: new_region_id(),
+            backing: Backing::File {
+                map,
+                path,
+                offset,
+                len,
+            },
+        })
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.region.len()
+        self.bytes().len()
     }
 
     /// Whether the region is empty.
     pub fn is_empty(&self) -> bool {
-        self.region.is_empty()
+        self.bytes().is_empty()
     }
 
     /// The region's bytes.
     pub fn bytes(&self) -> &[u8] {
-        &self.region
+        match &self.backing {
+            Backing::Memory(region) => region,
+            Backing::File { map, offset, len, .. } => &map[*offset..*offset + *len],
+        }
     }
 
     /// The region viewed as a slice of `T`.
     ///
     /// # Panics
-    /// If the length is not a multiple of `size_of::<T>()`.
+    /// If the length is not a multiple of `size_of::<T>()`, or the bytes
+    /// are not aligned for `T` (an offset in a file that is not a multiple
+    /// of its alignment).
     pub fn as_slice<T: Pod>(&self) -> &[T] {
-        if self.region.is_empty() {
+        if self.is_empty() {
             return &[];
         }
-        bytemuck::cast_slice(&self.region)
+        bytemuck::cast_slice(self.bytes())
     }
 
     /// How a worker finds the region: its handle, or its id alone if
-    /// `held(id)` says the worker still maps it (see [`new_region_id`]).
+    /// `held(id)` says the worker still maps it (see [`new_region_id`]); a
+    /// file, by its path.
     pub(crate) fn describe(&self, held: impl Fn(u64) -> bool) -> OutputDesc {
-        if held(self.id) {
-            OutputDesc::Held { id: self.id }
-        } else {
-            OutputDesc::Shared {
+        match &self.backing {
+            Backing::Memory(_) if held(self.id) => OutputDesc::Held { id: self.id },
+            Backing::Memory(region) => OutputDesc::Shared {
                 id: self.id,
-                region: self.region.clone(),
-            }
+                region: region.clone(),
+            },
+            Backing::File {
+                path, offset, len, ..
+            } => OutputDesc::File {
+                path: path.clone(),
+                offset: *offset as u64,
+                len: *len as u64,
+            },
         }
     }
 
     /// The region's bytes, writable: to fill it before a job, or to write
     /// tiles without an engine, as `speedup`'s bare threads do.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: `&mut self` excludes other references in this process, and no
-        // worker touches the region outside a job: engines hand it to workers
-        // only while they run a job that borrows this output mutably, and a
-        // worker that keeps it mapped afterwards (for its next job) neither
-        // reads nor writes it until a job that uses it again.
-        unsafe { self.region.deref_mut() }
+        match &mut self.backing {
+            // SAFETY: `&mut self` excludes other references in this process, and no
+            // worker touches the region outside a job: engines hand it to workers
+            // only while they run a job that borrows this output mutably, and a
+            // worker that keeps it mapped afterwards (for its next job) neither
+            // reads nor writes it until a job that uses it again.
+            Backing::Memory(region) => unsafe { region.deref_mut() },
+            Backing::File { map, offset, len, .. } => &mut map[*offset..*offset + *len],
+        }
     }
 }
 
 impl Drop for SharedOutput {
     fn drop(&mut self) {
-        release_pages(&mut self.region);
+        if let Backing::Memory(region) = &mut self.backing {
+            release_pages(region);
+        }
     }
 }
 

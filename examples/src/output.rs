@@ -94,11 +94,84 @@ impl Output {
     /// Writes the output with `body`, then renames it into place if it
     /// replaces a file. On error, a temporary file is removed.
     pub fn write_with(self, body: impl FnOnce(&mut File) -> io::Result<()>) -> Result<(), OutputError> {
-        let written = match self.to {
-            To::Through(mut file) => body(&mut file),
-            To::Replace(target) => replace(&target, self.temp_prefix, body),
+        let mut started = self.start()?;
+        body(started.file()).map_err(|source| started.error(source))?;
+        started.finish()
+    }
+
+    /// Starts writing: the file to write ([`Started::file`]), a temporary
+    /// one beside the target if it replaces a file, which a program may also
+    /// map by its path ([`Started::path`]); [`Started::finish`] puts it in
+    /// place. A `Started` dropped unfinished removes its temporary file.
+    pub fn start(self) -> Result<Started, OutputError> {
+        let to = match self.to {
+            To::Through(file) => Ok(Writing::Through(file)),
+            To::Replace(target) => {
+                // Read now, not at open: the file may have changed since.
+                let existing = fs::metadata(&target).ok().filter(Metadata::is_file);
+                Pending::create(parent_dir(&target), self.temp_prefix, existing.as_ref())
+                    .map(|pending| Writing::Replace(pending, target))
+            }
         };
-        written.map_err(|source| OutputError {
+        match to {
+            Ok(to) => Ok(Started { path: self.path, to }),
+            Err(source) => Err(OutputError {
+                path: self.path,
+                source,
+            }),
+        }
+    }
+}
+
+/// An output being written ([`Output::start`]).
+#[derive(Debug)]
+pub struct Started {
+    path: PathBuf,
+    to: Writing,
+}
+
+#[derive(Debug)]
+enum Writing {
+    Through(File),
+    /// The temporary file, and the file it replaces when finished.
+    Replace(Pending, PathBuf),
+}
+
+impl Started {
+    /// The file to write.
+    pub fn file(&mut self) -> &mut File {
+        match &mut self.to {
+            Writing::Through(file) => file,
+            Writing::Replace(pending, _) => pending.file(),
+        }
+    }
+
+    /// The path of the temporary file being written, which a program may
+    /// map to write it in place; none for a device or FIFO written through.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.to {
+            Writing::Through(_) => None,
+            Writing::Replace(pending, _) => pending.0.as_ref().map(NamedTempFile::path),
+        }
+    }
+
+    /// The error `source` in writing this output, named as the user named it.
+    pub fn error(&self, source: io::Error) -> OutputError {
+        OutputError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Makes the writes durable and renames a temporary file into place.
+    pub fn finish(self) -> Result<(), OutputError> {
+        let done = match self.to {
+            Writing::Through(_) => Ok(()),
+            Writing::Replace(mut pending, target) => {
+                pending.file().sync_data().and_then(|()| pending.persist(&target))
+            }
+        };
+        done.map_err(|source| OutputError {
             path: self.path,
             source,
         })
@@ -228,18 +301,9 @@ fn parent_dir(target: &Path) -> &Path {
     }
 }
 
-/// Writes `target` by way of a temporary file beside it.
-fn replace(target: &Path, prefix: &str, body: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
-    // Read now, not at open: the file may have changed since.
-    let existing = fs::metadata(target).ok().filter(Metadata::is_file);
-    let mut pending = Pending::create(parent_dir(target), prefix, existing.as_ref())?;
-    body(pending.file())?;
-    pending.file().sync_data()?;
-    pending.persist(target)
-}
-
 /// A temporary file that the signal thread removes if a signal comes, and
 /// that is removed when dropped unless persisted.
+#[derive(Debug)]
 struct Pending(Option<NamedTempFile>);
 
 impl Pending {

@@ -101,6 +101,7 @@ fn serve(rng: &mut Rng, one_in: u64) -> Result<(), Box<dyn std::error::Error>> {
                         (region.len() as u64, false)
                     }
                     Some(OutputDesc::Held { id }) => (shared_lens.get(&id).copied().unwrap_or(0), false),
+                    Some(OutputDesc::File { len, .. }) => (len, false),
                     None => (0, false),
                 };
                 match rng.below(if lie { 3 } else { u64::MAX }) {

@@ -51,6 +51,10 @@ fn main() {
             a_job_refuses_input_of_the_wrong_length_on_every_engine,
         ),
         Trial::test(
+            "an_output_in_a_file_is_written_in_place_on_every_engine",
+            an_output_in_a_file_is_written_in_place_on_every_engine,
+        ),
+        Trial::test(
             "a_thousand_input_segments_over_shared_memory_and_messages",
             a_thousand_input_segments,
         ),
@@ -597,6 +601,65 @@ fn a_mapped_file_whose_name_is_not_utf8() -> Result<(), Failed> {
     assert_eq!(
         pool.run(&coop_tests::SumSegments, &input)?,
         numbers.iter().sum::<u64>()
+    );
+    Ok(())
+}
+
+fn an_output_in_a_file_is_written_in_place_on_every_engine() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("squares.bin");
+    // A header the output must leave alone, then the squares.
+    std::fs::write(&path, [0xAB; 128])?;
+    let values: Vec<u64> = (0..50_001).map(|i| i * 3 + 1).collect();
+    let mut input = Input::new();
+    input.push_slice(&values);
+    let mut output = SharedOutput::map_file(&path, 128, values.len() * 8)?;
+    let engines: Vec<(&str, coop::AnyEngine)> = vec![
+        (
+            "sequential",
+            coop::AnyEngine::builder(coop::EngineKind::Sequential).build()?,
+        ),
+        (
+            "threads",
+            coop::AnyEngine::builder(coop::EngineKind::Threads)
+                .workers(2)
+                .build()?,
+        ),
+        (
+            "processes",
+            coop::AnyEngine::builder(coop::EngineKind::Processes)
+                .workers(2)
+                .build()?,
+        ),
+        (
+            "messages",
+            coop::AnyEngine::builder(coop::EngineKind::Processes)
+                .workers(2)
+                .ipc(Ipc::Messages)
+                .build()?,
+        ),
+    ];
+    for (name, engine) in &engines {
+        output.bytes_mut().fill(0);
+        let written = Run::new(&coop_tests::Squares, &input)
+            .output(&mut output)
+            .on(engine)?;
+        let file = std::fs::read(&path)?;
+        let squares: Vec<u64> = bytemuck::pod_collect_to_vec(&file[128..]);
+        let want: Vec<u64> = values.iter().map(|x| x * x).collect();
+        if written != values.len() as u64
+            || file[..128] != [0xAB; 128]
+            || squares != want
+            || output.as_slice::<u64>() != want
+        {
+            return Err(format!("{name}: the file does not hold the squares after its header").into());
+        }
+    }
+    // A file that cannot be made is an input error naming it.
+    let err = SharedOutput::map_file(dir.path().join("no-such-dir/out"), 0, 8).unwrap_err();
+    assert!(
+        matches!(err, coop::Error::Input { .. }) && err.to_string().contains("no-such-dir"),
+        "{err}"
     );
     Ok(())
 }

@@ -23,6 +23,14 @@ pub enum Output {
     },
     /// Private to this worker (message passing): tiles are sent back.
     Private(Option<MmapMut>),
+    /// Bytes `offset..offset + len` of a file mapped shared: tiles are
+    /// written in place, into the file's pages.
+    File {
+        /// The file's mapping, from its start.
+        map: MmapMut,
+        /// Where the output starts in it.
+        offset: usize,
+    },
 }
 
 impl Output {
@@ -35,7 +43,33 @@ impl Output {
             Some(OutputDesc::Held { id }) => return Err(crate::region::not_held(id)),
             Some(OutputDesc::Private { len: 0 }) => Output::Private(None),
             Some(OutputDesc::Private { len }) => Output::Private(Some(MmapMut::map_anon(len as usize)?)),
+            Some(OutputDesc::File { path, offset, len }) => Self::map_file(&path, offset, len)?,
         })
+    }
+
+    /// Maps `len` bytes of the file at `path` from `offset`, which the file
+    /// must hold.
+    fn map_file(path: &std::path::Path, offset: u64, len: u64) -> io::Result<Self> {
+        let named = |err: io::Error| io::Error::new(err.kind(), format!("{}: {err}", path.display()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(named)?;
+        let file_len = file.metadata().map_err(named)?.len();
+        let end = offset.checked_add(len).filter(|&end| end <= file_len);
+        let (Some(end), Ok(offset)) = (end, usize::try_from(offset)) else {
+            return Err(named(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "shorter than the output",
+            )));
+        };
+        let len = usize::try_from(end).map_err(|_| named(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        // SAFETY: the coordinator made the file for this output and lets no
+        // one else change it while the job runs; each worker writes only its
+        // tasks' disjoint tiles (see `bytes_mut`).
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map_mut(&file) }.map_err(named)?;
+        Ok(Output::File { map, offset })
     }
 
     /// Whether tiles must be sent back to the coordinator.
@@ -49,6 +83,7 @@ impl Output {
             Output::None | Output::Private(None) => &[],
             Output::Shared { region, .. } => region,
             Output::Private(Some(map)) => map,
+            Output::File { map, offset } => &map[*offset..],
         }
     }
 
@@ -90,6 +125,7 @@ impl Output {
             // SAFETY: forwarded to the caller's contract.
             Output::Shared { region, .. } => unsafe { region.deref_mut() },
             Output::Private(Some(map)) => map,
+            Output::File { map, offset } => &mut map[*offset..],
         }
     }
 }

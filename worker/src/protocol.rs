@@ -168,6 +168,16 @@ pub enum OutputDesc {
         /// Length of the output.
         len: u64,
     },
+    /// Bytes of a file that the worker maps itself, shared: tiles are written
+    /// straight into the file's pages.
+    File {
+        /// The file, by a path that names it in every worker.
+        path: std::path::PathBuf,
+        /// Where the output starts in the file.
+        offset: u64,
+        /// Length of the output.
+        len: u64,
+    },
 }
 
 impl OutputDesc {
@@ -175,7 +185,7 @@ impl OutputDesc {
     pub fn kept_id(&self) -> Option<u64> {
         match self {
             OutputDesc::Shared { id, .. } | OutputDesc::Held { id } => Some(*id),
-            OutputDesc::Private { .. } => None,
+            OutputDesc::Private { .. } | OutputDesc::File { .. } => None,
         }
     }
 }

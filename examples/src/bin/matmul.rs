@@ -130,19 +130,33 @@ fn multiply_files(args: &Args, a_path: &Path, b_path: &Path) -> Result<(), Failu
     cli::check_fits_in_memory(m as u128 * n as u128 * job.dtype.size() as u128, "the product")?;
     // Before anything makes a temporary file: an interrupted run leaves none.
     output::clean_up_on_signals()?;
-    // Checked now (the file is written at the end): a bad path fails before
-    // the multiply, not after it.
+    // Checked now, before the multiply: a bad path fails before it starts.
     let output = Output::open(out_path, ".matmul-").bad_input()?;
 
     let engine = args.engine.start()?;
+    let header = npy::encode_header(job.dtype, false, &[m, n]);
+    let mut writing = output.start()?;
+    writing.file().write_all(&header).map_err(|e| writing.error(e))?;
     let started = Instant::now();
-    let c = multiply(&engine, &job, &input)?;
+    match writing.path().map(Path::to_owned) {
+        // A file: C straight into its pages after the header, no copy and no
+        // write at the end. (The header's length keeps C aligned.)
+        Some(path) => {
+            let mut c = SharedOutput::map_file(&path, header.len(), job.output_len())?;
+            multiply(&engine, &job, &input, &mut c)?;
+        }
+        // A device or a FIFO, which cannot be mapped: C in memory, then written.
+        None => {
+            let mut c = SharedOutput::new(job.output_len());
+            multiply(&engine, &job, &input, &mut c)?;
+            writing
+                .file()
+                .write_all(c.bytes())
+                .map_err(|e| writing.error(e))?;
+        }
+    }
     let seconds = started.elapsed().as_secs_f64();
-
-    output.write_with(|file| {
-        file.write_all(&npy::encode_header(job.dtype, false, &[m, n]))?;
-        file.write_all(c.bytes())
-    })?;
+    writing.finish()?;
     eprintln!(
         "{}: {m} x {n} {}, {seconds:.3} s, {:.1} GFLOP/s, {} worker(s) ({})",
         out_path.display(),
@@ -154,13 +168,12 @@ fn multiply_files(args: &Args, a_path: &Path, b_path: &Path) -> Result<(), Failu
     Ok(())
 }
 
-fn multiply(engine: &AnyEngine, job: &MatMul, input: &Input) -> coop::Result<SharedOutput> {
-    let mut c = SharedOutput::new(job.output_len());
+fn multiply(engine: &AnyEngine, job: &MatMul, input: &Input, c: &mut SharedOutput) -> coop::Result<()> {
     let bar = ProgressBar::default();
     let report = |p| bar.report(p);
-    Run::new(job, input).output(&mut c).progress(&report).on(engine)?;
+    Run::new(job, input).output(c).progress(&report).on(engine)?;
     bar.finish();
-    Ok(c)
+    Ok(())
 }
 
 fn gflops(job: &MatMul, seconds: f64) -> f64 {
@@ -208,7 +221,8 @@ fn multiply_random(args: &Args, n: usize) -> Result<(), Failure> {
 
     let engine = args.engine.start()?;
     let started = Instant::now();
-    let c = multiply(&engine, &job, &input)?;
+    let mut c = SharedOutput::new(job.output_len());
+    multiply(&engine, &job, &input, &mut c)?;
     let seconds = started.elapsed().as_secs_f64();
     // writeln!, not println!: a reader that went away (`| head`) is an
     // error to end on quietly, not a panic.
