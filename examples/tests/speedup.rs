@@ -119,7 +119,13 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
                 assert_eq!(row.len(), 13, "{row:?}");
                 let median: f64 = row[3].parse().unwrap();
                 assert!(median >= 0.0, "{row:?}");
-                let unit = if workload == "matmul" { "GFLOP/s" } else { "MB/s" };
+                let unit = match workload {
+                    "matmul" => "GFLOP/s",
+                    "histogram" => "Mpixel/s",
+                    "linreg" | "kmeans" => "Mpoint/s",
+                    "pca" => "Mrow/s",
+                    _ => "MB/s",
+                };
                 assert!(row[8].ends_with(unit), "{row:?}");
                 if engine == "sequential" {
                     assert_eq!(row[6], "1.00", "{row:?}");
@@ -219,7 +225,10 @@ fn quick_study_prints_the_table_and_writes_csv_and_svg() {
         assert_eq!(median, time, "one run: its time is the median");
         let speedup: f64 = record[6].parse().unwrap();
         assert!(speedup > 0.0, "{record:?}");
-        assert!(matches!(record[9], "MB/s" | "GFLOP/s"), "{record:?}");
+        assert!(
+            matches!(record[9], "MB/s" | "GFLOP/s" | "Mpixel/s" | "Mpoint/s" | "Mrow/s"),
+            "{record:?}"
+        );
     }
     // Messages carry the input; shared memory carries only ranges.
     let to_workers = CSV_COLUMNS.iter().position(|&c| c == "bytes_to_workers").unwrap();

@@ -266,7 +266,7 @@ impl Workload {
             Workload::MatMul { job, .. } => Throughput::GigaflopsPerSecond(
                 2.0 * job.m as f64 * job.k as f64 * job.n as f64 / 1e9 / seconds,
             ),
-            Workload::App(app) => Throughput::MegabytesPerSecond(app.bytes() as f64 / 1e6 / seconds),
+            Workload::App(app) => app.throughput(seconds),
         }
     }
 

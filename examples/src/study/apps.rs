@@ -14,6 +14,7 @@ use crate::kmeans::{Assign, Points};
 use crate::linreg::LinReg;
 use crate::pca::{Covariance, Matrix};
 use crate::strmatch::StrMatch;
+use crate::study::report::Throughput;
 
 /// The apps [`App::generate`] makes, by name.
 pub const NAMES: [&str; 5] = ["histogram", "linreg", "kmeans", "pca", "strmatch"];
@@ -38,8 +39,10 @@ pub trait App {
     fn name(&self) -> &'static str;
     /// What its input is, for the study's header.
     fn describe(&self) -> String;
-    /// Bytes of input, for its throughput.
+    /// Bytes of input.
     fn bytes(&self) -> u64;
+    /// How fast a run of `seconds` went, in the app's own unit.
+    fn throughput(&self, seconds: f64) -> Throughput;
     /// Runs its job once on `engine`, or its kernel on `workers` bare
     /// threads if there is none; the result encoded (partial, then output).
     fn run(
@@ -74,11 +77,19 @@ impl dyn App {
                     job,
                     input,
                     0,
+                    Some((side * side, "Mpixel/s")),
                 )
             }
             "linreg" => {
                 let input = Input::from_bytes(&random(bytes / 2 * 2));
-                JobApp::boxed("linreg", format!("{} random points", bytes / 2), LinReg, input, 0)
+                JobApp::boxed(
+                    "linreg",
+                    format!("{} random points", bytes / 2),
+                    LinReg,
+                    input,
+                    0,
+                    Some((bytes / 2, "Mpoint/s")),
+                )
             }
             "kmeans" => {
                 let (dims, k) = (8, 16);
@@ -102,6 +113,7 @@ impl dyn App {
                     job,
                     input,
                     0,
+                    Some((rows, "Mpoint/s")),
                 )
             }
             "pca" => {
@@ -133,6 +145,7 @@ impl dyn App {
                     job,
                     input,
                     len,
+                    Some((rows, "Mrow/s")),
                 )
             }
             "strmatch" => {
@@ -153,6 +166,7 @@ impl dyn App {
                     job,
                     Input::from_bytes(&text),
                     0,
+                    None,
                 )
             }
             _ => return None,
@@ -167,16 +181,27 @@ struct JobApp<J> {
     job: J,
     input: Input,
     output_len: usize,
+    /// How many items (pixels, points) a run counts, and the unit of their
+    /// throughput (`Mpixel/s`); megabytes of input if none.
+    items: Option<(usize, &'static str)>,
 }
 
 impl<J: Job> JobApp<J> {
-    fn boxed(name: &'static str, describe: String, job: J, input: Input, output_len: usize) -> Box<dyn App> {
+    fn boxed(
+        name: &'static str,
+        describe: String,
+        job: J,
+        input: Input,
+        output_len: usize,
+        items: Option<(usize, &'static str)>,
+    ) -> Box<dyn App> {
         Box::new(JobApp {
             name,
             describe,
             job,
             input,
             output_len,
+            items,
         })
     }
 }
@@ -195,6 +220,17 @@ where
 
     fn bytes(&self) -> u64 {
         self.input.total_bytes()
+    }
+
+    fn throughput(&self, seconds: f64) -> Throughput {
+        let seconds = seconds.max(1e-9);
+        match self.items {
+            Some((items, unit)) => Throughput::MillionsPerSecond {
+                value: items as f64 / 1e6 / seconds,
+                unit,
+            },
+            None => Throughput::MegabytesPerSecond(self.bytes() as f64 / 1e6 / seconds),
+        }
     }
 
     fn run(

@@ -95,13 +95,22 @@ pub enum Throughput {
     MegabytesPerSecond(f64),
     /// Billions of floating-point operations per second.
     GigaflopsPerSecond(f64),
+    /// Millions of the workload's items (pixels, points) per second.
+    MillionsPerSecond {
+        /// How many millions.
+        value: f64,
+        /// The unit, as printed: `Mpixel/s`.
+        unit: &'static str,
+    },
 }
 
 impl Throughput {
     /// The number, without its unit.
     pub fn value(self) -> f64 {
         match self {
-            Throughput::MegabytesPerSecond(v) | Throughput::GigaflopsPerSecond(v) => v,
+            Throughput::MegabytesPerSecond(v)
+            | Throughput::GigaflopsPerSecond(v)
+            | Throughput::MillionsPerSecond { value: v, .. } => v,
         }
     }
 
@@ -110,6 +119,7 @@ impl Throughput {
         match self {
             Throughput::MegabytesPerSecond(_) => "MB/s",
             Throughput::GigaflopsPerSecond(_) => "GFLOP/s",
+            Throughput::MillionsPerSecond { unit, .. } => unit,
         }
     }
 }
