@@ -96,17 +96,11 @@ impl RecordJob for Assign {
         (Dense::new(self.k() * self.points.dims), Dense::new(self.k()))
     }
 
-    fn fold(&self, row: &[u8], (sums, counts): &mut Clusters) -> Result<(), TaskError> {
-        let point: Vec<i32> = decode(row).collect();
-        let c = self.nearest(&point);
-        for (j, &x) in point.iter().enumerate() {
-            sums.add(c * self.points.dims + j, i128::from(x));
-        }
-        counts.add(c, 1);
-        Ok(())
+    fn fold(&self, row: &[u8], clusters: &mut Clusters) -> Result<(), TaskError> {
+        self.fold_all(row, clusters)
     }
 
-    /// As `fold`, with one buffer for every point of the span.
+    /// Each point of the span to its nearest mean, one buffer for all.
     fn fold_all(&self, rows: &[u8], (sums, counts): &mut Clusters) -> Result<(), TaskError> {
         let mut point = vec![0i32; self.points.dims];
         for row in rows.chunks_exact(4 * self.points.dims) {
